@@ -1,0 +1,251 @@
+"""Command line of the end-to-end benchmark: ``python -m benchmarks.e2e [options]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+from benchmarks.e2e import h2load, report, runner
+from benchmarks.e2e.servers import SERVER_ENTRIES, SERVER_ENTRIES_BY_NAME, ServerEntry
+from benchmarks.e2e.workloads import WORKLOADS, WORKLOADS_BY_NAME, Workload
+
+
+@dataclass(frozen=True)
+class Mode:
+    """Default rounds, round length and warm-up of one run mode."""
+
+    rounds: int
+    duration_s: float
+    warmup_s: float
+
+
+MODES = {
+    "default": Mode(rounds=5, duration_s=4.0, warmup_s=2.0),
+    "quick": Mode(rounds=2, duration_s=1.0, warmup_s=0.5),
+    # One wave of calls per round and per warm-up: proves the plumbing, measures nothing.
+    "self-check": Mode(rounds=1, duration_s=0.0, warmup_s=0.0),
+}
+"""Run modes; explicit ``--rounds``, ``--duration`` and ``--warmup`` override them."""
+
+
+def _names(text: str, known: Sequence[str], what: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown {what} {', '.join(unknown) or '(none given)'}; choose from {', '.join(known)}"
+        )
+    return names
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the harness."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.e2e",
+        description="Benchmark fastinject, grpc.aio and grpclib serving the interop TestService, "
+        "driven by h2load (server pinned to one CPU, h2load to another).",
+    )
+    server_names = [entry.name for entry in SERVER_ENTRIES]
+    workload_names = [workload.name for workload in WORKLOADS]
+    parser.add_argument(
+        "--servers", type=lambda text: _names(text, server_names, "server"),
+        help=f"comma-separated, from {','.join(server_names)} (default: every importable one)",
+    )
+    parser.add_argument(
+        "--workloads", type=lambda text: _names(text, workload_names, "workload"),
+        help=f"comma-separated, from {','.join(workload_names)} (default: all)",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="2 short rounds: under a minute")
+    mode.add_argument(
+        "--self-check", action="store_true",
+        help="one wave of calls per server and workload: checks the plumbing only",
+    )
+    parser.add_argument("--rounds", type=_positive_int, help="timed rounds per server (default 5)")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument(
+        "--duration", type=_non_negative_float,
+        help="target seconds per round; the call count is sized from the warm-up (default 4)",
+    )
+    length.add_argument(
+        "--requests", type=_positive_int, help="fixed number of calls per round, every workload"
+    )
+    parser.add_argument(
+        "--warmup", type=_non_negative_float, help="warm-up seconds per server and workload"
+    )
+    parser.add_argument("--baseline", default="grpc.aio", help="server the ratios compare with")
+    parser.add_argument("--server-cpu", type=int, default=0, help="CPU the servers are pinned to")
+    parser.add_argument("--client-cpu", type=int, default=1, help="CPU h2load is pinned to")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin anything with taskset")
+    parser.add_argument("--h2load", default=h2load.H2LOAD, help="path of the h2load binary")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write all results here")
+    parser.add_argument("--list", action="store_true", help="list servers and workloads, then exit")
+    return parser
+
+
+def _select_servers(parser: argparse.ArgumentParser, names: list[str] | None) -> list[ServerEntry]:
+    if names is not None:
+        entries = [SERVER_ENTRIES_BY_NAME[name] for name in names]
+        for entry in entries:
+            reason = entry.missing()
+            if reason is not None:
+                parser.error(f"server {entry.name} cannot run: {reason}")
+        return entries
+    entries = []
+    for entry in SERVER_ENTRIES:
+        reason = entry.missing()
+        if reason is None:
+            entries.append(entry)
+        else:
+            print(f"skipping server {entry.name}: {reason}", file=sys.stderr)
+    if not entries:
+        parser.error("no server can run here")
+    return entries
+
+
+def parse_options(argv: Sequence[str] | None = None) -> tuple[runner.Options, argparse.Namespace]:
+    """Parse ``argv`` into runner options; exits with a usage error on bad input."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        for entry in SERVER_ENTRIES:
+            state = entry.missing() or "available"
+            print(f"server   {entry.name:12} {entry.description} [{state}]")
+        for workload in WORKLOADS:
+            print(f"workload {workload.name:12} {workload.description}")
+        raise SystemExit(0)
+    mode = MODES["quick" if args.quick else "self-check" if args.self_check else "default"]
+    workloads: list[Workload] = [WORKLOADS_BY_NAME[name] for name in args.workloads or
+                                 [w.name for w in WORKLOADS]]
+    if args.requests is not None:
+        most_clients = max(workload.clients for workload in workloads)
+        if args.requests < most_clients:
+            parser.error(f"--requests must be at least {most_clients} (one call per connection)")
+    cpus = os.cpu_count() or 1
+    for option, cpu in (("--server-cpu", args.server_cpu), ("--client-cpu", args.client_cpu)):
+        if not args.no_pin and not 0 <= cpu < cpus:
+            parser.error(f"{option} {cpu} is not a CPU of this machine (0..{cpus - 1})")
+    if shutil.which(args.h2load) is None:
+        parser.error(f"h2load not found at {args.h2load} (Debian: apt install nghttp2-client)")
+    options = runner.Options(
+        servers=tuple(_select_servers(parser, args.servers)),
+        workloads=tuple(workloads),
+        rounds=args.rounds or mode.rounds,
+        duration_s=mode.duration_s if args.duration is None else args.duration,
+        requests=args.requests,
+        warmup_s=mode.warmup_s if args.warmup is None else args.warmup,
+        server_cpu=None if args.no_pin else args.server_cpu,
+        client_cpu=None if args.no_pin else args.client_cpu,
+        h2load_path=args.h2load,
+    )
+    return options, args
+
+
+def environment(options: runner.Options) -> dict[str, Any]:
+    """Return the software and machine facts a result depends on."""
+    versions = {}
+    for distribution in ("grpcio", "grpclib", "protobuf", "h2"):
+        try:
+            versions[distribution] = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            versions[distribution] = None
+    cpu_model = ""
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "python": sys.version,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "h2load": h2load.version(options.h2load_path),
+        "fastinject_sources": str(runner.package_root()),
+        "packages": versions,
+    }
+
+
+def _write_json(path: Path, options: runner.Options, outcome: runner.Outcome,
+                summaries: list[report.Summary]) -> None:
+    document = {
+        "options": {
+            "servers": [entry.name for entry in options.servers],
+            "workloads": [workload.name for workload in options.workloads],
+            "rounds": options.rounds,
+            "duration_s": options.duration_s,
+            "requests": options.requests,
+            "warmup_s": options.warmup_s,
+            "server_cpu": options.server_cpu,
+            "client_cpu": options.client_cpu,
+        },
+        "environment": environment(options),
+        "workloads": {
+            w.name: {"method": w.method, "clients": w.clients, "streams": w.streams,
+                     "messages_per_call": w.messages_per_call, "description": w.description}
+            for w in options.workloads
+        },
+        "rounds": [asdict(measured) for measured in outcome.rounds],
+        "summaries": [asdict(summary) for summary in summaries],
+        "failures": [
+            {"workload": workload, "server": server, "reason": reason}
+            for (workload, server), reason in outcome.failures.items()
+        ],
+        "server_exit_codes": outcome.exit_codes,
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def _exit_on_signal(signum: int, _frame: FrameType | None) -> NoReturn:
+    # SystemExit unwinds through the runner's cleanup, which stops every server.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the harness; return 0 when every selected server passed every workload."""
+    options, args = parse_options(argv)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
+    outcome = runner.run(options)
+    summaries = report.summarise(
+        outcome.rounds, {w.name: w.messages_per_call for w in options.workloads}, args.baseline
+    )
+    streaming = {w.name for w in options.workloads if w.messages_per_call > 1}
+    print()
+    print(report.format_table(summaries, streaming, args.baseline))
+    for (workload, server), reason in outcome.failures.items():
+        print(f"FAILED {workload} on {server}: {reason}")
+    bad_exits = {name: code for name, code in outcome.exit_codes.items() if code != 0}
+    for name, code in bad_exits.items():
+        print(f"server {name} exited with status {code} on SIGTERM (expected 0)")
+    if args.json is not None:
+        _write_json(args.json, options, outcome, summaries)
+        print(f"results written to {args.json}")
+    if args.self_check and not outcome.failures and not bad_exits:
+        print("self-check passed: every server answered every workload correctly")
+    return 1 if outcome.failures or bad_exits else 0

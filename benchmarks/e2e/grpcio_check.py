@@ -1,0 +1,44 @@
+"""One real grpcio call per workload, to prove a server answers it with status OK.
+
+h2load cannot see gRPC trailers, so before any timed round the harness makes the workload's
+call once with a grpcio client and checks the status and the response messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import grpc
+from google.protobuf.message import Message
+
+from benchmarks.e2e.workloads import Workload
+from fastinject.interop import test_pb2_grpc
+
+CALL_TIMEOUT_S = 60.0
+"""Deadline of the checking call; generous, because it is not timed."""
+
+
+def check_call(port: int, workload: Workload) -> str | None:
+    """Call ``workload``'s method on 127.0.0.1:``port``; return what was wrong, or None if OK."""
+    requests = workload.requests()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = test_pb2_grpc.TestServiceStub(channel)  # type: ignore[no-untyped-call]
+        method = getattr(stub, workload.method)
+        try:
+            responses = _call(method, workload, requests)
+        except grpc.RpcError as error:
+            if isinstance(error, grpc.Call):
+                return f"{workload.method} failed: {error.code()} {error.details()}"
+            return f"{workload.method} failed: {error}"
+    return workload.verify(responses)
+
+
+def _call(method: object, workload: Workload, requests: Sequence[Message]) -> list[Message]:
+    if not callable(method):
+        raise TypeError(f"stub has no callable {workload.method}")
+    argument: Message | Iterator[Message]
+    argument = iter(requests) if workload.request_streaming else requests[0]
+    result = method(argument, timeout=CALL_TIMEOUT_S, wait_for_ready=True)
+    if workload.response_streaming:
+        return list(result)
+    return [result]

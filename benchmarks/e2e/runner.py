@@ -1,0 +1,228 @@
+"""The benchmark procedure: start the servers, check them, warm up, then alternate timed rounds.
+
+For every workload, each server is first warmed up (which also sizes a round so that it lasts
+about ``duration_s``), then the rounds visit the servers in turn (A B C A B C ...), so slow
+drifts of the machine spread evenly over all servers.  Each round posts a fixed number of calls
+with h2load, checks that every one succeeded, and reads the server's CPU time before and after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.e2e import h2load, stubs
+from benchmarks.e2e.grpcio_check import check_call
+from benchmarks.e2e.report import Round
+from benchmarks.e2e.servers import ServerEntry, ServerProcess, child_environment
+from benchmarks.e2e.workloads import Workload
+
+MAX_WARMUP_RUNS = 16
+"""Upper bound on h2load runs in one warm-up, whatever the rates."""
+
+MIN_RUN_TIMEOUT_S = 60.0
+"""No h2load run is killed sooner than this."""
+
+RUN_TIMEOUT_FACTOR = 10.0
+"""An h2load run is killed after this many times its expected duration (or the minimum)."""
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+"""The repository root (this file is ``benchmarks/e2e/runner.py``)."""
+
+
+class HarnessError(Exception):
+    """The benchmark cannot run at all (as opposed to one server failing one workload)."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to run and how long: the parsed command line.
+
+    Each round posts ``requests`` calls when it is set; otherwise as many as the warm-up rate
+    says fit in ``duration_s`` (at least one call per stream in flight).
+    """
+
+    servers: tuple[ServerEntry, ...]
+    workloads: tuple[Workload, ...]
+    rounds: int
+    duration_s: float
+    requests: int | None
+    warmup_s: float
+    server_cpu: int | None
+    client_cpu: int | None
+    h2load_path: str = h2load.H2LOAD
+    ready_timeout_s: float = 60.0
+
+
+@dataclass
+class Outcome:
+    """Everything a run measured, and what went wrong for which (workload, server)."""
+
+    rounds: list[Round] = field(default_factory=list)
+    failures: dict[tuple[str, str], str] = field(default_factory=dict)
+    calls_per_round: dict[tuple[str, str], int] = field(default_factory=dict)
+    warmup_rates: dict[tuple[str, str], float] = field(default_factory=dict)
+    exit_codes: dict[str, int] = field(default_factory=dict)
+
+
+Log = Callable[[str], None]
+
+
+def _stderr_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def package_root() -> Path:
+    """Return the directory holding the ``fastinject`` package (``src`` in a checkout)."""
+    import fastinject
+
+    if fastinject.__file__ is None:
+        raise HarnessError("fastinject is a namespace package; cannot locate its sources")
+    return Path(fastinject.__file__).resolve().parents[1]
+
+
+def _placeholder_values(entries: tuple[ServerEntry, ...], work_dir: Path) -> dict[str, str]:
+    needed = set().union(*(entry.placeholders() for entry in entries))
+    values: dict[str, str] = {}
+    if "grpclib_stubs" in needed:
+        values["grpclib_stubs"] = str(
+            stubs.generate_grpclib(package_root(), work_dir / "grpclib_stubs")
+        )
+    unknown = needed - values.keys()
+    if unknown:
+        raise HarnessError(f"no value for server argument placeholders {sorted(unknown)}")
+    return values
+
+
+class _Bench:
+    """One benchmark run over already started servers."""
+
+    def __init__(
+        self, options: Options, servers: dict[str, ServerProcess], work_dir: Path, log: Log
+    ) -> None:
+        self.options = options
+        self.servers = servers
+        self.work_dir = work_dir
+        self.log = log
+        self.outcome = Outcome()
+
+    def _fail(self, workload: Workload, server: str, reason: str) -> None:
+        self.outcome.failures[(workload.name, server)] = reason
+        self.log(f"  FAILED {workload.name} on {server}: {reason}")
+
+    def _active(self, workload: Workload) -> list[str]:
+        return [
+            name for name in self.servers if (workload.name, name) not in self.outcome.failures
+        ]
+
+    def check_all(self) -> None:
+        """Make one grpcio call per workload against every server and check it."""
+        for workload in self.options.workloads:
+            for name, server in self.servers.items():
+                problem = check_call(server.port, workload)
+                if problem is not None:
+                    self._fail(workload, name, f"grpcio check: {problem}")
+                else:
+                    self.log(f"  {workload.name} on {name}: grpcio call OK")
+
+    def _run(
+        self, workload: Workload, name: str, body: Path, calls: int, expected_s: float | None
+    ) -> tuple[h2load.H2loadResult, float]:
+        """Post ``calls`` calls; return h2load's summary and the server CPU seconds used."""
+        server = self.servers[name]
+        argv = h2load.command(
+            server.port, workload.path, body, calls, workload.clients, workload.streams,
+            h2load=self.options.h2load_path, cpu=self.options.client_cpu,
+        )
+        timeout = MIN_RUN_TIMEOUT_S
+        if expected_s is not None:
+            timeout = max(timeout, RUN_TIMEOUT_FACTOR * expected_s)
+        cpu_before = server.cpu_seconds()
+        result = h2load.run(argv, timeout)
+        cpu_used = server.cpu_seconds() - cpu_before
+        problems = h2load.problems(result, calls, workload.min_response_data())
+        if not server.alive():
+            problems.append(f"server exited with {server.process.returncode}")
+        if problems:
+            raise h2load.H2loadError("; ".join(problems))
+        return result, cpu_used
+
+    def warm_up(self, workload: Workload, name: str, body: Path) -> tuple[int, float]:
+        """Warm ``name`` up on ``workload``; return the calls per round and the last rate."""
+        wave = workload.clients * workload.streams
+        calls, spent, rate = wave, 0.0, 0.0
+        for _ in range(MAX_WARMUP_RUNS):
+            result, _ = self._run(workload, name, body, calls, calls / rate if rate else None)
+            spent += result.elapsed_s
+            rate = calls / result.elapsed_s
+            remaining = self.options.warmup_s - spent
+            if remaining <= 0:
+                break
+            calls = max(wave, min(2 * calls, math.ceil(rate * remaining)))
+        if self.options.requests is not None:
+            return self.options.requests, rate
+        calls = max(wave, round(rate * self.options.duration_s))
+        return math.ceil(calls / workload.clients) * workload.clients, rate
+
+    def bench_workload(self, workload: Workload) -> None:
+        """Warm every server up on ``workload``, then run the alternating timed rounds."""
+        body = self.work_dir / f"{workload.name}.body"
+        body.write_bytes(workload.request_body())
+        self.log(f"{workload.name}: {workload.description}")
+        for name in self._active(workload):
+            try:
+                calls, rate = self.warm_up(workload, name, body)
+            except h2load.H2loadError as error:
+                self._fail(workload, name, f"warm-up: {error}")
+                continue
+            self.outcome.calls_per_round[(workload.name, name)] = calls
+            self.outcome.warmup_rates[(workload.name, name)] = rate
+            self.log(f"  {name}: warmed up, {calls} calls per round")
+        for index in range(self.options.rounds):
+            for name in self._active(workload):
+                calls = self.outcome.calls_per_round[(workload.name, name)]
+                expected_s = calls / self.outcome.warmup_rates[(workload.name, name)]
+                try:
+                    result, cpu = self._run(workload, name, body, calls, expected_s)
+                except h2load.H2loadError as error:
+                    self._fail(workload, name, f"round {index + 1}: {error}")
+                    continue
+                measured = Round(workload.name, name, index, calls, result.elapsed_s, cpu)
+                self.outcome.rounds.append(measured)
+                self.log(
+                    f"  round {index + 1}/{self.options.rounds} {name}: "
+                    f"{measured.rate:,.1f} calls/s, {measured.cpu_per_call * 1e6:,.1f} us CPU/call"
+                )
+
+
+def run(options: Options, log: Log = _stderr_log) -> Outcome:
+    """Run the whole benchmark; every server started is stopped before this returns or raises."""
+    with tempfile.TemporaryDirectory(prefix="fastinject-e2e-") as tmp, \
+            contextlib.ExitStack() as stack:
+        work_dir = Path(tmp)
+        values = _placeholder_values(options.servers, work_dir)
+        env = child_environment([str(package_root()), str(REPOSITORY)])
+        servers: dict[str, ServerProcess] = {}
+        for entry in options.servers:
+            server = ServerProcess.start(
+                entry.name, entry.argv(sys.executable, values),
+                log_dir=work_dir / "logs" / entry.name, env=env,
+                cpu=options.server_cpu, ready_timeout_s=options.ready_timeout_s,
+            )
+            stack.enter_context(server)
+            servers[entry.name] = server
+            log(f"started {entry.name} (pid {server.pid}) on 127.0.0.1:{server.port}")
+        bench = _Bench(options, servers, work_dir, log)
+        bench.check_all()
+        for workload in options.workloads:
+            bench.bench_workload(workload)
+        for name, server in servers.items():
+            bench.outcome.exit_codes[name] = server.stop()
+            if bench.outcome.exit_codes[name] != 0:
+                log(f"{name} exited with {bench.outcome.exit_codes[name]}:\n{server.stderr_tail()}")
+        return bench.outcome

@@ -1,0 +1,55 @@
+"""fastinject: an asyncio gRPC server with a Cython hot path and connection injection (gRFC L114).
+
+Serve gRPC on listening ports like ``grpc.aio``, or hand the server any open byte stream (a
+socket you accepted, a tunnel you dialled, an in-memory pipe) through a
+:class:`ConnectionInjector`, with the TLS credentials that connection calls for.
+"""
+
+from .compression import Compression
+from .context import EOF, ServicerContext
+from .credentials import ServerCredentials
+from .errors import (
+    FastInjectError,
+    InjectorDestroyedError,
+    MessageTooLargeError,
+    ProtocolError,
+    RpcError,
+    ServerStateError,
+    ServerStoppedError,
+)
+from .handlers import (
+    HandlerCallDetails,
+    RpcMethodHandler,
+    method_handlers_generic_handler,
+    stream_stream_rpc_method_handler,
+    stream_unary_rpc_method_handler,
+    unary_stream_rpc_method_handler,
+    unary_unary_rpc_method_handler,
+)
+from .options import ServerSettings
+from .server import Server
+from .status import StatusCode
+
+__all__ = [
+    "EOF",
+    "Compression",
+    "FastInjectError",
+    "HandlerCallDetails",
+    "InjectorDestroyedError",
+    "MessageTooLargeError",
+    "ProtocolError",
+    "RpcError",
+    "RpcMethodHandler",
+    "Server",
+    "ServerCredentials",
+    "ServerSettings",
+    "ServerStateError",
+    "ServerStoppedError",
+    "ServicerContext",
+    "StatusCode",
+    "method_handlers_generic_handler",
+    "stream_stream_rpc_method_handler",
+    "stream_unary_rpc_method_handler",
+    "unary_stream_rpc_method_handler",
+    "unary_unary_rpc_method_handler",
+]

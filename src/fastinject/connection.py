@@ -1,0 +1,396 @@
+"""The asyncio side of one connection: feed bytes in, flush once per loop turn, run RPCs.
+
+:class:`Connection` is an :class:`asyncio.Protocol`.  Each ``data_received`` feeds the sans-IO
+:class:`~fastinject.protocol.ServerProtocol`, dispatches its events to the calls, and writes
+what the protocol produced in one ``transport.write``.  Handlers' sends between two turns are
+gathered the same way (:meth:`Connection.schedule_flush`).  The connection also owns its
+timers (keepalive, idle, maximum age) and its graceful close: a GOAWAY announcing
+shutdown and a PING, then, once the PING returns, a GOAWAY naming the last stream served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Any
+
+from . import protocol as p
+from .context import ServicerContext
+from .credentials import auth_context
+from .errors import RpcError
+from .handlers import HandlerRegistry, ServerInterceptor
+from .options import ServerSettings
+from .rpc import run_rpc
+
+if TYPE_CHECKING:
+    from .server import ConnectionGroup
+
+logger = logging.getLogger(__name__)
+
+_DRAIN_PING = b"fi-drain"
+_KEEPALIVE_PING = b"fi-kping"
+_ENHANCE_YOUR_CALM = 0xB
+_NO_ERROR = 0x0
+# How long phase one of a graceful close waits for its PING before phase two goes anyway.
+_DRAIN_PING_TIMEOUT = 5.0
+# grpc core's interval when a client pings with no calls and permit_without_calls is off.
+_IDLE_PING_INTERVAL = 7200.0
+
+
+def format_peer(address: Any, family: int | None) -> str:
+    """``context.peer()`` for a socket address, in grpcio's form."""
+    if family == socket.AF_UNIX:
+        return f"unix:{address or ''}"
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+    return "unknown"
+
+
+def transport_peer(transport: asyncio.BaseTransport) -> str:
+    """``context.peer()`` for a connection's transport."""
+    sock = transport.get_extra_info("socket")
+    family = getattr(sock, "family", None)
+    address = transport.get_extra_info("peername")
+    if family == socket.AF_UNIX and not address:
+        address = transport.get_extra_info("sockname")
+    return format_peer(address, family)
+
+
+class Connection(asyncio.Protocol):
+    """One HTTP/2 connection served by the server (accepted on a port or injected)."""
+
+    def __init__(
+        self,
+        *,
+        settings: ServerSettings,
+        registry: HandlerRegistry,
+        interceptors: Sequence[ServerInterceptor],
+        executor: Callable[[], Executor],
+        group: ConnectionGroup,
+        peer: str | None = None,
+        initial_data: bytes = b"",
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.interceptors = tuple(interceptors)
+        self._executor_factory = executor
+        self.group = group
+        self.loop = asyncio.get_running_loop()
+        self.protocol = p.ServerProtocol(settings)
+        self._transport: asyncio.Transport | None = None
+        self._peer = peer
+        self._auth_context: dict[str, list[bytes]] | None = None
+        self._calls: dict[int, ServicerContext] = {}
+        self._window_waiters: dict[int, asyncio.Future[None]] = {}
+        self._writable: asyncio.Future[None] | None = None
+        self._flush_scheduled = False
+        self._closing = False  # a graceful close has begun
+        self._final_goaway_sent = False
+        self._closed = asyncio.get_running_loop().create_future()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._last_ping_received: float | None = None
+        self._ping_strikes = 0
+        self._initial_data = initial_data
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self.group.add(self)
+        self._flush()
+        if self._initial_data:
+            data, self._initial_data = self._initial_data, b""
+            self.data_received(data)
+        s = self.settings
+        if s.keepalive_time > 0:
+            self._set_timer("keepalive", s.keepalive_time, self._send_keepalive)
+        if s.max_connection_idle is not None:
+            self._set_timer("idle", s.max_connection_idle, self._on_idle)
+        if s.max_connection_age is not None:
+            age = s.max_connection_age * random.uniform(0.9, 1.1)  # jitter, as grpc does
+            self._set_timer("age", age, self._on_max_age)
+
+    def data_received(self, data: bytes) -> None:
+        for event in self.protocol.receive(data):
+            kind = type(event)
+            if kind is p.MessagesReceived:
+                call = self._calls.get(event.stream_id)  # type: ignore[union-attr]
+                if call is not None:
+                    call._deliver(event.messages)  # type: ignore[union-attr]
+                else:
+                    for payload, _ in event.messages:  # type: ignore[union-attr]
+                        self.protocol.consumed(event.stream_id, len(payload) + 5)  # type: ignore[union-attr]
+            elif kind is p.CallStarted:
+                self._start_call(event.head)  # type: ignore[union-attr]
+            elif kind is p.RequestEnded:
+                call = self._calls.get(event.stream_id)  # type: ignore[union-attr]
+                if call is not None:
+                    call._end_request()
+            elif kind is p.WindowOpened:
+                self._wake_writers(event.stream_id)  # type: ignore[union-attr]
+            else:
+                self._on_rare_event(event)
+        self._flush()
+
+    def _on_rare_event(self, event: p.Event) -> None:
+        if isinstance(event, p.CallReset):
+            call = self._calls.get(event.stream_id)
+            if call is not None:
+                call._cancel_by_client()
+            self._wake_writers(event.stream_id)
+        elif isinstance(event, p.CallFailed):
+            call = self._calls.get(event.stream_id)
+            if call is not None:
+                call._fail_request(RpcError(event.details, event.status))
+        elif isinstance(event, p.PingReceived):
+            self._police_ping()
+        elif isinstance(event, p.PingAcked):
+            if event.opaque == _DRAIN_PING:
+                self._send_final_goaway()
+            elif event.opaque == _KEEPALIVE_PING:
+                self._cancel_timer("keepalive_timeout")
+                self._set_timer("keepalive", self.settings.keepalive_time, self._send_keepalive)
+        elif isinstance(event, p.ConnectionClosedByPeer):
+            logger.debug("peer %s closed the connection: %s", self.peer, event.reason)
+            if event.error_code == _NO_ERROR:
+                self.close_gracefully()
+            else:
+                self._abort()
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        for name in list(self._timers):
+            self._cancel_timer(name)
+        for call in list(self._calls.values()):
+            call._cancel_by_client()
+        self.resume_writing()
+        self._wake_writers(0)
+        self.group.discard(self)
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def _start_call(self, head: p.RequestHead) -> None:
+        ctx = ServicerContext(self, head)
+        self._calls[head.stream_id] = ctx
+        if len(self._calls) == 1:
+            self._cancel_timer("idle")
+        ctx._task = self.loop.create_task(run_rpc(self, ctx))
+
+    def call_done(self, ctx: ServicerContext) -> None:
+        """A call finished: forget it; close the connection if it was the last one draining."""
+        self._calls.pop(ctx.stream_id, None)
+        self._window_waiters.pop(ctx.stream_id, None)
+        self._ping_strikes = 0  # grpc core resets strikes whenever we send data
+        if not self._calls:
+            if self._final_goaway_sent:
+                self._close_transport()
+            elif self.settings.max_connection_idle is not None and not self._closing:
+                self._set_timer("idle", self.settings.max_connection_idle, self._on_idle)
+
+    def reset_call(self, ctx: ServicerContext) -> None:
+        """Abandon a call with RST_STREAM(CANCEL): the client sees CANCELLED."""
+        self.protocol.reset(ctx.stream_id)
+        self.schedule_flush()
+
+    def consumed(self, stream_id: int, size: int) -> None:
+        """A handler took a message: return its flow-control credit (sent on the next flush)."""
+        self.protocol.consumed(stream_id, size)
+        self.schedule_flush()
+
+    @property
+    def executor(self) -> Executor:
+        """The thread pool for sync handlers."""
+        return self._executor_factory()
+
+    @property
+    def active_calls(self) -> int:
+        """How many calls are running."""
+        return len(self._calls)
+
+    # -- peer --------------------------------------------------------------------------------
+
+    @property
+    def peer(self) -> str:
+        """``context.peer()`` for calls on this connection."""
+        if self._peer is None:
+            self._peer = transport_peer(self._transport) if self._transport else "unknown"
+        return self._peer
+
+    @property
+    def auth_context(self) -> dict[str, list[bytes]]:
+        """``context.auth_context()`` for calls on this connection."""
+        if self._auth_context is None:
+            ssl_object = self._transport.get_extra_info("ssl_object") if self._transport else None
+            self._auth_context = auth_context(ssl_object)
+        return self._auth_context
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def schedule_flush(self) -> None:
+        """Write what the protocol holds at the end of this loop turn (one write per turn)."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        data = self.protocol.data_to_send()
+        if data and self._transport is not None:
+            self._transport.write(data)
+
+    async def send_data(self, stream_id: int, data: bytes) -> None:
+        """Send DATA for a call, waiting for flow-control window and transport room."""
+        view: memoryview | None = None
+        offset = 0
+        total = len(data)
+        while True:
+            if self._writable is not None:
+                await self._writable
+            if self._transport is None:
+                raise asyncio.CancelledError("connection lost")
+            window = self.protocol.send_window(stream_id)
+            if window < 0:
+                raise asyncio.CancelledError("stream closed")
+            remaining = total - offset
+            if window >= remaining:
+                self.protocol.send_data(stream_id, data if view is None else view[offset:])
+                self.schedule_flush()
+                return
+            if window > 0:
+                view = view or memoryview(data)
+                self.protocol.send_data(stream_id, view[offset : offset + window])
+                offset += window
+                self.schedule_flush()
+            waiter = self._window_waiters.get(stream_id)
+            if waiter is None or waiter.done():
+                waiter = self._window_waiters[stream_id] = self.loop.create_future()
+            await waiter
+
+    def _wake_writers(self, stream_id: int) -> None:
+        if stream_id == 0:
+            waiters = list(self._window_waiters.values())
+            self._window_waiters.clear()
+        else:
+            waiter = self._window_waiters.pop(stream_id, None)
+            waiters = [waiter] if waiter is not None else []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- graceful close, drain and forced close -----------------------------------------------
+
+    def close_gracefully(self) -> None:
+        """Start a graceful close: no new calls after the GOAWAYs, running calls continue."""
+        if self._closing or self._transport is None:
+            return
+        self._closing = True
+        self._cancel_timer("idle")
+        self.protocol.goaway(p.MAX_STREAM_ID, _NO_ERROR)
+        self.protocol.ping(_DRAIN_PING)
+        self._set_timer("drain_ping", _DRAIN_PING_TIMEOUT, self._send_final_goaway)
+        self._flush()
+
+    def _send_final_goaway(self) -> None:
+        if self._final_goaway_sent or self._transport is None:
+            return
+        self._final_goaway_sent = True
+        self._cancel_timer("drain_ping")
+        self.protocol.goaway(self.protocol.highest_stream_id, _NO_ERROR)
+        self._flush()
+        if not self._calls:
+            self._close_transport()
+
+    def cancel_calls(self) -> None:
+        """Grace ran out: cancel every running call (clients see CANCELLED) and close."""
+        for call in list(self._calls.values()):
+            if call._task is not None and not call.done():
+                call._task.cancel()
+        if not self._final_goaway_sent:
+            self._send_final_goaway()
+        self._close_transport()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is gone."""
+        await asyncio.shield(self._closed)
+
+    def _close_transport(self) -> None:
+        self._flush()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def _abort(self) -> None:
+        self._flush()
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -- timers: keepalive, idle, age, ping policy ---------------------------------------------
+
+    def _set_timer(self, name: str, delay: float, callback: Callable[[], Any]) -> None:
+        self._cancel_timer(name)
+        self._timers[name] = self.loop.call_later(delay, self._fire, name, callback)
+
+    def _fire(self, name: str, callback: Callable[[], Any]) -> None:
+        self._timers.pop(name, None)
+        callback()
+
+    def _cancel_timer(self, name: str) -> None:
+        handle = self._timers.pop(name, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _send_keepalive(self) -> None:
+        if self._transport is None:
+            return
+        self.protocol.ping(_KEEPALIVE_PING)
+        self._flush()
+        self._set_timer("keepalive_timeout", self.settings.keepalive_timeout, self._keepalive_lost)
+
+    def _keepalive_lost(self) -> None:
+        logger.debug("peer %s did not answer a keepalive ping: closing", self.peer)
+        self._abort()
+
+    def _on_idle(self) -> None:
+        if not self._calls:
+            self.close_gracefully()
+
+    def _on_max_age(self) -> None:
+        self.close_gracefully()
+        grace = self.settings.max_connection_age_grace
+        if grace is not None:
+            self._set_timer("age_grace", grace, self.cancel_calls)
+
+    def _police_ping(self) -> None:
+        """Apply grpc core's ping-abuse policy: too many strikes -> GOAWAY too_many_pings."""
+        s = self.settings
+        now = self.loop.time()
+        idle = not self._calls and not s.keepalive_permit_without_calls
+        interval = _IDLE_PING_INTERVAL if idle else s.min_ping_interval_without_data
+        last, self._last_ping_received = self._last_ping_received, now
+        if last is None or now - last >= interval:
+            return
+        self._ping_strikes += 1
+        if s.max_ping_strikes and self._ping_strikes > s.max_ping_strikes:
+            logger.debug("peer %s pinged too often: GOAWAY too_many_pings", self.peer)
+            self.protocol.goaway(self.protocol.highest_stream_id, _ENHANCE_YOUR_CALM,
+                                 b"too_many_pings")
+            self._final_goaway_sent = self._closing = True
+            for call in list(self._calls.values()):
+                call._cancel_by_client()
+            self._close_transport()

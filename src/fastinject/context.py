@@ -1,0 +1,432 @@
+"""The servicer context: one RPC's state, with the API of ``grpc.aio.ServicerContext``.
+
+A :class:`ServicerContext` is both what a handler receives and the server's record of the
+call: its inbox of received messages, whether headers went out, the status to send, the
+deadline and the done-callbacks.  Sync handlers (run in a thread pool) get a
+:class:`SyncServicerContext` wrapping the same call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from . import compression
+from . import metadata as md
+from .errors import AbortError, RpcError
+from .framing import frame_message
+from .status import StatusCode, coerce_status
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .protocol import RequestHead
+
+logger = logging.getLogger(__name__)
+
+MetadataLike = Iterable[tuple[str, str | bytes]]
+DoneCallback = Callable[[Any], None]
+
+
+class _EndOfStream:
+    """Returned by :meth:`ServicerContext.read` when the client has half-closed."""
+
+    def __repr__(self) -> str:
+        return "EOF"
+
+    def __eq__(self, other: object) -> bool:
+        # Handlers written for grpcio compare with ``grpc.aio.EOF``.
+        return other is self or type(other).__name__ == "_EOF" or repr(other) == "EOF"
+
+    def __hash__(self) -> int:
+        return hash("EOF")
+
+
+EOF = _EndOfStream()
+
+
+class ServicerContext:
+    """State and controls of one RPC, compatible with ``grpc.aio.ServicerContext``."""
+
+    __slots__ = (
+        "_accept_encoding",
+        "_code",
+        "_compression",
+        "_conn",
+        "_deadline",
+        "_deadline_handle",
+        "_deadline_hit",
+        "_details",
+        "_done",
+        "_done_callbacks",
+        "_ended",
+        "_failure",
+        "_head",
+        "_headers_sent",
+        "_inbox",
+        "_initial_metadata",
+        "_read_waiter",
+        "_skip_next_compression",
+        "_task",
+        "_trailing_metadata",
+        "cancelled_by_client",
+        "deserializer",
+        "serializer",
+        "stream_id",
+    )
+
+    def __init__(self, conn: Connection, head: RequestHead) -> None:
+        self._conn = conn
+        self._head = head
+        self.stream_id = head.stream_id
+        self._inbox: collections.deque[tuple[bytes, bool]] = collections.deque()
+        self._ended = False
+        self._failure: RpcError | None = None
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._headers_sent = False
+        self._initial_metadata: list[tuple[bytes, bytes]] = []
+        self._trailing_metadata: tuple[tuple[str, str | bytes], ...] = ()
+        self._code: StatusCode | None = None
+        self._details: str | None = None
+        self._compression = conn.settings.default_compression
+        self._accept_encoding = head.accept_encoding
+        self._skip_next_compression = False
+        self._done = False
+        self._done_callbacks: list[DoneCallback] = []
+        self._task: asyncio.Task[None] | None = None
+        self._deadline_hit = False
+        self._deadline_handle: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
+        self.cancelled_by_client = False
+        self.deserializer: Callable[[bytes], Any] | None = None
+        self.serializer: Callable[[Any], bytes] | None = None
+        if head.timeout is not None:
+            loop = conn.loop
+            self._deadline = loop.time() + head.timeout
+            self._deadline_handle = loop.call_at(self._deadline, self._on_deadline)
+
+    # -- fed by the connection -------------------------------------------------------------
+
+    def _deliver(self, messages: list[tuple[bytes, bool]]) -> None:
+        self._inbox.extend(messages)
+        self._wake_reader()
+
+    def _end_request(self) -> None:
+        self._ended = True
+        self._wake_reader()
+
+    def _fail_request(self, failure: RpcError) -> None:
+        """The request stream broke (size limit, bad framing): the handler is stopped."""
+        self._failure = failure
+        self._ended = True
+        self._wake_reader()
+        if self._task is not None and not self._done:
+            self._task.cancel()
+
+    def _cancel_by_client(self) -> None:
+        self.cancelled_by_client = True
+        self._wake_reader()
+        if self._task is not None and not self._done:
+            self._task.cancel()
+
+    def _on_deadline(self) -> None:
+        self._deadline_handle = None
+        if not self._done and self._task is not None:
+            self._deadline_hit = True
+            self._task.cancel()
+
+    def _wake_reader(self) -> None:
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def _read_raw(self) -> bytes | None:
+        """The next request message's payload (decompressed), or ``None`` at end of stream."""
+        while not self._inbox:
+            if self._failure is not None:
+                raise self._failure
+            if self._ended:
+                return None
+            self._read_waiter = self._conn.loop.create_future()
+            try:
+                await self._read_waiter
+            finally:
+                self._read_waiter = None
+        payload, compressed = self._inbox.popleft()
+        self._conn.consumed(self.stream_id, len(payload) + 5)
+        if compressed:
+            encoding = self._head.encoding
+            if encoding is None or encoding == "identity":
+                raise RpcError(
+                    "message has the compressed flag set but the request has no grpc-encoding",
+                    StatusCode.INTERNAL,
+                )
+            payload = compression.decompress(
+                encoding, payload, self._conn.settings.max_receive_message_length
+            )
+        return payload
+
+    async def read(self) -> Any:
+        """Read one request message; returns :data:`EOF` once the client half-closed."""
+        raw = await self._read_raw()
+        if raw is None:
+            return _grpc_eof()
+        deserializer = self.deserializer
+        return deserializer(raw) if deserializer is not None else raw
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def send_initial_metadata(self, initial_metadata: MetadataLike) -> None:
+        """Send the response headers now, with ``initial_metadata``."""
+        if self._headers_sent:
+            raise RpcError("initial metadata was already sent", StatusCode.INTERNAL)
+        self._initial_metadata = md.encode_metadata(initial_metadata)
+        self._send_headers()
+
+    def _response_encoding(self) -> str | None:
+        if self._compression is compression.Compression.NoCompression:
+            return None
+        return compression.choose_response_encoding(self._accept_encoding, self._compression)
+
+    def _send_headers(self) -> None:
+        self._headers_sent = True
+        self._conn.protocol.send_headers(
+            self.stream_id, self._initial_metadata, self._response_encoding()
+        )
+        self._conn.schedule_flush()
+
+    async def _write_raw(self, payload: bytes) -> None:
+        if self._done:
+            raise RpcError("the RPC has already finished", StatusCode.INTERNAL)
+        if not self._headers_sent:
+            self._send_headers()
+        encoding = self._response_encoding()
+        compressed = encoding is not None and not self._skip_next_compression
+        self._skip_next_compression = False
+        if compressed:
+            assert encoding is not None
+            payload = compression.compress(encoding, payload)
+        limit = self._conn.settings.max_send_message_length
+        if len(payload) > limit:
+            raise RpcError(
+                f"Sent message larger than max ({len(payload)} vs. {limit})",
+                StatusCode.RESOURCE_EXHAUSTED,
+            )
+        await self._conn.send_data(self.stream_id, frame_message(payload, compressed))
+
+    async def write(self, message: Any) -> None:
+        """Send one response message (streaming-response methods)."""
+        serializer = self.serializer
+        await self._write_raw(serializer(message) if serializer is not None else message)
+
+    def set_compression(self, compression_algorithm: Any) -> None:
+        """Compress this call's responses with ``compression_algorithm`` (if the client accepts)."""
+        if self._headers_sent:
+            raise RuntimeError("set_compression must be called before the first message")
+        self._compression = compression.coerce_compression(compression_algorithm)
+
+    def disable_next_message_compression(self) -> None:
+        """Send the next response message uncompressed."""
+        self._skip_next_compression = True
+
+    # -- status ----------------------------------------------------------------------------
+
+    async def abort(
+        self, code: Any, details: str = "", trailing_metadata: MetadataLike = ()
+    ) -> NoReturn:
+        """End the RPC with ``code`` and ``details``; raises, so nothing after it runs."""
+        status = coerce_status(code)
+        if status is StatusCode.OK:
+            raise ValueError("abort() needs a non-OK status code")
+        if trailing_metadata:
+            self.set_trailing_metadata(trailing_metadata)
+        raise AbortError(status, details)
+
+    def set_code(self, code: Any) -> None:
+        """Set the status sent when the handler returns."""
+        self._code = coerce_status(code)
+
+    def set_details(self, details: str) -> None:
+        """Set the status message sent when the handler returns."""
+        self._details = details
+
+    def code(self) -> StatusCode | None:
+        """The status code set so far, if any."""
+        return self._code
+
+    def details(self) -> str | None:
+        """The status details set so far, if any."""
+        return self._details
+
+    def set_trailing_metadata(self, trailing_metadata: MetadataLike) -> None:
+        """Metadata sent with the status (validated now)."""
+        items = tuple(trailing_metadata)
+        md.encode_metadata(items)
+        self._trailing_metadata = items
+
+    def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        """The trailing metadata set so far."""
+        return self._trailing_metadata
+
+    def invocation_metadata(self) -> md.Metadata:
+        """The client's metadata (reserved headers removed, ``-bin`` values decoded)."""
+        return self._head.metadata
+
+    # -- peer ------------------------------------------------------------------------------
+
+    def peer(self) -> str:
+        """The peer's address: ``ipv4:IP:PORT``, ``ipv6:[IP]:PORT``, ``unix:PATH`` or a name."""
+        return self._conn.peer
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        """Security properties of the connection, keyed as grpcio names them."""
+        return self._conn.auth_context
+
+    def peer_identities(self) -> list[bytes] | None:
+        """The authenticated peer identities (mTLS), or ``None``."""
+        from .credentials import peer_identities
+
+        return peer_identities(self._conn.auth_context)
+
+    def peer_identity_key(self) -> str | None:
+        """Which auth-context property holds the identities, or ``None``."""
+        from .credentials import peer_identity_key
+
+        return peer_identity_key(self._conn.auth_context)
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    def time_remaining(self) -> float | None:
+        """Seconds left before the deadline, or ``None`` without a deadline."""
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - self._conn.loop.time())
+
+    def cancelled(self) -> bool:
+        """Whether the RPC was cancelled (by the client, the deadline or shutdown)."""
+        return self.cancelled_by_client or self._deadline_hit
+
+    def done(self) -> bool:
+        """Whether the RPC has finished."""
+        return self._done
+
+    def add_done_callback(self, callback: DoneCallback) -> None:
+        """Call ``callback(context)`` when the RPC finishes (at once if it has)."""
+        if self._done:
+            callback(self)
+        else:
+            self._done_callbacks.append(callback)
+
+    # -- ending (used by the RPC runner) ---------------------------------------------------
+
+    def _finish(self, code: StatusCode, details: str | None) -> None:
+        """Send the status (as trailers, or trailers-only when nothing was sent)."""
+        if self._done:
+            return
+        protocol = self._conn.protocol
+        trailers = md.encode_metadata(self._trailing_metadata)
+        if self._headers_sent:
+            protocol.send_trailers(self.stream_id, code, details, trailers)
+        else:
+            protocol.send_trailers_only(self.stream_id, code, details, trailers)
+        self._conn.schedule_flush()
+        self._close()
+
+    def _finish_ok(self) -> None:
+        self._finish(self._code or StatusCode.OK, self._details)
+
+    def _close(self) -> None:
+        """Mark the call done, release its credit and run the done-callbacks."""
+        if self._done:
+            return
+        self._done = True
+        if self._deadline_handle is not None:
+            self._deadline_handle.cancel()
+        for payload, _ in self._inbox:
+            self._conn.consumed(self.stream_id, len(payload) + 5)
+        self._inbox.clear()
+        self._conn.call_done(self)
+        for callback in self._done_callbacks:
+            try:
+                callback(self)
+            except Exception:
+                logger.exception("done callback %r raised", callback)
+        self._done_callbacks.clear()
+
+
+def _grpc_eof() -> Any:
+    """grpcio's ``grpc.aio.EOF`` when grpcio is installed (handlers compare with it), else ours."""
+    try:
+        from grpc.aio import EOF as GRPC_EOF
+    except ImportError:  # pragma: no cover - grpcio is optional
+        return EOF
+    return GRPC_EOF
+
+
+class SyncServicerContext:
+    """The context given to sync handlers, which run in a worker thread.
+
+    Methods that must happen on the event loop are forwarded to it and waited for.
+    """
+
+    def __init__(self, context: ServicerContext, loop: asyncio.AbstractEventLoop) -> None:
+        self._context = context
+        self._loop = loop
+
+    def _on_loop(self, coro: Any) -> Any:
+        future: concurrent.futures.Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result()
+
+    def abort(self, code: Any, details: str = "", trailing_metadata: MetadataLike = ()) -> NoReturn:
+        """End the RPC with ``code`` and ``details``; raises."""
+        status = coerce_status(code)
+        if status is StatusCode.OK:
+            raise ValueError("abort() needs a non-OK status code")
+        if trailing_metadata:
+            self._context.set_trailing_metadata(trailing_metadata)
+        raise AbortError(status, details)
+
+    def send_initial_metadata(self, initial_metadata: MetadataLike) -> None:
+        """Send the response headers now."""
+        self._on_loop(self._context.send_initial_metadata(tuple(initial_metadata)))
+
+    def set_code(self, code: Any) -> None:
+        """Set the status sent when the handler returns."""
+        self._context.set_code(code)
+
+    def set_details(self, details: str) -> None:
+        """Set the status message sent when the handler returns."""
+        self._context.set_details(details)
+
+    def set_trailing_metadata(self, trailing_metadata: MetadataLike) -> None:
+        """Metadata sent with the status."""
+        self._context.set_trailing_metadata(trailing_metadata)
+
+    def set_compression(self, compression_algorithm: Any) -> None:
+        """Compress this call's responses."""
+        self._context.set_compression(compression_algorithm)
+
+    def disable_next_message_compression(self) -> None:
+        """Send the next response message uncompressed."""
+        self._context.disable_next_message_compression()
+
+    def is_active(self) -> bool:
+        """Whether the RPC is still running (like ``grpc.ServicerContext.is_active``)."""
+        return not (self._context.done() or self._context.cancelled())
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        """Call ``callback()`` when the RPC ends (like ``grpc.ServicerContext.add_callback``)."""
+        self._context.add_done_callback(lambda _ctx: callback())
+        return True
+
+    def __getattr__(self, name: str) -> Any:
+        # Read-only accessors (peer, invocation_metadata, time_remaining, ...) are thread-safe.
+        return getattr(self._context, name)
+
+
+__all__: Sequence[str] = ["EOF", "ServicerContext", "SyncServicerContext"]

@@ -1,0 +1,145 @@
+"""The one error hierarchy of fastinject.
+
+Every exception the package raises on purpose derives from :class:`FastInjectError`.  Two
+families matter to the server:
+
+* :class:`RpcError` subclasses are *expected* failures of one RPC; each carries the gRPC
+  :class:`~fastinject.status.StatusCode` it is reported with.
+* :class:`ProtocolError` subclasses are violations by the peer (or by us) of HTTP/2 or of the
+  gRPC framing; each carries the HTTP/2 error code used to reset the stream or close the
+  connection.
+
+The Cython framing module imports these classes, so both framing implementations raise the
+very same types.
+"""
+
+from __future__ import annotations
+
+from .status import StatusCode
+
+# HTTP/2 error codes (RFC 9113 section 7) used below; h2.errors.ErrorCodes has the same values.
+_PROTOCOL_ERROR = 0x1
+_INTERNAL_ERROR = 0x2
+_CANCEL = 0x8
+_ENHANCE_YOUR_CALM = 0xB
+
+
+class FastInjectError(Exception):
+    """Base class of every error fastinject raises on purpose."""
+
+
+class RpcError(FastInjectError):
+    """An expected failure of one RPC, reported to the client with :attr:`status`."""
+
+    status: StatusCode = StatusCode.UNKNOWN
+
+    def __init__(self, message: str, status: StatusCode | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+    @property
+    def details(self) -> str:
+        """The text sent as ``grpc-message``."""
+        return str(self)
+
+
+class ProtocolError(FastInjectError):
+    """The peer broke HTTP/2 or gRPC framing rules; :attr:`http2_error_code` says how we answer."""
+
+    http2_error_code: int = _PROTOCOL_ERROR
+    status: StatusCode = StatusCode.INTERNAL
+
+
+class FramingError(ProtocolError):
+    """Base class of errors raised by the gRPC message deframer."""
+
+
+class MessageTooLargeError(FramingError):
+    """A message's declared (or decompressed) length exceeds the configured maximum."""
+
+    status = StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, length: int, limit: int) -> None:
+        super().__init__(f"received message larger than max ({length} vs. {limit})")
+        self.length = length
+        self.limit = limit
+
+
+class InvalidFlagsError(FramingError):
+    """A message's first byte is neither 0 (plain) nor 1 (compressed)."""
+
+    def __init__(self, flags: int) -> None:
+        super().__init__(f"invalid gRPC message flags byte 0x{flags:02x} (expected 0 or 1)")
+        self.flags = flags
+
+
+class IncompleteMessageError(FramingError):
+    """The stream ended in the middle of a message."""
+
+    def __init__(self, buffered: int, expected: int) -> None:
+        super().__init__(
+            f"stream ended inside a gRPC message: {buffered} of {expected} bytes received"
+        )
+        self.buffered = buffered
+        self.expected = expected
+
+
+class DecompressionError(ProtocolError):
+    """A compressed message could not be decompressed."""
+
+
+class InvalidMetadataError(FastInjectError, ValueError):
+    """Metadata (a header) is malformed, reserved, or not valid for its kind."""
+
+    status = StatusCode.INTERNAL
+
+
+class PingAbuseError(ProtocolError):
+    """The peer pinged more often than the server's policy allows."""
+
+    http2_error_code = _ENHANCE_YOUR_CALM
+
+
+class ServerStateError(FastInjectError, RuntimeError):
+    """The server or injector is in a state that does not allow the call (e.g. stopped)."""
+
+
+class ServerStoppedError(ServerStateError):
+    """The server has been stopped; it accepts no new ports, injectors or connections."""
+
+
+class InjectorDestroyedError(ServerStateError):
+    """The connection injector has been destroyed; it accepts no new connections."""
+
+
+class HandshakeError(FastInjectError):
+    """The TLS handshake of a connection failed or timed out (a peer fault, logged, not raised to callers)."""
+
+
+class AbortError(FastInjectError):
+    """Raised inside a handler by ``context.abort``; the server turns it into the final status."""
+
+    def __init__(self, status: StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.status = status
+        self.details = details
+
+
+__all__ = [
+    "AbortError",
+    "DecompressionError",
+    "FastInjectError",
+    "FramingError",
+    "HandshakeError",
+    "IncompleteMessageError",
+    "InjectorDestroyedError",
+    "InvalidFlagsError",
+    "InvalidMetadataError",
+    "MessageTooLargeError",
+    "PingAbuseError",
+    "ProtocolError",
+    "RpcError",
+    "ServerStateError",
+    "ServerStoppedError",
+]

@@ -1,0 +1,198 @@
+"""Connection injection (gRFC L114): serve gRPC on streams the server did not accept.
+
+A :class:`ConnectionInjector` is made by :meth:`fastinject.Server.create_connection_injector`
+with the credentials its connections get.  :meth:`~ConnectionInjector.inject_connection` takes a
+connected socket, an asyncio ``(StreamReader, StreamWriter)`` pair or any
+:class:`~fastinject.duplex.Duplex`; the TLS handshake (if the credentials ask for one) and then
+HTTP/2 run exactly as for a connection accepted on a port: same handlers, interceptors,
+limits, keepalive and shutdown.
+
+All methods are plain functions that start the work and return at once (so they can be called
+from callbacks); each returns an awaitable for callers who want to wait.  They must be called
+on the server's event loop thread: from another thread they raise :class:`RuntimeError`
+(use ``loop.call_soon_threadsafe``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .connection import format_peer
+from .credentials import ServerCredentials
+from .duplex import Duplex, DuplexTransport, StreamPairDuplex
+from .errors import InjectorDestroyedError, ServerStoppedError
+from .handlers import ServerInterceptor
+from .server import ConnectionGroup
+
+if TYPE_CHECKING:
+    from .server import Server
+
+logger = logging.getLogger(__name__)
+
+Injectable = socket.socket | tuple[asyncio.StreamReader, asyncio.StreamWriter] | Duplex
+
+
+class ConnectionInjector:
+    """Serves injected connections with one set of credentials (gRFC L114)."""
+
+    def __init__(
+        self,
+        server: Server,
+        credentials: ServerCredentials,
+        interceptors: Sequence[ServerInterceptor],
+    ) -> None:
+        self._server = server
+        self._credentials: ServerCredentials | None = credentials
+        self._interceptors = tuple(interceptors)
+        self._group = ConnectionGroup(server)
+        self._destroyed = False
+        self._server_stopped = False
+
+    @property
+    def connections(self) -> int:
+        """How many injected connections are open."""
+        return len(self._group.connections)
+
+    @property
+    def destroyed(self) -> bool:
+        """Whether :meth:`destroy` was called."""
+        return self._destroyed
+
+    def inject_connection(
+        self, connection: Injectable, *, initial_data: bytes = b""
+    ) -> Awaitable[None]:
+        """Serve gRPC on ``connection``, after the TLS handshake its credentials call for.
+
+        ``initial_data`` holds bytes the caller already read from the stream (while sniffing
+        it, say); they are processed before anything else.  Faults of the peer (failed
+        handshake, garbage, disconnect) close the connection and are logged at debug level.
+        Raises :class:`TypeError` for an object that is not a stream, and
+        :class:`~fastinject.errors.InjectorDestroyedError` /
+        :class:`~fastinject.errors.ServerStoppedError` (after closing the stream) when this
+        injector or its server no longer serves.  The returned awaitable completes when the
+        connection is attached.
+        """
+        loop = _loop_thread_check("inject_connection")
+        kind = _classify(connection)
+        if self._destroyed or self._server_stopped or self._server.stopped:
+            _close_now(connection, loop)
+            if self._destroyed:
+                raise InjectorDestroyedError("this connection injector has been destroyed")
+            raise ServerStoppedError("the server has been stopped")
+        assert self._credentials is not None
+        peer = _peer_of(connection, kind)
+        protocol = self._server.connection_protocol(
+            self._credentials, self._group, self._interceptors,
+            initial_data=bytes(initial_data), peer=peer,
+        )
+        if kind == "socket":
+            assert isinstance(connection, socket.socket)
+            return loop.create_task(self._attach_socket(loop, connection, protocol))
+        duplex = StreamPairDuplex(*connection) if kind == "pair" else connection  # type: ignore[misc]
+        extra = {"peername": getattr(duplex, "peername", None),
+                 "socket": getattr(duplex, "socket", None)}
+        DuplexTransport(duplex, protocol, extra)  # type: ignore[arg-type]
+        done: asyncio.Future[None] = loop.create_future()
+        done.set_result(None)
+        return done
+
+    async def _attach_socket(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: asyncio.Protocol
+    ) -> None:
+        try:
+            await loop.connect_accepted_socket(lambda: protocol, sock)
+        except OSError as exc:
+            logger.debug("injected socket could not be served: %s", exc)
+            sock.close()
+
+    def drain(self, grace_time_ms: float) -> Awaitable[None]:
+        """Gracefully close the connections injected so far (like ``Server.drain``, gRFC L111).
+
+        Each gets a graceful GOAWAY; running calls go on, no new ones start; calls still
+        running after ``grace_time_ms`` are cancelled.  Connections injected later are not
+        touched, and the injector keeps accepting injections.
+        """
+        _loop_thread_check("drain")
+        if grace_time_ms < 0:
+            raise ValueError(f"grace_time_ms must be >= 0, not {grace_time_ms}")
+        return self._group.drain(grace_time_ms / 1000.0)
+
+    def destroy(self) -> Awaitable[None]:
+        """Stop injecting and gracefully close this injector's connections (like ``unbind``).
+
+        Idempotent.  Running calls are not cut short (``Server.stop`` still bounds them).
+        """
+        _loop_thread_check("destroy")
+        if not self._destroyed:
+            self._destroyed = True
+            self._credentials = None
+            self._server._injectors.discard(self)
+        return self._group.drain(None)
+
+    def _server_stopping(self) -> None:
+        """The server is stopping: refuse new injections (its stop closes the connections)."""
+        self._server_stopped = True
+
+
+def _loop_thread_check(method: str) -> asyncio.AbstractEventLoop:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            f"ConnectionInjector.{method} must be called on the server's event loop thread "
+            f"(from another thread, use loop.call_soon_threadsafe)"
+        ) from None
+
+
+def _classify(connection: Any) -> str:
+    if isinstance(connection, socket.socket):
+        if connection.type != socket.SOCK_STREAM:
+            raise TypeError("only stream sockets (TCP or Unix SOCK_STREAM) can be injected")
+        return "socket"
+    if (
+        isinstance(connection, tuple)
+        and len(connection) == 2
+        and isinstance(connection[0], asyncio.StreamReader)
+        and isinstance(connection[1], asyncio.StreamWriter)
+    ):
+        return "pair"
+    if isinstance(connection, Duplex):
+        return "duplex"
+    raise TypeError(
+        "inject_connection takes a connected socket.socket, a (StreamReader, StreamWriter) "
+        f"pair or a fastinject.Duplex, not {type(connection).__name__}"
+    )
+
+
+def _peer_of(connection: Any, kind: str) -> str:
+    if kind == "socket":
+        return _socket_peer(connection)
+    if kind == "pair":
+        sock = connection[1].get_extra_info("socket")
+        return _socket_peer(sock) if sock is not None else "duplex:StreamWriter"
+    peer = getattr(connection, "peer", None)
+    return peer if isinstance(peer, str) else f"duplex:{type(connection).__name__}"
+
+
+def _socket_peer(sock: socket.socket) -> str:
+    try:
+        address = sock.getpeername()
+        if sock.family == socket.AF_UNIX and not address:
+            address = sock.getsockname()
+    except OSError:
+        return "unknown"
+    return format_peer(address, sock.family)
+
+
+def _close_now(connection: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """Close a stream we refuse to serve."""
+    if isinstance(connection, socket.socket):
+        connection.close()
+    elif isinstance(connection, tuple) and len(connection) == 2:
+        connection[1].close()
+    elif isinstance(connection, Duplex):
+        loop.create_task(connection.close())

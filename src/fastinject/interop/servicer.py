@@ -1,0 +1,210 @@
+"""The interop ``TestService`` servicer and its registration on a server.
+
+Implements the server side of grpc/grpc ``doc/interop-test-descriptions.md``: EmptyCall,
+UnaryCall, CacheableUnaryCall, StreamingInputCall, StreamingOutputCall, FullDuplexCall and
+HalfDuplexCall, with the CompressedResponse, CompressedRequest, Echo Status, Echo Metadata and
+``interval_us`` features.  UnimplementedCall is left unimplemented on purpose.  The servicer
+only uses the ``grpc.aio.ServicerContext`` API (see :mod:`fastinject.interop.calls`), so it
+runs unchanged on grpcio's asyncio server and on fastinject's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from typing import Any
+
+import fastinject
+from fastinject.status import StatusCode
+
+from .calls import InteropCall, ServicerContextLike
+from .empty_pb2 import Empty
+from .messages_pb2 import (
+    COMPRESSABLE,
+    Payload,
+    ResponseParameters,
+    SimpleRequest,
+    SimpleResponse,
+    StreamingInputCallRequest,
+    StreamingInputCallResponse,
+    StreamingOutputCallRequest,
+    StreamingOutputCallResponse,
+)
+
+SERVICE_NAME = "grpc.testing.TestService"
+"""The fully qualified name of the service, as in the HTTP/2 path ``/grpc.testing.TestService/...``."""
+
+DEFAULT_MAX_PAYLOAD_SIZE = 16 << 20
+"""The largest payload body a client may ask for, so one request cannot exhaust memory."""
+
+CACHE_CONTROL = ("cache-control", "max-age=60, public")
+"""The header CacheableUnaryCall adds so that a caching proxy may keep its response."""
+
+
+class TestServiceServicer:
+    """The interop ``grpc.testing.TestService``, written against the ``grpc.aio`` servicer API."""
+
+    # pytest would otherwise try to collect this class from test modules that import it.
+    __test__ = False
+
+    def __init__(self, max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE) -> None:
+        if max_payload_size < 0:
+            raise ValueError(f"max_payload_size must be >= 0, got {max_payload_size}")
+        self.max_payload_size = max_payload_size
+
+    async def EmptyCall(self, request: Empty, context: ServicerContextLike) -> Empty:
+        """Return the empty message at once."""
+        call = InteropCall(context)
+        await call.send_headers()
+        return Empty()
+
+    async def UnaryCall(self, request: SimpleRequest, context: ServicerContextLike) -> SimpleResponse:
+        """Return a payload of ``response_size`` zero bytes, as the request configures."""
+        call = InteropCall(context)
+        await call.check_request_compression(request.expect_compressed)
+        await call.echo_status(request.response_status)
+        payload = await self._payload(call, request.response_type, request.response_size)
+        await call.prepare_message(request.response_compressed)
+        return SimpleResponse(payload=payload)
+
+    async def CacheableUnaryCall(
+        self, request: SimpleRequest, context: ServicerContextLike
+    ) -> SimpleResponse:
+        """Return the current time in nanoseconds as payload, with a cache-control header."""
+        call = InteropCall(context)
+        call.add_initial_metadata(CACHE_CONTROL)
+        await call.send_headers()
+        body = str(time.time_ns()).encode("ascii")
+        return SimpleResponse(payload=Payload(type=COMPRESSABLE, body=body))
+
+    async def StreamingInputCall(
+        self,
+        request_iterator: AsyncIterable[StreamingInputCallRequest],
+        context: ServicerContextLike,
+    ) -> StreamingInputCallResponse:
+        """Return the total size of the payload bodies received, once the client half-closes."""
+        call = InteropCall(context)
+        total = 0
+        async for request in request_iterator:
+            await call.check_request_compression(request.expect_compressed)
+            total += len(request.payload.body)
+        await call.send_headers()
+        return StreamingInputCallResponse(aggregated_payload_size=total)
+
+    async def StreamingOutputCall(
+        self, request: StreamingOutputCallRequest, context: ServicerContextLike
+    ) -> AsyncIterator[StreamingOutputCallResponse]:
+        """Send one response per ``response_parameters`` entry, then end with OK."""
+        call = InteropCall(context)
+        async for response in self._respond(call, [request]):
+            yield response
+        await call.send_headers()
+
+    async def FullDuplexCall(
+        self,
+        request_iterator: AsyncIterable[StreamingOutputCallRequest],
+        context: ServicerContextLike,
+    ) -> AsyncIterator[StreamingOutputCallResponse]:
+        """Answer each request as soon as it arrives; end with OK after the client half-closes."""
+        call = InteropCall(context)
+        async for request in request_iterator:
+            async for response in self._respond(call, [request]):
+                yield response
+        await call.send_headers()
+
+    async def HalfDuplexCall(
+        self,
+        request_iterator: AsyncIterable[StreamingOutputCallRequest],
+        context: ServicerContextLike,
+    ) -> AsyncIterator[StreamingOutputCallResponse]:
+        """Buffer every request until the client half-closes, then answer them in order."""
+        call = InteropCall(context)
+        requests = [request async for request in request_iterator]
+        async for response in self._respond(call, requests):
+            yield response
+        await call.send_headers()
+
+    async def _respond(
+        self, call: InteropCall, requests: Iterable[StreamingOutputCallRequest]
+    ) -> AsyncIterator[StreamingOutputCallResponse]:
+        """The responses to ``requests``: echoed status first, then one per parameter set."""
+        for request in requests:
+            await call.echo_status(request.response_status)
+            # Compression is fixed when the headers go out, so the first response decides
+            # for every response of this request that asks for it.
+            if any(p.compressed.value for p in request.response_parameters):
+                await call.send_headers(compress=True)
+            for params in request.response_parameters:
+                yield await self._streaming_response(call, request, params)
+
+    async def _streaming_response(
+        self, call: InteropCall, request: StreamingOutputCallRequest, params: ResponseParameters
+    ) -> StreamingOutputCallResponse:
+        payload = await self._payload(call, request.response_type, params.size)
+        if params.interval_us > 0:
+            await asyncio.sleep(params.interval_us / 1_000_000)
+        await call.prepare_message(params.compressed)
+        return StreamingOutputCallResponse(payload=payload)
+
+    async def _payload(self, call: InteropCall, payload_type: int, size: int) -> Payload:
+        """A payload of ``size`` zero bytes, or INVALID_ARGUMENT for a type or size we refuse."""
+        if payload_type != COMPRESSABLE:
+            await call.abort(
+                StatusCode.INVALID_ARGUMENT, f"unsupported response payload type {payload_type}"
+            )
+        if size < 0 or size > self.max_payload_size:
+            await call.abort(
+                StatusCode.INVALID_ARGUMENT,
+                f"response size {size} is outside 0..{self.max_payload_size}",
+            )
+        return Payload(type=COMPRESSABLE, body=bytes(size))
+
+
+def _codec(message_type: Any) -> dict[str, Any]:
+    return {
+        "request_deserializer": message_type.FromString,
+        "response_serializer": _serialize,
+    }
+
+
+def _serialize(message: Any) -> bytes:
+    data: bytes = message.SerializeToString()
+    return data
+
+
+def method_handlers(servicer: TestServiceServicer) -> dict[str, Any]:
+    """The method name -> method handler mapping of ``TestService``, built with fastinject's
+    grpcio-compatible handler constructors.  UnimplementedCall is deliberately absent."""
+    return {
+        "EmptyCall": fastinject.unary_unary_rpc_method_handler(
+            servicer.EmptyCall, **_codec(Empty)
+        ),
+        "UnaryCall": fastinject.unary_unary_rpc_method_handler(
+            servicer.UnaryCall, **_codec(SimpleRequest)
+        ),
+        "CacheableUnaryCall": fastinject.unary_unary_rpc_method_handler(
+            servicer.CacheableUnaryCall, **_codec(SimpleRequest)
+        ),
+        "StreamingOutputCall": fastinject.unary_stream_rpc_method_handler(
+            servicer.StreamingOutputCall, **_codec(StreamingOutputCallRequest)
+        ),
+        "StreamingInputCall": fastinject.stream_unary_rpc_method_handler(
+            servicer.StreamingInputCall, **_codec(StreamingInputCallRequest)
+        ),
+        "FullDuplexCall": fastinject.stream_stream_rpc_method_handler(
+            servicer.FullDuplexCall, **_codec(StreamingOutputCallRequest)
+        ),
+        "HalfDuplexCall": fastinject.stream_stream_rpc_method_handler(
+            servicer.HalfDuplexCall, **_codec(StreamingOutputCallRequest)
+        ),
+    }
+
+
+def add_test_service(servicer: TestServiceServicer, server: Any) -> None:
+    """Register ``servicer`` as ``grpc.testing.TestService`` on ``server``.
+
+    ``server`` is anything with ``add_registered_method_handlers(service_name, handlers)``:
+    a :class:`fastinject.Server`, or a ``grpc.aio`` server.
+    """
+    server.add_registered_method_handlers(SERVICE_NAME, method_handlers(servicer))

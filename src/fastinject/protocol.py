@@ -1,0 +1,464 @@
+"""Sans-IO gRPC-over-HTTP/2 server connection: bytes in, events and bytes out.
+
+:class:`ServerProtocol` wraps an ``h2`` connection with the gRPC rules of
+grpc/grpc ``doc/PROTOCOL-HTTP2.md``: it validates request headers (answering bad ones itself),
+runs each stream's bytes through a :class:`~fastinject.framing.Deframer`, and turns ``h2``'s
+events into the few gRPC events the asyncio layer needs.  It never touches a socket or a
+clock; timers, tasks and waiting belong to :mod:`fastinject.connection`.
+
+Flow-control credit is *not* returned when bytes arrive: the caller acknowledges a message's
+bytes with :meth:`ServerProtocol.consumed` when the application takes it, so a slow handler
+stops its peer instead of growing our buffers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from . import metadata as md
+from .compression import ACCEPT_ENCODING_HEADER, is_supported
+from .errors import FramingError, InvalidMetadataError, RpcError
+from .framing import Deframer
+from .options import ServerSettings
+from .status import StatusCode
+
+MAX_STREAM_ID = 2**31 - 1
+_GOAWAY_FRAME_TYPE = 0x7
+_H2_CONFIG = h2.config.H2Configuration(
+    client_side=False,
+    header_encoding=None,
+    validate_inbound_headers=False,
+    normalize_inbound_headers=False,
+    validate_outbound_headers=False,
+    normalize_outbound_headers=False,
+)
+_RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
+_ACCEPT_ENCODING = (b"grpc-accept-encoding", ACCEPT_ENCODING_HEADER)
+
+
+@dataclasses.dataclass(slots=True)
+class RequestHead:
+    """What a call's HEADERS frame told us, validated."""
+
+    stream_id: int
+    method: str
+    metadata: md.Metadata
+    timeout: float | None
+    encoding: str | None
+    accept_encoding: bytes | None
+    authority: str | None
+
+
+@dataclasses.dataclass(slots=True)
+class CallStarted:
+    """A new, valid gRPC call; ``ended`` when the client already half-closed."""
+
+    head: RequestHead
+    ended: bool
+
+
+@dataclasses.dataclass(slots=True)
+class MessagesReceived:
+    """Complete messages ``(payload, compressed)`` arrived on a call."""
+
+    stream_id: int
+    messages: list[tuple[bytes, bool]]
+
+
+@dataclasses.dataclass(slots=True)
+class RequestEnded:
+    """The client half-closed the call; no more messages will come."""
+
+    stream_id: int
+
+
+@dataclasses.dataclass(slots=True)
+class CallFailed:
+    """The call broke a rule; it must end with ``status`` (the stream is reset after it)."""
+
+    stream_id: int
+    status: StatusCode
+    details: str
+
+
+@dataclasses.dataclass(slots=True)
+class CallReset:
+    """The client reset the stream (cancellation); the call must stop, nothing more is sent."""
+
+    stream_id: int
+    error_code: int
+
+
+@dataclasses.dataclass(slots=True)
+class WindowOpened:
+    """Send window grew (``stream_id`` 0 = the whole connection)."""
+
+    stream_id: int
+
+
+@dataclasses.dataclass(slots=True)
+class PingReceived:
+    """The client sent a PING (already acknowledged); the caller applies the abuse policy."""
+
+
+@dataclasses.dataclass(slots=True)
+class PingAcked:
+    """A PING we sent was acknowledged."""
+
+    opaque: bytes
+
+
+@dataclasses.dataclass(slots=True)
+class ConnectionClosedByPeer:
+    """The client sent GOAWAY, or broke the protocol so badly that the connection is over."""
+
+    error_code: int
+    reason: str
+
+
+Event = (
+    CallStarted
+    | MessagesReceived
+    | RequestEnded
+    | CallFailed
+    | CallReset
+    | WindowOpened
+    | PingReceived
+    | PingAcked
+    | ConnectionClosedByPeer
+)
+
+
+class _StreamState:
+    """Per-stream receive state: the deframer and bytes awaiting acknowledgement."""
+
+    __slots__ = ("deframer", "failed")
+
+    def __init__(self, max_message_length: int) -> None:
+        self.deframer = Deframer(max_message_length)
+        self.failed = False
+
+
+class ServerProtocol:
+    """One server-side gRPC/HTTP/2 connection, without I/O.
+
+    Feed received bytes to :meth:`receive` and send what :meth:`data_to_send` returns after
+    every batch of calls.
+    """
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self._h2 = h2.connection.H2Connection(config=_H2_CONFIG)
+        self._streams: dict[int, _StreamState] = {}
+        self._goaway_last_stream_id = MAX_STREAM_ID
+        self.highest_stream_id = 0
+        self.closed = False
+        self._pending_raw = b""
+        s = h2.settings.SettingCodes
+        self._h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                s.MAX_CONCURRENT_STREAMS: settings.max_concurrent_streams,
+                s.INITIAL_WINDOW_SIZE: settings.initial_stream_window_size,
+                s.MAX_FRAME_SIZE: settings.max_frame_size,
+                s.MAX_HEADER_LIST_SIZE: settings.max_header_list_size,
+                s.ENABLE_PUSH: 0,
+            },
+        )
+        self._h2.initiate_connection()
+        extra_window = settings.initial_connection_window_size - 65535
+        if extra_window > 0:
+            self._h2.increment_flow_control_window(extra_window)
+
+    # -- receiving ------------------------------------------------------------------------
+
+    def receive(self, data: bytes) -> list[Event]:
+        """Process received bytes and return the gRPC events they produced."""
+        try:
+            h2_events = self._h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self.closed = True
+            code = getattr(exc, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            return [ConnectionClosedByPeer(int(code), f"HTTP/2 protocol error: {exc}")]
+        events: list[Event] = []
+        for event in h2_events:
+            if isinstance(event, h2.events.DataReceived):
+                self._on_data(event, events)
+            elif isinstance(event, h2.events.RequestReceived):
+                self._on_request(event, events)
+            elif isinstance(event, h2.events.StreamEnded):
+                self._on_stream_ended(event.stream_id, events)
+            elif isinstance(event, h2.events.WindowUpdated):
+                events.append(WindowOpened(event.stream_id or 0))
+            elif isinstance(event, h2.events.StreamReset):
+                if self._streams.pop(event.stream_id, None) is not None:
+                    events.append(CallReset(event.stream_id, int(event.error_code or 0)))
+            elif isinstance(event, h2.events.RemoteSettingsChanged):
+                events.append(WindowOpened(0))
+            elif isinstance(event, h2.events.PingReceived):
+                events.append(PingReceived())
+            elif isinstance(event, h2.events.PingAckReceived):
+                events.append(PingAcked(bytes(event.ping_data or b"")))
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self.closed = True
+                events.append(
+                    ConnectionClosedByPeer(int(event.error_code or 0), "client sent GOAWAY")
+                )
+            elif isinstance(event, h2.events.TrailersReceived):
+                self._fail(event.stream_id, StatusCode.INTERNAL, "unexpected request trailers",
+                           events)
+        return events
+
+    def _on_request(self, event: h2.events.RequestReceived, events: list[Event]) -> None:
+        stream_id = event.stream_id
+        ended = event.stream_ended is not None
+        if stream_id > self._goaway_last_stream_id:
+            self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        self.highest_stream_id = max(self.highest_stream_id, stream_id)
+        try:
+            head = self._parse_head(stream_id, event.headers or ())
+        except _HttpRejection as rejection:
+            self._send_http_error(stream_id, rejection)
+            return
+        except (RpcError, InvalidMetadataError) as exc:
+            self.send_trailers_only(stream_id, exc.status, str(exc), ())
+            return
+        self._streams[stream_id] = _StreamState(self.settings.max_receive_message_length)
+        events.append(CallStarted(head, ended))
+        if ended:
+            events.append(RequestEnded(stream_id))
+
+    def _parse_head(self, stream_id: int, headers: object) -> RequestHead:
+        method = path = content_type = authority = None
+        timeout: float | None = None
+        encoding: str | None = None
+        accept_encoding: bytes | None = None
+        for name, value in headers:  # type: ignore[attr-defined]
+            if name[0] == 58:  # b":"
+                if name == b":path":
+                    path = value
+                elif name == b":method":
+                    method = value
+                elif name == b":authority":
+                    authority = value
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"grpc-timeout":
+                timeout = md.parse_timeout(value)
+            elif name == b"grpc-encoding":
+                encoding = value.decode("ascii", "replace")
+            elif name == b"grpc-accept-encoding":
+                accept_encoding = value
+        if content_type is None or not content_type.startswith(b"application/grpc"):
+            raise _HttpRejection(415, f"content-type {content_type!r} is not application/grpc")
+        if method != b"POST":
+            raise _HttpRejection(405, f"method {method!r} is not POST")
+        if not path or path[0] != 47:  # b"/"
+            raise RpcError(f"malformed method path {path!r}", StatusCode.UNIMPLEMENTED)
+        if encoding is not None and encoding != "identity" and not is_supported(encoding):
+            raise RpcError(
+                f"grpc-encoding {encoding!r} is not supported; accepted: "
+                f"{ACCEPT_ENCODING_HEADER.decode()}",
+                StatusCode.UNIMPLEMENTED,
+            )
+        return RequestHead(
+            stream_id,
+            path.decode("utf-8", "replace"),
+            md.decode_metadata(headers),  # type: ignore[arg-type]
+            timeout,
+            encoding,
+            accept_encoding,
+            authority.decode("utf-8", "replace") if authority else None,
+        )
+
+    def _on_data(self, event: h2.events.DataReceived, events: list[Event]) -> None:
+        stream_id = event.stream_id
+        data = event.data or b""
+        padding = (event.flow_controlled_length or 0) - len(data)
+        if padding:
+            self._h2.acknowledge_received_data(padding, stream_id)
+        state = self._streams.get(stream_id)
+        if state is None or state.failed:
+            # Nobody will consume these bytes: give the credit back at once.
+            if data:
+                self._h2.acknowledge_received_data(len(data), stream_id)
+            return
+        try:
+            messages = state.deframer.feed(data)
+        except FramingError as exc:
+            self._h2.acknowledge_received_data(len(data) + state.deframer.buffered, stream_id)
+            self._fail(stream_id, exc.status, str(exc), events)
+            return
+        if messages:
+            events.append(MessagesReceived(stream_id, messages))
+
+    def _on_stream_ended(self, stream_id: int, events: list[Event]) -> None:
+        state = self._streams.get(stream_id)
+        if state is None or state.failed:
+            return
+        try:
+            state.deframer.close()
+        except FramingError as exc:
+            self._fail(stream_id, exc.status, str(exc), events)
+            return
+        events.append(RequestEnded(stream_id))
+
+    def _fail(self, stream_id: int, status: StatusCode, details: str, events: list[Event]) -> None:
+        state = self._streams.get(stream_id)
+        if state is not None:
+            state.failed = True
+        events.append(CallFailed(stream_id, status, details))
+
+    # -- flow control -----------------------------------------------------------------------
+
+    def consumed(self, stream_id: int, size: int) -> None:
+        """The application took a message of ``size`` wire bytes: return that credit."""
+        self._h2.acknowledge_received_data(size, stream_id)
+
+    def send_window(self, stream_id: int) -> int:
+        """Bytes that may be sent on ``stream_id`` now (stream and connection windows)."""
+        try:
+            return self._h2.local_flow_control_window(stream_id)
+        except h2.exceptions.StreamClosedError:
+            return -1
+
+    @property
+    def max_frame_size(self) -> int:
+        """Largest DATA frame the peer accepts."""
+        return self._h2.max_outbound_frame_size
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def send_headers(
+        self, stream_id: int, metadata: list[tuple[bytes, bytes]], encoding: str | None
+    ) -> None:
+        """Send response headers; ``encoding`` names the message compression, if any."""
+        headers = [*_RESPONSE_HEADERS, _ACCEPT_ENCODING]
+        if encoding is not None:
+            headers.append((b"grpc-encoding", encoding.encode("ascii")))
+        headers.extend(metadata)
+        self._h2.send_headers(stream_id, headers)
+
+    def send_data(self, stream_id: int, data: bytes | memoryview) -> None:
+        """Send DATA that fits the current window (the caller checks :meth:`send_window`)."""
+        limit = self._h2.max_outbound_frame_size
+        if len(data) <= limit:
+            self._h2.send_data(stream_id, data)
+            return
+        view = memoryview(data)
+        for offset in range(0, len(view), limit):
+            self._h2.send_data(stream_id, view[offset : offset + limit])
+
+    def send_trailers(
+        self,
+        stream_id: int,
+        status: StatusCode,
+        details: str | None,
+        metadata: list[tuple[bytes, bytes]],
+    ) -> None:
+        """End the response with ``grpc-status`` trailers, then stop the request side too."""
+        trailers = [(b"grpc-status", _STATUS_BYTES[status])]
+        if details:
+            trailers.append((b"grpc-message", md.encode_grpc_message(details)))
+        trailers.extend(metadata)
+        self._h2.send_headers(stream_id, trailers, end_stream=True)
+        self._finish(stream_id)
+
+    def send_trailers_only(
+        self,
+        stream_id: int,
+        status: StatusCode,
+        details: str | None,
+        metadata: list[tuple[bytes, bytes]] | tuple[()],
+    ) -> None:
+        """Answer with a single HEADERS frame carrying the status (nothing else was sent)."""
+        headers = [*_RESPONSE_HEADERS, _ACCEPT_ENCODING, (b"grpc-status", _STATUS_BYTES[status])]
+        if details:
+            headers.append((b"grpc-message", md.encode_grpc_message(details)))
+        headers.extend(metadata)
+        self._h2.send_headers(stream_id, headers, end_stream=True)
+        self._finish(stream_id)
+
+    def _send_http_error(self, stream_id: int, rejection: _HttpRejection) -> None:
+        headers = [
+            (b":status", str(rejection.http_status).encode()),
+            (b"content-type", b"text/plain"),
+            (b"grpc-status", _STATUS_BYTES[StatusCode.INTERNAL]),
+            (b"grpc-message", md.encode_grpc_message(rejection.reason)),
+        ]
+        self._h2.send_headers(stream_id, headers, end_stream=True)
+        self._finish(stream_id)
+
+    def _finish(self, stream_id: int) -> None:
+        """The response is complete: if the client still sends, ask it to stop (RFC 9113 8.1)."""
+        self._streams.pop(stream_id, None)
+        stream = self._h2.streams.get(stream_id)
+        if stream is not None and not stream.closed:
+            self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+
+    def reset(self, stream_id: int, error_code: int = h2.errors.ErrorCodes.CANCEL) -> None:
+        """Reset a stream (the call is abandoned)."""
+        self._streams.pop(stream_id, None)
+        stream = self._h2.streams.get(stream_id)
+        if stream is not None and not stream.closed:
+            self._h2.reset_stream(stream_id, error_code)
+
+    def ping(self, opaque: bytes) -> None:
+        """Send a PING with 8 bytes of ``opaque`` data."""
+        self._h2.ping(opaque)
+
+    def goaway(self, last_stream_id: int, error_code: int = 0, debug: bytes = b"") -> None:
+        """Queue a GOAWAY frame; calls on streams above ``last_stream_id`` will be refused.
+
+        Written here rather than with ``h2``'s ``close_connection``, which moves h2 to its
+        closed state and would reject the frames of the calls we still want to finish.
+        """
+        self._goaway_last_stream_id = min(self._goaway_last_stream_id, last_stream_id)
+        payload = struct.pack(">II", self._goaway_last_stream_id, error_code) + debug
+        header = struct.pack(">I", len(payload))[1:] + bytes((_GOAWAY_FRAME_TYPE, 0)) + b"\0" * 4
+        # The frame goes after whatever h2 has queued, preserving order on the wire.
+        self._pending_raw += self._h2.data_to_send() + header + payload
+
+
+    def data_to_send(self) -> bytes:
+        """Bytes to write to the transport now."""
+        data = self._h2.data_to_send()
+        if self._pending_raw:
+            data, self._pending_raw = self._pending_raw + data, b""
+        return data
+
+
+class _HttpRejection(Exception):
+    """A request that is not gRPC at the HTTP level (answered with an HTTP error status)."""
+
+    def __init__(self, http_status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.http_status = http_status
+        self.reason = reason
+
+
+_STATUS_BYTES = {code: str(code.number).encode() for code in StatusCode}
+
+__all__ = [
+    "CallFailed",
+    "CallReset",
+    "CallStarted",
+    "ConnectionClosedByPeer",
+    "Event",
+    "MessagesReceived",
+    "PingAcked",
+    "PingReceived",
+    "RequestEnded",
+    "RequestHead",
+    "ServerProtocol",
+    "WindowOpened",
+]

@@ -1,0 +1,406 @@
+"""The :class:`Server`: handlers, ports, connection groups and the lifecycle.
+
+Every connection belongs to one :class:`ConnectionGroup`: the group of the listening port that
+accepted it, or of the connection injector it was injected into.  Groups are what ``drain``
+(gRFC L111), ``unbind`` (L109) and injector ``drain``/``destroy`` (L114) act on; the server
+also keeps every connection in one set, so ``stop`` reaches them all whatever their group did.
+
+Lifecycle: ``start`` begins accepting on the bound ports; ``stop(grace)`` stops accepting at
+once, sends every connection a graceful GOAWAY, lets running calls finish for ``grace``
+seconds, then cancels the rest; ``wait_for_termination`` waits for that to complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .connection import Connection
+from .credentials import ServerCredentials
+from .errors import ServerStoppedError
+from .handlers import GenericRpcHandler, HandlerRegistry, ServerInterceptor
+from .options import ServerSettings
+from .tls import TlsLayer
+
+if TYPE_CHECKING:
+    from .injector import ConnectionInjector
+
+logger = logging.getLogger(__name__)
+
+
+class ConnectionGroup:
+    """Connections of one origin (a port or an injector), drained and closed together."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self.connections: set[Connection] = set()
+
+    def add(self, conn: Connection) -> None:
+        """Track a new connection (called when it is made)."""
+        self.connections.add(conn)
+        self._server._connections.add(conn)
+
+    def discard(self, conn: Connection) -> None:
+        """Forget a closed connection."""
+        self.connections.discard(conn)
+        self._server._connections.discard(conn)
+
+    def drain(self, grace: float | None) -> asyncio.Task[None]:
+        """Gracefully close the connections open *now*; cancel their calls after ``grace`` s.
+
+        Connections that join the group later are not touched.  ``None`` waits without limit.
+        The returned task completes when every one of those connections has closed.
+        """
+        return self._server.loop.create_task(close_connections(list(self.connections), grace))
+
+
+async def close_connections(connections: Sequence[Connection], grace: float | None) -> None:
+    """Graceful close of ``connections``; after ``grace`` seconds, cancel what still runs."""
+    for conn in connections:
+        conn.close_gracefully()
+    if not connections:
+        return
+    waiting = asyncio.gather(*(conn.wait_closed() for conn in connections))
+    try:
+        await asyncio.wait_for(asyncio.shield(waiting), grace)
+    except TimeoutError:
+        for conn in connections:
+            conn.cancel_calls()
+        await waiting
+
+
+class _Port:
+    """A bound address: its sockets, credentials and (once started) asyncio servers."""
+
+    def __init__(
+        self, number: int, sockets: list[socket.socket], credentials: ServerCredentials,
+        group: ConnectionGroup,
+    ) -> None:
+        self.number = number
+        self.sockets = sockets
+        self.credentials = credentials
+        self.group = group
+        self.servers: list[asyncio.Server] = []
+
+
+class Server:
+    """An asyncio gRPC server (the API of ``grpc.aio.Server``, plus connection injection).
+
+    ``options`` takes grpcio option tuples (``("grpc.max_receive_message_length", n)``);
+    keyword ``settings`` are :class:`~fastinject.options.ServerSettings` fields and win over
+    options.  Sync handlers run in ``migration_thread_pool`` (a default pool if not given).
+    """
+
+    def __init__(
+        self,
+        interceptors: Sequence[ServerInterceptor] | None = None,
+        options: Sequence[tuple[str, Any]] | None = None,
+        *,
+        migration_thread_pool: concurrent.futures.Executor | None = None,
+        handlers: Sequence[GenericRpcHandler] | None = None,
+        **settings: Any,
+    ) -> None:
+        self.settings = ServerSettings.from_options(options, **settings)
+        self.registry = HandlerRegistry(interceptors or ())
+        if handlers:
+            self.registry.add_generic(handlers)
+        self._executor = migration_thread_pool
+        self._owns_executor = migration_thread_pool is None
+        self._ports: dict[int, _Port] = {}
+        self._connections: set[Connection] = set()
+        self._injectors: set[ConnectionInjector] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+        self._stopping: asyncio.Task[None] | None = None
+        self._stop_deadline: float | None = None
+        self._terminated: asyncio.Event | None = None
+
+    # -- handlers ---------------------------------------------------------------------------
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Iterable[GenericRpcHandler]) -> None:
+        """Add generic handlers (objects with ``service(handler_call_details)``)."""
+        self.registry.add_generic(list(generic_rpc_handlers))
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: Mapping[str, Any]
+    ) -> None:
+        """Register method handlers (name -> handler) for ``service_name``."""
+        self.registry.add_registered(service_name, method_handlers)
+
+    # -- ports ------------------------------------------------------------------------------
+
+    def add_insecure_port(self, address: str) -> int:
+        """Bind ``address`` without TLS; returns the port number (useful with port 0)."""
+        return self._add_port(address, ServerCredentials.insecure())
+
+    def add_secure_port(self, address: str, server_credentials: ServerCredentials) -> int:
+        """Bind ``address`` with ``server_credentials``; returns the port number."""
+        if not isinstance(server_credentials, ServerCredentials):
+            raise TypeError(
+                f"server_credentials must be fastinject.ServerCredentials, "
+                f"not {type(server_credentials).__name__}"
+            )
+        return self._add_port(address, server_credentials)
+
+    def _add_port(self, address: str, credentials: ServerCredentials) -> int:
+        self._check_not_stopped()
+        sockets = bind_address(address)
+        number = port_number(sockets)
+        port = _Port(number, sockets, credentials, ConnectionGroup(self))
+        self._ports[number] = port
+        if self._started:
+            self.loop.create_task(self._serve_port(port))
+        return number
+
+    async def _serve_port(self, port: _Port) -> None:
+        loop = self.loop
+        for sock in port.sockets:
+            server = await loop.create_server(
+                lambda port=port: self._accepted_protocol(port), sock=sock, backlog=1024
+            )
+            port.servers.append(server)
+
+    def _accepted_protocol(self, port: _Port) -> asyncio.Protocol:
+        return self.connection_protocol(port.credentials, port.group, self.registry.interceptors)
+
+    def connection_protocol(
+        self,
+        credentials: ServerCredentials,
+        group: ConnectionGroup,
+        interceptors: Sequence[ServerInterceptor],
+        *,
+        initial_data: bytes = b"",
+        peer: str | None = None,
+    ) -> asyncio.Protocol:
+        """The protocol serving one new connection: TLS first if ``credentials`` ask for it."""
+
+        def make_connection(data: bytes = b"") -> Connection:
+            return Connection(
+                settings=self.settings,
+                registry=self.registry,
+                interceptors=interceptors,
+                executor=self._get_executor,
+                group=group,
+                peer=peer,
+                initial_data=data,
+            )
+
+        context = credentials.ssl_context()
+        if context is None:
+            return make_connection(initial_data)
+        return TlsLayer(context, make_connection, self.settings.handshake_timeout, initial_data)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the server runs on (set by :meth:`start`)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    async def start(self) -> None:
+        """Start serving the bound ports (and injected connections)."""
+        self._check_not_stopped()
+        if self._started:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._terminated = asyncio.Event()
+        self._started = True
+        for port in list(self._ports.values()):
+            await self._serve_port(port)
+
+    async def stop(self, grace: float | None) -> None:
+        """Stop: no new connections or calls; running calls get ``grace`` seconds, then cancelled.
+
+        Idempotent; a later call with a shorter grace shortens the wait (the shortest wins).
+        ``None`` cancels running calls at once, like ``grpc.aio``.
+        """
+        loop = self.loop
+        deadline = loop.time() + (grace or 0.0)
+        if self._stop_deadline is None or deadline < self._stop_deadline:
+            self._stop_deadline = deadline
+        if self._stopping is None:
+            self._stopping = loop.create_task(self._shutdown())
+        await asyncio.shield(self._stopping)
+
+    async def _shutdown(self) -> None:
+        for port in self._ports.values():
+            close_port(port)
+        for injector in list(self._injectors):
+            injector._server_stopping()
+        connections = list(self._connections)
+        for conn in connections:
+            conn.close_gracefully()
+        waiting = asyncio.gather(*(conn.wait_closed() for conn in connections))
+        # Waiting in short steps lets a later stop() with a shorter grace take effect.
+        while not waiting.done():
+            remaining = (self._stop_deadline or 0.0) - self.loop.time()
+            if remaining <= 0:
+                break
+            await asyncio.wait([waiting], timeout=min(remaining, 0.05))
+        for conn in list(self._connections):
+            conn.cancel_calls()
+        await waiting
+        if self._executor is not None and self._owns_executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._terminated is None:
+            self._terminated = asyncio.Event()
+        self._terminated.set()
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """Wait until the server has stopped; False if ``timeout`` seconds passed first."""
+        if self._terminated is None:
+            self._terminated = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._terminated.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop(None)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` has been called."""
+        return self._stopping is not None
+
+    def _check_not_stopped(self) -> None:
+        if self._stopping is not None:
+            raise ServerStoppedError("the server has been stopped")
+
+    def _get_executor(self) -> concurrent.futures.Executor:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=min(32, (os.cpu_count() or 1) + 4),
+                thread_name_prefix="fastinject-handler",
+            )
+        return self._executor
+
+    # -- L111 drain, L109 unbind -----------------------------------------------------------
+
+    def drain(self, port: int, grace_time_ms: float) -> Awaitable[None]:
+        """Gracefully close the connections of ``port`` (gRFC L111); the port keeps listening.
+
+        Calls still running after ``grace_time_ms`` are cancelled.  Returns an awaitable that
+        completes when those connections have closed; the work starts at once either way.
+        """
+        if grace_time_ms < 0:
+            raise ValueError(f"grace_time_ms must be >= 0, not {grace_time_ms}")
+        return self._port(port).group.drain(grace_time_ms / 1000.0)
+
+    def unbind(self, port: int) -> Awaitable[None]:
+        """Stop listening on ``port`` at once and gracefully close its connections (gRFC L109).
+
+        The address can be bound again immediately; other ports and injectors keep serving.
+        """
+        record = self._port(port)
+        del self._ports[port]
+        close_port(record)
+        return record.group.drain(None)
+
+    def _port(self, port: int) -> _Port:
+        if not isinstance(port, int) or isinstance(port, bool):
+            raise TypeError(f"port must be an int, not {type(port).__name__}")
+        if port == 0:
+            raise ValueError("port 0 is not a bound port: pass the number add_*_port returned")
+        record = self._ports.get(port)
+        if record is None:
+            raise ValueError(f"port {port} is not bound by this server")
+        return record
+
+    # -- L114 connection injection -----------------------------------------------------------
+
+    def create_connection_injector(
+        self,
+        credentials: ServerCredentials,
+        interceptors: Sequence[ServerInterceptor] | None = None,
+    ) -> ConnectionInjector:
+        """A :class:`~fastinject.injector.ConnectionInjector` serving streams with ``credentials``.
+
+        ``interceptors`` run after the server's own, for connections of this injector only.
+        """
+        from .injector import ConnectionInjector
+
+        if not isinstance(credentials, ServerCredentials):
+            raise TypeError(
+                f"credentials must be fastinject.ServerCredentials, not {type(credentials).__name__}"
+            )
+        self._check_not_stopped()
+        injector = ConnectionInjector(
+            self, credentials, (*self.registry.interceptors, *(interceptors or ()))
+        )
+        self._injectors.add(injector)
+        return injector
+
+
+def close_port(port: _Port) -> None:
+    """Stop listening on ``port`` and release its sockets (the address is free at once)."""
+    for server in port.servers:
+        server.close()
+    port.servers.clear()
+    for sock in port.sockets:
+        sock.close()
+
+
+def bind_address(address: str) -> list[socket.socket]:
+    """Bind listening sockets for a gRPC address (``host:port``, ``[v6]:port``, ``unix:path``).
+
+    A host that resolves to several addresses (``localhost``) gets a socket each, on the same
+    port; port 0 picks a free port.
+    """
+    if address.startswith("unix:"):
+        path = address[len("unix:"):]
+        if path.startswith("//"):
+            path = path[2:]
+        if os.path.exists(path) and not os.path.isfile(path):
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        sock.listen(1024)
+        sock.setblocking(False)
+        return [sock]
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"address {address!r} is not host:port, [ipv6]:port or unix:path")
+    host = host.strip("[]") or "::"
+    port = int(port_text)
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, sockaddr in infos:
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and host == "::":
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind((sockaddr[0], port, *sockaddr[2:]))
+            sock.listen(1024)
+            sock.setblocking(False)
+            port = sock.getsockname()[1]
+            if host == "::":
+                break  # dual-stack socket covers IPv4 too
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise OSError(exc.errno, f"cannot bind {address!r}: {exc.strerror}") from exc
+    return sockets
+
+
+def port_number(sockets: Sequence[socket.socket]) -> int:
+    """The TCP port of bound sockets (a negative-free stand-in for unix sockets)."""
+    name = sockets[0].getsockname()
+    if isinstance(name, tuple):
+        return int(name[1])
+    # Unix sockets have no port; grpcio returns 1 for them.
+    return 1
