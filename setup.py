@@ -86,9 +86,7 @@ class OptionalBuildExt(build_ext):
 
 
 ext_modules = (
-    []
-    if NO_EXTENSIONS
-    else [Extension("fastinject._framing", ["src/fastinject/_framing.pyx"])]
+    [] if NO_EXTENSIONS else [Extension("fastinject._framing", ["src/fastinject/_framing.pyx"])]
 )
 
 setup(ext_modules=ext_modules, cmdclass={"build_ext": OptionalBuildExt})

@@ -8,6 +8,7 @@ import grpc
 import pytest
 from echo_service import Recorder
 from serving import Served, echo_server
+from tls_material import TlsMaterial, tls_material
 
 
 @pytest.fixture
@@ -28,3 +29,9 @@ async def served(recorder: Recorder) -> AsyncIterator[Served]:
 async def channel(served: Served) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(served.target) as channel:
         yield channel
+
+
+@pytest.fixture(scope="session")
+def tls() -> TlsMaterial:
+    """A CA, server certificates (current and rotated) and a client certificate."""
+    return tls_material()

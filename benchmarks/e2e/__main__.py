@@ -8,6 +8,6 @@ from pathlib import Path
 if importlib.util.find_spec("fastinject") is None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-from benchmarks.e2e.cli import main  # noqa: E402  (needs the path set above)
+from benchmarks.e2e.cli import main
 
 sys.exit(main())

@@ -1,4 +1,4 @@
-"""The command-line contract every benchmark server script shares with the fastinject interop server.
+"""The command-line contract the benchmark server scripts share with the fastinject interop server.
 
 A server is started as ``python -m <module> --port 0 [more options]``, prints exactly
 ``listening on PORT`` on stdout once it accepts connections on 127.0.0.1, and exits 0 when it

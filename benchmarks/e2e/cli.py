@@ -17,7 +17,13 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from benchmarks.e2e import h2load, report, runner
-from benchmarks.e2e.servers import SERVER_ENTRIES, SERVER_ENTRIES_BY_NAME, ServerEntry
+from benchmarks.e2e.servers import (
+    SERVER_ENTRIES,
+    SERVER_ENTRIES_BY_NAME,
+    ServerEntry,
+    ServerStartError,
+)
+from benchmarks.e2e.stubs import StubGenerationError
 from benchmarks.e2e.workloads import WORKLOADS, WORKLOADS_BY_NAME, Workload
 
 
@@ -73,23 +79,28 @@ def build_parser() -> argparse.ArgumentParser:
     server_names = [entry.name for entry in SERVER_ENTRIES]
     workload_names = [workload.name for workload in WORKLOADS]
     parser.add_argument(
-        "--servers", type=lambda text: _names(text, server_names, "server"),
-        help=f"comma-separated, from {','.join(server_names)} (default: every importable one)",
+        "--servers",
+        type=lambda text: _names(text, server_names, "server"),
+        help=f"comma-separated, from {','.join(server_names)} "
+        "(default: every importable one except fastinject-py)",
     )
     parser.add_argument(
-        "--workloads", type=lambda text: _names(text, workload_names, "workload"),
+        "--workloads",
+        type=lambda text: _names(text, workload_names, "workload"),
         help=f"comma-separated, from {','.join(workload_names)} (default: all)",
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="2 short rounds: under a minute")
     mode.add_argument(
-        "--self-check", action="store_true",
+        "--self-check",
+        action="store_true",
         help="one wave of calls per server and workload: checks the plumbing only",
     )
     parser.add_argument("--rounds", type=_positive_int, help="timed rounds per server (default 5)")
     length = parser.add_mutually_exclusive_group()
     length.add_argument(
-        "--duration", type=_non_negative_float,
+        "--duration",
+        type=_non_negative_float,
         help="target seconds per round; the call count is sized from the warm-up (default 4)",
     )
     length.add_argument(
@@ -98,7 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--warmup", type=_non_negative_float, help="warm-up seconds per server and workload"
     )
-    parser.add_argument("--baseline", default="grpc.aio", help="server the ratios compare with")
+    parser.add_argument(
+        "--baseline",
+        default="grpc.aio",
+        choices=server_names,
+        help="server the ratios compare with (default grpc.aio)",
+    )
     parser.add_argument("--server-cpu", type=int, default=0, help="CPU the servers are pinned to")
     parser.add_argument("--client-cpu", type=int, default=1, help="CPU h2load is pinned to")
     parser.add_argument("--no-pin", action="store_true", help="do not pin anything with taskset")
@@ -118,6 +134,8 @@ def _select_servers(parser: argparse.ArgumentParser, names: list[str] | None) ->
         return entries
     entries = []
     for entry in SERVER_ENTRIES:
+        if not entry.default:
+            continue
         reason = entry.missing()
         if reason is None:
             entries.append(entry)
@@ -134,14 +152,15 @@ def parse_options(argv: Sequence[str] | None = None) -> tuple[runner.Options, ar
     args = parser.parse_args(argv)
     if args.list:
         for entry in SERVER_ENTRIES:
-            state = entry.missing() or "available"
-            print(f"server   {entry.name:12} {entry.description} [{state}]")
+            state = entry.missing() or ("available" if entry.default else "available, not default")
+            print(f"server   {entry.name:14} {entry.description} [{state}]")
         for workload in WORKLOADS:
-            print(f"workload {workload.name:12} {workload.description}")
+            print(f"workload {workload.name:14} {workload.description}")
         raise SystemExit(0)
     mode = MODES["quick" if args.quick else "self-check" if args.self_check else "default"]
-    workloads: list[Workload] = [WORKLOADS_BY_NAME[name] for name in args.workloads or
-                                 [w.name for w in WORKLOADS]]
+    workloads: list[Workload] = [
+        WORKLOADS_BY_NAME[name] for name in args.workloads or [w.name for w in WORKLOADS]
+    ]
     if args.requests is not None:
         most_clients = max(workload.clients for workload in workloads)
         if args.requests < most_clients:
@@ -150,6 +169,8 @@ def parse_options(argv: Sequence[str] | None = None) -> tuple[runner.Options, ar
     for option, cpu in (("--server-cpu", args.server_cpu), ("--client-cpu", args.client_cpu)):
         if not args.no_pin and not 0 <= cpu < cpus:
             parser.error(f"{option} {cpu} is not a CPU of this machine (0..{cpus - 1})")
+    if not args.no_pin and args.server_cpu == args.client_cpu:
+        parser.error("--server-cpu and --client-cpu must differ (or use --no-pin)")
     if shutil.which(args.h2load) is None:
         parser.error(f"h2load not found at {args.h2load} (Debian: apt install nghttp2-client)")
     options = runner.Options(
@@ -168,7 +189,7 @@ def parse_options(argv: Sequence[str] | None = None) -> tuple[runner.Options, ar
 
 def environment(options: runner.Options) -> dict[str, Any]:
     """Return the software and machine facts a result depends on."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for distribution in ("grpcio", "grpclib", "protobuf", "h2"):
         try:
             versions[distribution] = metadata.version(distribution)
@@ -180,6 +201,12 @@ def environment(options: runner.Options) -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu_model = line.split(":", 1)[1].strip()
                 break
+    try:
+        from fastinject import framing
+
+        framing_implementation: str | None = framing.IMPLEMENTATION
+    except ImportError:
+        framing_implementation = None
     return {
         "python": sys.version,
         "platform": platform.platform(),
@@ -187,12 +214,14 @@ def environment(options: runner.Options) -> dict[str, Any]:
         "cpu_model": cpu_model,
         "h2load": h2load.version(options.h2load_path),
         "fastinject_sources": str(runner.package_root()),
+        "fastinject_framing": framing_implementation,
         "packages": versions,
     }
 
 
-def _write_json(path: Path, options: runner.Options, outcome: runner.Outcome,
-                summaries: list[report.Summary]) -> None:
+def _write_json(
+    path: Path, options: runner.Options, outcome: runner.Outcome, summaries: list[report.Summary]
+) -> None:
     document = {
         "options": {
             "servers": [entry.name for entry in options.servers],
@@ -206,8 +235,13 @@ def _write_json(path: Path, options: runner.Options, outcome: runner.Outcome,
         },
         "environment": environment(options),
         "workloads": {
-            w.name: {"method": w.method, "clients": w.clients, "streams": w.streams,
-                     "messages_per_call": w.messages_per_call, "description": w.description}
+            w.name: {
+                "method": w.method,
+                "clients": w.clients,
+                "streams": w.streams,
+                "messages_per_call": w.messages_per_call,
+                "description": w.description,
+            }
             for w in options.workloads
         },
         "rounds": [asdict(measured) for measured in outcome.rounds],
@@ -221,17 +255,37 @@ def _write_json(path: Path, options: runner.Options, outcome: runner.Outcome,
     path.write_text(json.dumps(document, indent=2) + "\n")
 
 
-def _exit_on_signal(signum: int, _frame: FrameType | None) -> NoReturn:
-    # SystemExit unwinds through the runner's cleanup, which stops every server.
-    raise SystemExit(128 + signum)
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP arrived; like KeyboardInterrupt, it unwinds through every cleanup."""
+
+    def __init__(self, signum: int) -> None:
+        """Record which signal arrived."""
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, _frame: FrameType | None) -> NoReturn:
+    raise Interrupted(signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the harness; return 0 when every selected server passed every workload."""
     options, args = parse_options(argv)
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _exit_on_signal)
-    outcome = runner.run(options)
+        signal.signal(signum, _raise_interrupted)
+    if options.client_cpu is not None:
+        # Keep the harness, idle while h2load runs, off the servers' CPU too.
+        os.sched_setaffinity(0, {options.client_cpu})
+    try:
+        outcome = runner.run(options)
+    except (KeyboardInterrupt, Interrupted) as interruption:
+        print("interrupted: every server and h2load were stopped", file=sys.stderr)
+        return 128 + (
+            interruption.signum if isinstance(interruption, Interrupted) else signal.SIGINT
+        )
+    except (runner.HarnessError, StubGenerationError, ServerStartError) as error:
+        print(f"cannot run the benchmark: {error}", file=sys.stderr)
+        return 2
     summaries = report.summarise(
         outcome.rounds, {w.name: w.messages_per_call for w in options.workloads}, args.baseline
     )

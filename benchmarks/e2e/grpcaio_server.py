@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 
-import grpc
-
+import grpc  # type: ignore[import-untyped,unused-ignore]
 from benchmarks.e2e import _serving
 
 DEFAULT_SERVICER = "fastinject.interop.servicer:TestServiceServicer"

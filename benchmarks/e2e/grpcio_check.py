@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-import grpc
+import grpc  # type: ignore[import-untyped,unused-ignore]
+from benchmarks.e2e.workloads import Workload
 from google.protobuf.message import Message
 
-from benchmarks.e2e.workloads import Workload
 from fastinject.interop import test_pb2_grpc
 
-CALL_TIMEOUT_S = 60.0
+CALL_TIMEOUT_S = 20.0
 """Deadline of the checking call; generous, because it is not timed."""
 
 

@@ -17,11 +17,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from benchmarks.e2e import _serving
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 
-from benchmarks.e2e import _serving
 from fastinject.interop import messages_pb2 as pb
 
 Handler = Callable[[Any, Stream[Any, Any]], Coroutine[Any, Any, None]]
@@ -116,7 +116,7 @@ IMPLEMENTED: dict[str, Handler] = {
 def build_servicer(stubs: ModuleType) -> Any:
     """Return an instance of the generated ``TestServiceBase`` with our methods filled in."""
     base: type = stubs.TestServiceBase
-    methods = {name: _unimplemented for name in getattr(base, "__abstractmethods__", ())}
+    methods = dict.fromkeys(getattr(base, "__abstractmethods__", ()), _unimplemented)
     methods.update(IMPLEMENTED)
     return type("BenchTestService", (base,), methods)()
 

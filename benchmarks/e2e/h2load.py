@@ -42,11 +42,6 @@ class H2loadResult:
     status_5xx: int
     data_bytes: int
 
-    @property
-    def rate(self) -> float:
-        """Successful calls per second."""
-        return self.succeeded / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _FINISHED = re.compile(r"^finished in ([0-9.]+)(us|ms|s|m|h),", re.MULTILINE)
@@ -72,14 +67,26 @@ def parse_summary(output: str) -> H2loadResult:
     Raises H2loadError naming the first summary line that is missing.
     """
     finished = _search(_FINISHED, output, "finished in")
-    counts = [int(value) for value in _search(_REQUESTS, output, "requests:").groups()]
-    statuses = [int(value) for value in _search(_STATUS, output, "status codes:").groups()]
-    data = _search(_DATA, output, "traffic:")
+    total, started, done, succeeded, failed, errored, timeout = (
+        int(value) for value in _search(_REQUESTS, output, "requests:").groups()
+    )
+    s2xx, s3xx, s4xx, s5xx = (
+        int(value) for value in _search(_STATUS, output, "status codes:").groups()
+    )
     return H2loadResult(
-        float(finished.group(1)) * _UNITS[finished.group(2)],
-        *counts,
-        *statuses,
-        data_bytes=int(data.group(1)),
+        elapsed_s=float(finished.group(1)) * _UNITS[finished.group(2)],
+        requests_total=total,
+        started=started,
+        done=done,
+        succeeded=succeeded,
+        failed=failed,
+        errored=errored,
+        timeout=timeout,
+        status_2xx=s2xx,
+        status_3xx=s3xx,
+        status_4xx=s4xx,
+        status_5xx=s5xx,
+        data_bytes=int(_search(_DATA, output, "traffic:").group(1)),
     )
 
 

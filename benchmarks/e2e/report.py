@@ -9,7 +9,12 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Round:
-    """One timed h2load run of one workload against one server."""
+    """One timed h2load run of one workload against one server.
+
+    ``others_load`` is the largest share of a pinned CPU (the server's or h2load's) that other
+    processes used during the round and ``steal`` the largest share the hypervisor took; both
+    are None when nothing is pinned.
+    """
 
     workload: str
     server: str
@@ -17,6 +22,8 @@ class Round:
     calls: int
     elapsed_s: float
     cpu_s: float
+    others_load: float | None = None
+    steal: float | None = None
 
     @property
     def rate(self) -> float:
@@ -35,7 +42,8 @@ class Summary:
 
     ``rate_ratio`` above 1 and ``cpu_ratio`` below 1 mean better than the baseline; both are
     None when the baseline server did not run.  ``spread`` is (max - min) / median of the
-    round rates, a rough measure of noise.
+    round rates, a rough measure of noise; ``others_load`` is the largest ``others_load`` of
+    any round (None when unknown).
     """
 
     workload: str
@@ -45,6 +53,7 @@ class Summary:
     messages_per_s: float
     cpu_per_call: float
     spread: float
+    others_load: float | None
     rate_ratio: float | None
     cpu_ratio: float | None
 
@@ -68,6 +77,7 @@ def summarise(
         rate, cpu = medians[(workload, server)]
         rates = [r.rate for r in group]
         base = medians.get((workload, baseline))
+        loads = [r.others_load for r in group if r.others_load is not None]
         summaries.append(
             Summary(
                 workload=workload,
@@ -77,6 +87,7 @@ def summarise(
                 messages_per_s=rate * messages_per_call[workload],
                 cpu_per_call=cpu,
                 spread=(max(rates) - min(rates)) / rate,
+                others_load=max(loads) if loads else None,
                 rate_ratio=rate / base[0] if base and base[0] > 0 else None,
                 cpu_ratio=cpu / base[1] if base and base[1] > 0 else None,
             )
@@ -100,22 +111,36 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
-def format_table(
-    summaries: Sequence[Summary], streaming: set[str], baseline: str
-) -> str:
+def format_table(summaries: Sequence[Summary], streaming: set[str], baseline: str) -> str:
     """Return the comparison table; messages/s is shown only for ``streaming`` workloads."""
     header = (
-        "workload", "server", "rounds", "calls/s", "msgs/s", "spread", "CPU/call",
-        f"calls/s vs {baseline}", f"CPU/call vs {baseline}",
+        "workload",
+        "server",
+        "rounds",
+        "calls/s",
+        "msgs/s",
+        "spread",
+        "others",
+        "CPU/call",
+        f"calls/s vs {baseline}",
+        f"CPU/call vs {baseline}",
     )
     rows = [header]
     for s in summaries:
-        rows.append((
-            s.workload, s.server, str(s.rounds), f"{s.rate:,.1f}",
-            f"{s.messages_per_s:,.0f}" if s.workload in streaming else "-",
-            f"{s.spread:.0%}", format_seconds(s.cpu_per_call),
-            _ratio(s.rate_ratio), _ratio(s.cpu_ratio),
-        ))
+        rows.append(
+            (
+                s.workload,
+                s.server,
+                str(s.rounds),
+                f"{s.rate:,.1f}",
+                f"{s.messages_per_s:,.0f}" if s.workload in streaming else "-",
+                f"{s.spread:.0%}",
+                "-" if s.others_load is None else f"{s.others_load:.0%}",
+                format_seconds(s.cpu_per_call),
+                _ratio(s.rate_ratio),
+                _ratio(s.cpu_ratio),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
     for number, row in enumerate(rows):
@@ -126,4 +151,10 @@ def format_table(
         lines.append("  ".join(cells).rstrip())
         if number == 0:
             lines.append("  ".join("-" * width for width in widths))
+    lines.append("")
+    lines.append(
+        "spread: (max - min) / median of the round rates.  others: the largest share of the "
+        "server's or h2load's\nCPU that other processes took during a round; above a few "
+        "percent the figures are disturbed."
+    )
     return "\n".join(lines)

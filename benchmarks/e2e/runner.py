@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.e2e import h2load, stubs
+from benchmarks.e2e import h2load, procstat, stubs
 from benchmarks.e2e.grpcio_check import check_call
-from benchmarks.e2e.report import Round
+from benchmarks.e2e.report import Round, format_seconds
 from benchmarks.e2e.servers import ServerEntry, ServerProcess, child_environment
 from benchmarks.e2e.workloads import Workload
 
@@ -73,6 +73,20 @@ class Outcome:
 Log = Callable[[str], None]
 
 
+@dataclass
+class Load:
+    """CPU use during one h2load run.
+
+    ``server`` is the server's CPU seconds; ``others`` the largest share of either pinned CPU
+    (the server's or h2load's) that other processes used, ``steal`` the largest share the
+    hypervisor took from either; both None when nothing is pinned.
+    """
+
+    server: float
+    others: float | None = None
+    steal: float | None = None
+
+
 def _stderr_log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -116,9 +130,7 @@ class _Bench:
         self.log(f"  FAILED {workload.name} on {server}: {reason}")
 
     def _active(self, workload: Workload) -> list[str]:
-        return [
-            name for name in self.servers if (workload.name, name) not in self.outcome.failures
-        ]
+        return [name for name in self.servers if (workload.name, name) not in self.outcome.failures]
 
     def check_all(self) -> None:
         """Make one grpcio call per workload against every server and check it."""
@@ -132,25 +144,45 @@ class _Bench:
 
     def _run(
         self, workload: Workload, name: str, body: Path, calls: int, expected_s: float | None
-    ) -> tuple[h2load.H2loadResult, float]:
-        """Post ``calls`` calls; return h2load's summary and the server CPU seconds used."""
+    ) -> tuple[h2load.H2loadResult, Load]:
+        """Post ``calls`` calls; return h2load's summary and the CPU it took."""
         server = self.servers[name]
         argv = h2load.command(
-            server.port, workload.path, body, calls, workload.clients, workload.streams,
-            h2load=self.options.h2load_path, cpu=self.options.client_cpu,
+            server.port,
+            workload.path,
+            body,
+            calls,
+            workload.clients,
+            workload.streams,
+            h2load=self.options.h2load_path,
+            cpu=self.options.client_cpu,
         )
         timeout = MIN_RUN_TIMEOUT_S
         if expected_s is not None:
             timeout = max(timeout, RUN_TIMEOUT_FACTOR * expected_s)
+        server_core, client_core = self.options.server_cpu, self.options.client_cpu
+        cores = [core for core in (server_core, client_core) if core is not None]
+        cores_before = procstat.sample_cores(cores)
+        children_before = procstat.waited_children_cpu_seconds()
         cpu_before = server.cpu_seconds()
         result = h2load.run(argv, timeout)
-        cpu_used = server.cpu_seconds() - cpu_before
+        load = Load(server=server.cpu_seconds() - cpu_before)
+        # h2load has been waited for, so its CPU time is now in the children's account.
+        h2load_cpu = procstat.waited_children_cpu_seconds() - children_before
+        own = {
+            core: cpu
+            for core, cpu in ((server_core, load.server), (client_core, h2load_cpu))
+            if core is not None
+        }
+        shares = procstat.interference(cores_before, procstat.sample_cores(cores), own)
+        if shares is not None:
+            load.others, load.steal = shares
         problems = h2load.problems(result, calls, workload.min_response_data())
         if not server.alive():
             problems.append(f"server exited with {server.process.returncode}")
         if problems:
             raise h2load.H2loadError("; ".join(problems))
-        return result, cpu_used
+        return result, load
 
     def warm_up(self, workload: Workload, name: str, body: Path) -> tuple[int, float]:
         """Warm ``name`` up on ``workload``; return the calls per round and the last rate."""
@@ -188,31 +220,47 @@ class _Bench:
                 calls = self.outcome.calls_per_round[(workload.name, name)]
                 expected_s = calls / self.outcome.warmup_rates[(workload.name, name)]
                 try:
-                    result, cpu = self._run(workload, name, body, calls, expected_s)
+                    result, load = self._run(workload, name, body, calls, expected_s)
                 except h2load.H2loadError as error:
                     self._fail(workload, name, f"round {index + 1}: {error}")
                     continue
-                measured = Round(workload.name, name, index, calls, result.elapsed_s, cpu)
+                measured = Round(
+                    workload=workload.name,
+                    server=name,
+                    index=index,
+                    calls=calls,
+                    elapsed_s=result.elapsed_s,
+                    cpu_s=load.server,
+                    others_load=load.others,
+                    steal=load.steal,
+                )
                 self.outcome.rounds.append(measured)
                 self.log(
                     f"  round {index + 1}/{self.options.rounds} {name}: "
-                    f"{measured.rate:,.1f} calls/s, {measured.cpu_per_call * 1e6:,.1f} us CPU/call"
+                    f"{measured.rate:,.1f} calls/s, "
+                    f"{format_seconds(measured.cpu_per_call)} CPU/call"
+                    + ("" if load.others is None else f", others {load.others:.0%}")
                 )
 
 
 def run(options: Options, log: Log = _stderr_log) -> Outcome:
     """Run the whole benchmark; every server started is stopped before this returns or raises."""
-    with tempfile.TemporaryDirectory(prefix="fastinject-e2e-") as tmp, \
-            contextlib.ExitStack() as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="fastinject-e2e-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         work_dir = Path(tmp)
         values = _placeholder_values(options.servers, work_dir)
         env = child_environment([str(package_root()), str(REPOSITORY)])
         servers: dict[str, ServerProcess] = {}
         for entry in options.servers:
             server = ServerProcess.start(
-                entry.name, entry.argv(sys.executable, values),
-                log_dir=work_dir / "logs" / entry.name, env=env,
-                cpu=options.server_cpu, ready_timeout_s=options.ready_timeout_s,
+                entry.name,
+                entry.argv(sys.executable, values),
+                log_dir=work_dir / "logs" / entry.name,
+                env={**env, **dict(entry.env)},
+                cpu=options.server_cpu,
+                ready_timeout_s=options.ready_timeout_s,
             )
             stack.enter_context(server)
             servers[entry.name] = server

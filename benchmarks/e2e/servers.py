@@ -32,8 +32,9 @@ class ServerEntry:
     """How to start one server under test.
 
     ``args`` may contain ``{name}`` placeholders that the harness fills in at start (for
-    example ``{grpclib_stubs}``).  The entry is available when module ``requires`` can be
-    imported.
+    example ``{grpclib_stubs}``); ``env`` is added to the server's environment.  The entry is
+    available when module ``requires`` can be imported; a ``default`` entry runs when
+    ``--servers`` is not given, the others only when named.
     """
 
     name: str
@@ -41,6 +42,8 @@ class ServerEntry:
     description: str
     requires: str
     args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    default: bool = True
 
     def placeholders(self) -> set[str]:
         """Return the placeholder names used in ``args``."""
@@ -53,15 +56,16 @@ class ServerEntry:
 
     def argv(self, python: str, values: Mapping[str, str]) -> list[str]:
         """Return the command line that starts this server on a free port."""
-        return [python, "-m", self.module, "--port", "0", *(a.format_map(values) for a in self.args)]
+        args = [arg.format_map(values) for arg in self.args]
+        return [python, "-m", self.module, "--port", "0", *args]
 
     def missing(self) -> str | None:
         """Return why this server cannot run here, or None if it can."""
         try:
             found = importlib.util.find_spec(self.requires) is not None
-        except ImportError:
-            found = False
-        return None if found else f"module {self.requires} is not importable"
+        except ImportError as error:
+            return f"module {self.requires} is not importable ({error})"
+        return None if found else f"module {self.requires} does not exist"
 
 
 SERVER_ENTRIES: tuple[ServerEntry, ...] = (
@@ -70,6 +74,14 @@ SERVER_ENTRIES: tuple[ServerEntry, ...] = (
         module="fastinject.interop.server",
         description="fastinject interop server, listening socket",
         requires="fastinject.interop.server",
+    ),
+    ServerEntry(
+        name="fastinject-py",
+        module="fastinject.interop.server",
+        description="fastinject interop server with the pure-Python framing twin",
+        requires="fastinject.interop.server",
+        env=(("FASTINJECT_NO_EXTENSIONS", "1"),),
+        default=False,
     ),
     ServerEntry(
         name="grpc.aio",
@@ -85,7 +97,13 @@ SERVER_ENTRIES: tuple[ServerEntry, ...] = (
         args=("--stubs", "{grpclib_stubs}"),
     ),
 )
-"""Every server the harness knows, in the order each round visits them."""
+"""Every server the harness knows, in the order each round visits them.
+
+To benchmark another server mode, add an entry here; for example the injected-connection mode
+of the interop server would be ``ServerEntry(name="fastinject-inject",
+module="fastinject.interop.server", description=..., requires="fastinject.interop.server",
+args=("--transport", "inject"))``.
+"""
 
 SERVER_ENTRIES_BY_NAME: dict[str, ServerEntry] = {entry.name: entry for entry in SERVER_ENTRIES}
 """Server entries keyed by their command-line name."""
@@ -128,8 +146,12 @@ class ServerProcess:
             # A session of its own: a Ctrl-C in the terminal reaches only the harness, which
             # then stops every server itself, in order.
             process = subprocess.Popen(
-                command, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                env=dict(env), start_new_session=True,
+                command,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                env=dict(env),
+                start_new_session=True,
             )
         server = cls(name, process, log_dir)
         try:

@@ -32,8 +32,12 @@ def generate_grpclib(proto_root: Path, out_dir: Path) -> Path:
         raise StubGenerationError("protoc-gen-grpclib_python not found (is grpclib installed?)")
     out_dir.mkdir(parents=True, exist_ok=True)
     command = [
-        sys.executable, "-m", "grpc_tools.protoc", f"--proto_path={proto_root}",
-        f"--plugin=protoc-gen-grpclib_python={plugin}", f"--grpclib_python_out={out_dir}",
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"--proto_path={proto_root}",
+        f"--plugin=protoc-gen-grpclib_python={plugin}",
+        f"--grpclib_python_out={out_dir}",
         str(proto_root / PROTO),
     ]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)

@@ -31,7 +31,7 @@ SERVICE_PATH = "/grpc.testing.TestService"
 
 def grpc_frame(message: Message) -> bytes:
     """Return ``message`` as one uncompressed gRPC length-prefixed message."""
-    body = message.SerializeToString()
+    body: bytes = message.SerializeToString()
     return b"\x00" + len(body).to_bytes(4, "big") + body
 
 
@@ -167,8 +167,7 @@ WORKLOADS: tuple[Workload, ...] = (
                 response_parameters=[pb.ResponseParameters(size=SMALL)] * STREAM_LENGTH,
             )
         ],
-        responses=lambda: [pb.StreamingOutputCallResponse(payload=_payload(SMALL))]
-        * STREAM_LENGTH,
+        responses=lambda: [pb.StreamingOutputCallResponse(payload=_payload(SMALL))] * STREAM_LENGTH,
         verify=_verify_stream,
     ),
 )

@@ -8,6 +8,7 @@ socket you accepted, a tunnel you dialled, an in-memory pipe) through a
 from .compression import Compression
 from .context import EOF, ServicerContext
 from .credentials import ServerCredentials
+from .duplex import Duplex
 from .errors import (
     FastInjectError,
     InjectorDestroyedError,
@@ -26,6 +27,7 @@ from .handlers import (
     unary_stream_rpc_method_handler,
     unary_unary_rpc_method_handler,
 )
+from .injector import ConnectionInjector
 from .options import ServerSettings
 from .server import Server
 from .status import StatusCode
@@ -33,6 +35,8 @@ from .status import StatusCode
 __all__ = [
     "EOF",
     "Compression",
+    "ConnectionInjector",
+    "Duplex",
     "FastInjectError",
     "HandlerCallDetails",
     "InjectorDestroyedError",

@@ -29,6 +29,10 @@ class Deframer:
     earlier in the ``feed`` call that hit the error are discarded with it (the stream has
     failed as a whole).  Rejected input (not a buffer: ``TypeError``; not contiguous:
     ``BufferError``) consumes nothing and does not poison.
+
+    Memory: an accepted header makes the deframer allocate the body at its declared size
+    at once (then fill it in place), so a peer that sends only headers can make each
+    stream hold up to :attr:`max_message_length` bytes; bound the number of streams.
     """
 
     def __init__(self, max_message_length: int = ...) -> None: ...

@@ -17,6 +17,7 @@ from __future__ import annotations
 import operator
 import struct
 from collections.abc import Iterable
+from typing import final
 
 from .errors import IncompleteMessageError, InvalidFlagsError, MessageTooLargeError
 
@@ -38,13 +39,20 @@ def _byte_view(data: bytes | bytearray | memoryview) -> memoryview:
     return view
 
 
-def _checked_length(view: memoryview) -> int:
-    length = view.nbytes
+def _flat(payload: bytes | bytearray | memoryview) -> tuple[bytes | memoryview, int]:
+    """Return ``payload`` as a flat byte buffer and its length, checked against the wire limit."""
+    flat: bytes | memoryview
+    if type(payload) is bytes:  # the common case, without the cost of a memoryview
+        flat, length = payload, len(payload)
+    else:
+        flat = _byte_view(payload)
+        length = flat.nbytes
     if length > _MAX_WIRE_LENGTH:
         raise ValueError(f"a gRPC message holds at most {_MAX_WIRE_LENGTH} bytes, got {length}")
-    return length
+    return flat, length
 
 
+@final
 class Deframer:
     """Split the bytes of one gRPC stream into messages (sans-IO: bytes in, messages out).
 
@@ -58,9 +66,21 @@ class Deframer:
     earlier in the ``feed`` call that hit the error are discarded with it (the stream has
     failed as a whole).  Rejected input (not a buffer, or not contiguous) raises
     ``TypeError``/``BufferError`` without consuming anything and does not poison.
+
+    Memory: an accepted header makes the deframer allocate the body at its declared size
+    at once (then fill it in place), so a peer that sends only headers can make each
+    stream hold up to :attr:`max_message_length` bytes; bound the number of streams.
     """
 
-    __slots__ = ("_body", "_body_filled", "_compressed", "_error", "_header", "_header_len", "_limit")
+    __slots__ = (
+        "_body",
+        "_body_filled",
+        "_compressed",
+        "_error",
+        "_header",
+        "_header_len",
+        "_limit",
+    )
 
     def __init__(self, max_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH) -> None:
         self._header = bytearray(_HEADER_LENGTH)
@@ -208,8 +228,8 @@ def frame_message(payload: bytes | bytearray | memoryview, compressed: bool = Fa
     ``compressed`` sets the flags byte to 1 (the payload must already be compressed).
     Raises ``ValueError`` for a payload over 4 GiB - 1 bytes, the most the header can declare.
     """
-    view = _byte_view(payload)
-    return _HEADER.pack(1 if compressed else 0, _checked_length(view)) + view
+    flat, length = _flat(payload)
+    return _HEADER.pack(1 if compressed else 0, length) + flat
 
 
 def frame_messages(
@@ -221,11 +241,12 @@ def frame_messages(
     of each payload.
     """
     flags = 1 if compressed else 0
+    pack = _HEADER.pack
     parts: list[bytes | memoryview] = []
     for payload in payloads:
-        view = _byte_view(payload)
-        parts.append(_HEADER.pack(flags, _checked_length(view)))
-        parts.append(view)
+        flat, length = _flat(payload)
+        parts.append(pack(flags, length))
+        parts.append(flat)
     return b"".join(parts)
 
 

@@ -320,8 +320,9 @@ class Connection(asyncio.Protocol):
     def cancel_calls(self) -> None:
         """Grace ran out: cancel every running call (clients see CANCELLED) and close."""
         for call in list(self._calls.values()):
-            if call._task is not None and not call.done():
-                call._task.cancel()
+            # Reset now: the transport closes below, before the call's task next runs.
+            self.protocol.reset(call.stream_id)
+            call._cancel_by_server()
         if not self._final_goaway_sent:
             self._send_final_goaway()
         self._close_transport()

@@ -70,6 +70,8 @@ class ServicerContext:
         "_initial_metadata",
         "_read_waiter",
         "_skip_next_compression",
+        "_server_cancelled",
+        "_started",
         "_task",
         "_trailing_metadata",
         "cancelled_by_client",
@@ -97,6 +99,8 @@ class ServicerContext:
         self._done = False
         self._done_callbacks: list[DoneCallback] = []
         self._task: asyncio.Task[None] | None = None
+        self._started = False  # set by the RPC task when it begins running
+        self._server_cancelled = False
         self._deadline_hit = False
         self._deadline_handle: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
@@ -123,20 +127,38 @@ class ServicerContext:
         self._failure = failure
         self._ended = True
         self._wake_reader()
-        if self._task is not None and not self._done:
-            self._task.cancel()
+        self._interrupt()
 
     def _cancel_by_client(self) -> None:
         self.cancelled_by_client = True
         self._wake_reader()
-        if self._task is not None and not self._done:
-            self._task.cancel()
+        self._interrupt()
+
+    def _cancel_by_server(self) -> None:
+        """Shutdown or drain ran out of grace: the call is abandoned (the client sees CANCELLED)."""
+        self._server_cancelled = True
+        self._interrupt()
 
     def _on_deadline(self) -> None:
         self._deadline_handle = None
-        if not self._done and self._task is not None:
+        if not self._done:
             self._deadline_hit = True
+            self._interrupt()
+
+    def _interrupt(self) -> None:
+        """Cancel the RPC task; one that has not started yet sees the flags when it starts."""
+        # Cancelling a task before its first step would skip run_rpc's handlers entirely.
+        if self._started and not self._done and self._task is not None:
             self._task.cancel()
+
+    @property
+    def _interrupted(self) -> bool:
+        return (
+            self._failure is not None
+            or self.cancelled_by_client
+            or self._deadline_hit
+            or self._server_cancelled
+        )
 
     def _wake_reader(self) -> None:
         waiter = self._read_waiter

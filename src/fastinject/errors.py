@@ -95,6 +95,23 @@ class InvalidMetadataError(FastInjectError, ValueError):
     status = StatusCode.INTERNAL
 
 
+class InvalidTimeoutError(RpcError):
+    """A request's ``grpc-timeout`` header is malformed.
+
+    Reported with ``INTERNAL``, as grpc core does (it answers "Error parsing 'grpc-timeout'
+    metadata" with status 13); :attr:`value` is the header as received.
+    """
+
+    status = StatusCode.INTERNAL
+
+    def __init__(self, value: bytes) -> None:
+        super().__init__(
+            f"invalid grpc-timeout {value!r}: expected 1 to 8 ASCII digits followed by one "
+            "of the units H, M, S, m, u, n"
+        )
+        self.value = value
+
+
 class PingAbuseError(ProtocolError):
     """The peer pinged more often than the server's policy allows."""
 
@@ -114,7 +131,7 @@ class InjectorDestroyedError(ServerStateError):
 
 
 class HandshakeError(FastInjectError):
-    """The TLS handshake of a connection failed or timed out (a peer fault, logged, not raised to callers)."""
+    """A connection's TLS handshake failed or timed out (a peer fault: logged, never raised)."""
 
 
 class AbortError(FastInjectError):
@@ -136,6 +153,7 @@ __all__ = [
     "InjectorDestroyedError",
     "InvalidFlagsError",
     "InvalidMetadataError",
+    "InvalidTimeoutError",
     "MessageTooLargeError",
     "PingAbuseError",
     "ProtocolError",

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .context import ServicerContext, SyncServicerContext
-from .errors import AbortError, RpcError
+from .errors import AbortError, ProtocolError, RpcError
 from .handlers import HandlerCallDetails
 from .status import StatusCode
 
@@ -28,7 +28,10 @@ _SENTINEL = object()
 
 async def run_rpc(conn: Connection, ctx: ServicerContext) -> None:
     """Serve the call held by ``ctx`` to completion; never raises."""
+    ctx._started = True
     try:
+        if ctx._interrupted:
+            raise asyncio.CancelledError
         handler = await _find_handler(conn, ctx)
         if handler is None:
             ctx._finish(StatusCode.UNIMPLEMENTED, f"Method not found: {ctx._head.method}")
@@ -50,8 +53,8 @@ async def run_rpc(conn: Connection, ctx: ServicerContext) -> None:
         ctx._finish_ok()
     except AbortError as exc:
         ctx._finish(exc.status, exc.details)
-    except RpcError as exc:
-        ctx._finish(exc.status, exc.details)
+    except (RpcError, ProtocolError) as exc:
+        ctx._finish(exc.status, str(exc))
     except asyncio.CancelledError:
         _end_cancelled(conn, ctx)
     except Exception as exc:

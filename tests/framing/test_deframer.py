@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import itertools
 import random
 import struct
 from collections.abc import Sequence
@@ -29,13 +30,15 @@ INPUT_KINDS = ["bytes", "bytearray", "memoryview", "offset_memoryview", "array"]
 
 def encode(messages: Sequence[Message]) -> bytes:
     """The wire form of ``messages``, built independently of the framer under test."""
-    return b"".join(struct.pack(">BI", int(flag), len(payload)) + payload for payload, flag in messages)
+    return b"".join(
+        struct.pack(">BI", int(flag), len(payload)) + payload for payload, flag in messages
+    )
 
 
 def split(data: bytes, cuts: Sequence[int]) -> list[bytes]:
     """``data`` cut at the given offsets (duplicates and out-of-order cuts are fine)."""
     bounds = [0, *sorted({c for c in cuts if 0 < c < len(data)}), len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def as_input(chunk: bytes, kind: str) -> bytes | bytearray | memoryview:
@@ -345,4 +348,3 @@ def test_large_message_in_16k_chunks(impl: ModuleType) -> None:
     assert deframer.buffered == len(wire) - len(chunks[-1])
     assert deframer.feed(chunks[-1]) == [(payload, True)]
     assert deframer.buffered == 0
-

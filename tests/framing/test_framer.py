@@ -41,7 +41,7 @@ def test_empty_message(impl: ModuleType) -> None:
     [bytearray(b"abc"), memoryview(b"xxabcxx")[2:5], memoryview(bytearray(b"abc"))],
 )
 def test_any_buffer_frames_to_bytes(impl: ModuleType, payload: bytearray | memoryview) -> None:
-    """bytearray and memoryview payloads (incl. offset slices) frame to a ``bytes`` object."""
+    """Payloads given as bytearray or memoryview (incl. offset slices) frame to ``bytes``."""
     framed = impl.frame_message(payload)
     assert type(framed) is bytes
     assert framed == b"\x00\x00\x00\x00\x03abc"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ PUBLIC_NAMES = {"DEFAULT_MAX_MESSAGE_LENGTH", "Deframer", "frame_message", "fram
 
 
 def test_compiled_module_is_active_unless_disabled(extensions_disabled: bool) -> None:
-    """framing uses the Cython module unless FASTINJECT_NO_EXTENSIONS is set.
+    """The selector uses the Cython module unless FASTINJECT_NO_EXTENSIONS is set.
 
     This is the test that fails when the extension should have been built and was not.
     """
@@ -107,5 +108,5 @@ def test_cython_and_python_agree_on_arbitrary_input(
     """On any byte stream and cut, both implementations return and raise the same things."""
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8), label="cuts"))
     bounds = [0, *cuts, len(stream)]
-    chunks = [stream[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    chunks = [stream[a:b] for a, b in itertools.pairwise(bounds)]
     assert _run(python_impl, limit, chunks) == _run(cython_impl, limit, chunks)

@@ -28,6 +28,7 @@ from interop.targets import (
 )
 from interop.tls_certs import TlsMaterial, make_tls_material
 
+
 @pytest.fixture(scope="session")
 def tls_material() -> TlsMaterial:
     """A CA with a server certificate for localhost/127.0.0.1 and a client certificate."""

@@ -95,8 +95,9 @@ async def call(
     try:
         return await _run_call(reader, writer, path, messages, ssl_context is not None)
     finally:
-        writer.close()
-        await writer.wait_closed()
+        # Abort rather than close: a TLS close would wait for the server's close_notify,
+        # which servers (grpcio's among them) need not send.
+        writer.transport.abort()
 
 
 async def _run_call(
@@ -153,7 +154,9 @@ async def _run_call(
                 raise AssertionError(f"stream reset by server, error code {event.error_code}")
             elif isinstance(event, h2.events.StreamEnded):
                 result.messages = _parse_messages(bytes(body), result.headers.get("grpc-encoding"))
+                conn.close_connection()
                 writer.write(conn.data_to_send())
+                await writer.drain()
                 return result
 
 

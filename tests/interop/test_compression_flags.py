@@ -32,24 +32,28 @@ OK = 0
 INVALID_ARGUMENT = 3
 
 
-async def call(
-    target: Target, path: str, *messages: OutgoingMessage
-) -> h2_grpc.CallResult:
+async def call(target: Target, path: str, *messages: OutgoingMessage) -> h2_grpc.CallResult:
     """One raw call to ``target``."""
     return await h2_grpc.call(target.port, path, messages, ssl_context=target.ssl_context())
 
 
-def large_unary(**fields: object) -> bytes:
-    """The serialized large_unary request with extra ``fields``."""
-    request = SimpleRequest(response_size=314159, payload=Payload(body=bytes(271828)), **fields)  # type: ignore[arg-type]
-    return request.SerializeToString()
+def large_unary(extra: SimpleRequest) -> bytes:
+    """The serialized large_unary request, with the fields set in ``extra`` added."""
+    request = SimpleRequest(response_size=314159, payload=Payload(body=bytes(271828)))
+    request.MergeFrom(extra)
+    data: bytes = request.SerializeToString()
+    return data
 
 
 @pytest.mark.parametrize("compressed", [True, False])
 async def test_server_compressed_unary_sets_message_flag(target: Target, compressed: bool) -> None:
     """server_compressed_unary: the response's compressed flag follows response_compressed."""
     result = await call(
-        target, UNARY, OutgoingMessage(large_unary(response_compressed=BoolValue(value=compressed)))
+        target,
+        UNARY,
+        OutgoingMessage(
+            large_unary(SimpleRequest(response_compressed=BoolValue(value=compressed)))
+        ),
     )
     assert result.status == OK
     assert [m.compressed for m in result.messages] == [compressed]
@@ -69,16 +73,15 @@ async def test_server_compressed_streaming_sets_message_flags(target: Target) ->
     assert result.status == OK
     assert [m.compressed for m in result.messages] == [True, False]
     sizes = [
-        len(StreamingOutputCallResponse.FromString(m.payload).payload.body)
-        for m in result.messages
+        len(StreamingOutputCallResponse.FromString(m.payload).payload.body) for m in result.messages
     ]
     assert sizes == [31415, 92653]
 
 
 @pytest.mark.parametrize("target", FASTINJECT_TARGETS, indirect=True)
 async def test_client_compressed_unary_checks_message_flag(target: Target) -> None:
-    """client_compressed_unary: expect_compressed is refused for a plain message, met by a gzip one."""
-    expect = large_unary(expect_compressed=BoolValue(value=True))
+    """client_compressed_unary: expect_compressed refuses a plain message, accepts a gzip one."""
+    expect = large_unary(SimpleRequest(expect_compressed=BoolValue(value=True)))
     probe = await call(target, UNARY, OutgoingMessage(expect))
     assert probe.status == INVALID_ARGUMENT
 
@@ -87,7 +90,9 @@ async def test_client_compressed_unary_checks_message_flag(target: Target) -> No
     assert len(SimpleResponse.FromString(compressed.messages[0].payload).payload.body) == 314159
 
     plain = await call(
-        target, UNARY, OutgoingMessage(large_unary(expect_compressed=BoolValue(value=False)))
+        target,
+        UNARY,
+        OutgoingMessage(large_unary(SimpleRequest(expect_compressed=BoolValue(value=False)))),
     )
     assert plain.status == OK
     assert len(SimpleResponse.FromString(plain.messages[0].payload).payload.body) == 314159
@@ -101,7 +106,8 @@ async def test_client_compressed_streaming_checks_each_message_flag(target: Targ
         message = StreamingInputCallRequest(
             expect_compressed=BoolValue(value=expect), payload=Payload(body=bytes(size))
         )
-        return message.SerializeToString()
+        data: bytes = message.SerializeToString()
+        return data
 
     probe = await call(target, STREAMING_INPUT, OutgoingMessage(request(True, 27182)))
     assert probe.status == INVALID_ARGUMENT

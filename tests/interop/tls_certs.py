@@ -48,7 +48,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 def _builder(
     subject: str, issuer: str, public_key: ec.EllipticCurvePublicKey
 ) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(_name(subject))

@@ -1,4 +1,4 @@
-"""The gRPC interop ``TestService``: protobuf messages, servicer and a runnable server.
+r"""The gRPC interop ``TestService``: protobuf messages, servicer and a runnable server.
 
 The ``.proto`` files here are our own, wire-compatible with grpc/grpc's
 ``src/proto/grpc/testing/{empty,messages,test}.proto`` (same package ``grpc.testing``, same
@@ -8,7 +8,7 @@ message, field, service and method names and numbers), so standard interop clien
 The ``*_pb2.py``, ``*_pb2.pyi`` and ``*_pb2_grpc.py`` modules are generated; regenerate them from
 the repository root with::
 
-    python -m grpc_tools.protoc -I src --python_out=src --pyi_out=src --grpc_python_out=src \\
+    python -m grpc_tools.protoc -I src --python_out=src --pyi_out=src --grpc_python_out=src \
         src/fastinject/interop/*.proto
 
 The ``*_pb2_grpc.py`` modules import grpcio and are used only by tests and benchmarks (client

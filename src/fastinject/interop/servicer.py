@@ -33,7 +33,7 @@ from .messages_pb2 import (
 )
 
 SERVICE_NAME = "grpc.testing.TestService"
-"""The fully qualified name of the service, as in the HTTP/2 path ``/grpc.testing.TestService/...``."""
+"""The fully qualified service name, as in the HTTP/2 path ``/grpc.testing.TestService/...``."""
 
 DEFAULT_MAX_PAYLOAD_SIZE = 16 << 20
 """The largest payload body a client may ask for, so one request cannot exhaust memory."""
@@ -59,7 +59,9 @@ class TestServiceServicer:
         await call.send_headers()
         return Empty()
 
-    async def UnaryCall(self, request: SimpleRequest, context: ServicerContextLike) -> SimpleResponse:
+    async def UnaryCall(
+        self, request: SimpleRequest, context: ServicerContextLike
+    ) -> SimpleResponse:
         """Return a payload of ``response_size`` zero bytes, as the request configures."""
         call = InteropCall(context)
         await call.check_request_compression(request.expect_compressed)
@@ -131,8 +133,8 @@ class TestServiceServicer:
         """The responses to ``requests``: echoed status first, then one per parameter set."""
         for request in requests:
             await call.echo_status(request.response_status)
-            # Compression is fixed when the headers go out, so the first response decides
-            # for every response of this request that asks for it.
+            # A call's compression is fixed once its headers are out: turn gzip on now if any
+            # response of this request wants it (a no-op when the headers already went).
             if any(p.compressed.value for p in request.response_parameters):
                 await call.send_headers(compress=True)
             for params in request.response_parameters:
@@ -161,43 +163,33 @@ class TestServiceServicer:
         return Payload(type=COMPRESSABLE, body=bytes(size))
 
 
-def _codec(message_type: Any) -> dict[str, Any]:
-    return {
-        "request_deserializer": message_type.FromString,
-        "response_serializer": _serialize,
-    }
-
-
 def _serialize(message: Any) -> bytes:
     data: bytes = message.SerializeToString()
     return data
 
 
 def method_handlers(servicer: TestServiceServicer) -> dict[str, Any]:
-    """The method name -> method handler mapping of ``TestService``, built with fastinject's
-    grpcio-compatible handler constructors.  UnimplementedCall is deliberately absent."""
+    """The method name -> method handler mapping of ``TestService``.
+
+    The handlers are built with fastinject's grpcio-compatible constructors, so grpcio's
+    servers accept them too.  UnimplementedCall is deliberately absent.
+    """
+    unary_unary = fastinject.unary_unary_rpc_method_handler
+    unary_stream = fastinject.unary_stream_rpc_method_handler
+    stream_unary = fastinject.stream_unary_rpc_method_handler
+    stream_stream = fastinject.stream_stream_rpc_method_handler
+    table = (
+        ("EmptyCall", unary_unary, Empty),
+        ("UnaryCall", unary_unary, SimpleRequest),
+        ("CacheableUnaryCall", unary_unary, SimpleRequest),
+        ("StreamingOutputCall", unary_stream, StreamingOutputCallRequest),
+        ("StreamingInputCall", stream_unary, StreamingInputCallRequest),
+        ("FullDuplexCall", stream_stream, StreamingOutputCallRequest),
+        ("HalfDuplexCall", stream_stream, StreamingOutputCallRequest),
+    )
     return {
-        "EmptyCall": fastinject.unary_unary_rpc_method_handler(
-            servicer.EmptyCall, **_codec(Empty)
-        ),
-        "UnaryCall": fastinject.unary_unary_rpc_method_handler(
-            servicer.UnaryCall, **_codec(SimpleRequest)
-        ),
-        "CacheableUnaryCall": fastinject.unary_unary_rpc_method_handler(
-            servicer.CacheableUnaryCall, **_codec(SimpleRequest)
-        ),
-        "StreamingOutputCall": fastinject.unary_stream_rpc_method_handler(
-            servicer.StreamingOutputCall, **_codec(StreamingOutputCallRequest)
-        ),
-        "StreamingInputCall": fastinject.stream_unary_rpc_method_handler(
-            servicer.StreamingInputCall, **_codec(StreamingInputCallRequest)
-        ),
-        "FullDuplexCall": fastinject.stream_stream_rpc_method_handler(
-            servicer.FullDuplexCall, **_codec(StreamingOutputCallRequest)
-        ),
-        "HalfDuplexCall": fastinject.stream_stream_rpc_method_handler(
-            servicer.HalfDuplexCall, **_codec(StreamingOutputCallRequest)
-        ),
+        name: make_handler(getattr(servicer, name), request_type.FromString, _serialize)
+        for name, make_handler, request_type in table
     }
 
 

@@ -1,0 +1,238 @@
+"""Smoke tests of the end-to-end harness; run on demand: ``python -m pytest benchmarks/e2e``.
+
+They check what the numbers depend on: h2load's summary is read correctly, a round whose calls
+failed is never counted, request bodies are well-formed gRPC, CPU time is read from the right
+place, and one whole self-check run passes against the real servers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from benchmarks.e2e import h2load, procstat, report, runner
+from benchmarks.e2e.grpcio_check import check_call
+from benchmarks.e2e.servers import (
+    SERVER_ENTRIES_BY_NAME,
+    ServerEntry,
+    ServerProcess,
+    ServerStartError,
+    child_environment,
+)
+from benchmarks.e2e.workloads import STREAM_LENGTH, WORKLOADS_BY_NAME
+
+from fastinject.interop import messages_pb2 as pb
+
+# The summary h2load 1.52 printed for a real run against the grpc.aio server.
+H2LOAD_OUTPUT = "\n".join(
+    [
+        "starting benchmark...",
+        "spawning thread #0: 4 total client(s). 2000 total requests",
+        "Application protocol: h2c",
+        "progress: 100% done",
+        "",
+        "finished in 455.76ms, 4388.28 req/s, 713.80KB/s",
+        "requests: 2000 total, 2000 started, 2000 done, 1998 succeeded, 2 failed, 0 errored, "
+        "0 timeout",
+        "status codes: 1998 2xx, 0 3xx, 0 4xx, 2 5xx",
+        "traffic: 325.32KB (333127) total, 6.15KB (6300) headers (space savings 96.11%), "
+        "212.89KB (218000) data",
+        "                     min         max         mean         sd        +/- sd",
+        "time for request:    29.89ms     80.57ms     54.75ms      8.27ms    76.10%",
+    ]
+)
+
+needs_h2load = pytest.mark.skipif(
+    shutil.which(h2load.H2LOAD) is None, reason="h2load (nghttp2-client) is not installed"
+)
+
+
+COMPLETE_RUN = h2load.H2loadResult(
+    elapsed_s=1.0,
+    requests_total=10,
+    started=10,
+    done=10,
+    succeeded=10,
+    failed=0,
+    errored=0,
+    timeout=0,
+    status_2xx=10,
+    status_3xx=0,
+    status_4xx=0,
+    status_5xx=0,
+    data_bytes=1000,
+)
+
+
+def test_parse_summary_reads_counts_durations_and_data_bytes() -> None:
+    """The parser turns h2load's summary into counts, seconds and DATA bytes."""
+    result = h2load.parse_summary(H2LOAD_OUTPUT)
+    assert result.elapsed_s == pytest.approx(0.45576)
+    assert (result.requests_total, result.succeeded, result.failed) == (2000, 1998, 2)
+    assert (result.status_2xx, result.status_5xx) == (1998, 2)
+    assert result.data_bytes == 218000
+
+
+def test_parse_summary_rejects_output_without_a_summary() -> None:
+    """Output missing a summary line is an H2loadError naming that line, not zeros."""
+    truncated = H2LOAD_OUTPUT.replace("status codes:", "statuses:")
+    with pytest.raises(h2load.H2loadError, match="status codes:"):
+        h2load.parse_summary(truncated)
+
+
+def test_problems_accepts_a_run_where_every_call_succeeded() -> None:
+    """A run with every call 2xx and enough response data has no problems."""
+    assert h2load.problems(COMPLETE_RUN, calls=10, min_response_data=100) == []
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"succeeded": 9, "failed": 1},
+        {"status_2xx": 9, "status_5xx": 1},
+        {"errored": 1},
+        {"data_bytes": 999},
+    ],
+)
+def test_problems_rejects_any_failed_or_short_run(changes: dict[str, int]) -> None:
+    """A failed call, a non-2xx status or too little response data makes the run invalid."""
+    assert h2load.problems(replace(COMPLETE_RUN, **changes), calls=10, min_response_data=100) != []
+
+
+def test_client_stream_body_is_ten_thousand_framed_requests() -> None:
+    """The client-streaming body is 10,000 uncompressed gRPC messages of 100-byte payloads."""
+    body = memoryview(WORKLOADS_BY_NAME["client-stream"].request_body())
+    sizes = []
+    while body:
+        assert body[0] == 0
+        length = int.from_bytes(body[1:5], "big")
+        message = pb.StreamingInputCallRequest.FromString(bytes(body[5 : 5 + length]))
+        sizes.append(len(message.payload.body))
+        body = body[5 + length :]
+    assert sizes == [100] * STREAM_LENGTH
+
+
+def test_cpu_seconds_matches_the_kernel_accounting_of_this_process() -> None:
+    """cpu_seconds of our own pid agrees with os.times() to within a few clock ticks."""
+    sum(range(2_000_000))  # use some CPU so the figure is not trivially zero
+    before = os.times()
+    measured = procstat.cpu_seconds(os.getpid())
+    after = os.times()
+    low = before.user + before.system + before.children_user + before.children_system
+    high = after.user + after.system + after.children_user + after.children_system
+    assert low - 0.05 <= measured <= high + 0.05
+    assert measured > 0
+
+
+def test_cpu_seconds_of_an_exited_process_raises() -> None:
+    """Asking for the CPU time of a process that is gone raises ProcessLookupError."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    with pytest.raises(ProcessLookupError):
+        procstat.cpu_seconds(child.pid)
+
+
+def test_interference_is_the_busy_time_we_did_not_use() -> None:
+    """Other processes' share of a CPU is its busy time minus ours, over the elapsed time."""
+    before = procstat.CoreSample(at=10.0, busy={0: 5.0, 1: 7.0}, steal={0: 0.0, 1: 1.0})
+    after = procstat.CoreSample(at=12.0, busy={0: 7.0, 1: 8.0}, steal={0: 0.0, 1: 1.5})
+    shares = procstat.interference(before, after, own={0: 1.5, 1: 1.0})
+    assert shares == pytest.approx((0.25, 0.25))
+    assert procstat.interference(before, before, own={}) is None
+
+
+def test_server_entry_fills_placeholders_into_its_command_line() -> None:
+    """An entry's {placeholders} are listed and filled in when its argv is built."""
+    entry = ServerEntry("x", "some.module", "test", "os", args=("--stubs", "{grpclib_stubs}"))
+    assert entry.placeholders() == {"grpclib_stubs"}
+    assert entry.argv("py", {"grpclib_stubs": "/tmp/s.py"}) == [
+        "py", "-m", "some.module", "--port", "0", "--stubs", "/tmp/s.py",
+    ]  # fmt: skip
+
+
+def test_a_server_that_exits_before_listening_is_a_start_error(tmp_path: Path) -> None:
+    """A server process that dies before announcing its port raises ServerStartError."""
+    argv = [sys.executable, "-c", "import sys; sys.stderr.write('boom'); sys.exit(3)"]
+    with pytest.raises(ServerStartError, match=r"exited with 3 before listening:\n.*boom"):
+        ServerProcess.start(
+            "dies", argv, log_dir=tmp_path, env=os.environ, cpu=None, ready_timeout_s=60
+        )
+
+
+def test_a_silent_server_is_stopped_and_reported(tmp_path: Path) -> None:
+    """A server that never prints 'listening on PORT' is killed and raises ServerStartError."""
+    argv = [sys.executable, "-c", "import time; time.sleep(60)"]
+    with pytest.raises(ServerStartError, match="did not print 'listening on PORT'"):
+        ServerProcess.start(
+            "silent", argv, log_dir=tmp_path, env=os.environ, cpu=None, ready_timeout_s=0.5
+        )
+    # The silent server was our only child: it has been stopped and reaped.
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_summaries_take_the_median_round_and_compare_with_the_baseline() -> None:
+    """Each summary reports the median round and its ratio to the baseline's median."""
+    rounds = [
+        report.Round("w", "base", i, calls=100, elapsed_s=1.0, cpu_s=0.5) for i in range(3)
+    ] + [
+        report.Round("w", "other", i, calls=calls, elapsed_s=1.0, cpu_s=0.5)
+        for i, calls in enumerate((150, 250, 200))
+    ]
+    base, other = report.summarise(rounds, {"w": 1}, baseline="base")
+    assert other.rate == 200
+    assert other.rate_ratio == pytest.approx(2.0)
+    assert other.cpu_per_call == pytest.approx(0.5 / 200)
+    assert other.cpu_ratio == pytest.approx((0.5 / 200) / (0.5 / 100))
+    assert base.rate_ratio == pytest.approx(1.0)
+
+
+@needs_h2load
+def test_a_server_answering_errors_fails_both_checks(tmp_path: Path) -> None:
+    """A server ending every call with an error status fails the grpcio check and the round."""
+    # h2load itself counts each of those calls a success: they all answer HTTP 200.
+    entry = SERVER_ENTRIES_BY_NAME["grpc.aio"]
+    # grpcio's generated base servicer answers UNIMPLEMENTED to every method.
+    argv = [
+        *entry.argv(sys.executable, {}),
+        "--servicer",
+        "fastinject.interop.test_pb2_grpc:TestServiceServicer",
+    ]
+    env = child_environment([str(runner.package_root()), str(runner.REPOSITORY)])
+    workload = WORKLOADS_BY_NAME["unary-100B"]
+    body = tmp_path / "body"
+    body.write_bytes(workload.request_body())
+    with ServerProcess.start(
+        "failing", argv, log_dir=tmp_path, env=env, cpu=None, ready_timeout_s=60
+    ) as server:
+        assert check_call(server.port, workload) is not None
+        calls = workload.clients * workload.streams
+        command = h2load.command(
+            server.port, workload.path, body, calls, workload.clients, workload.streams
+        )
+        result = h2load.run(command, timeout_s=60)
+    assert result.status_2xx == calls
+    problems = h2load.problems(result, calls, workload.min_response_data())
+    assert any("DATA bytes" in problem for problem in problems)
+
+
+@needs_h2load
+def test_self_check_passes_against_the_reference_servers() -> None:
+    """``--self-check`` starts grpc.aio and grpclib, verifies every workload and exits 0."""
+    # The reference servers only: this checks the harness, not fastinject (which
+    # ``python -m benchmarks.e2e --self-check`` checks too).
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.e2e", "--self-check", "--servers", "grpc.aio,grpclib"],
+        cwd=runner.REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "self-check passed" in completed.stdout

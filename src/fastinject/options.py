@@ -1,0 +1,278 @@
+"""Server settings: every limit and timer with its default, and grpcio's option tuples.
+
+:class:`ServerSettings` is the user-facing settings reference.  A server is configured either
+with keyword settings (``Server(max_receive_message_length=8 << 20)``) or with the
+``options=[("grpc.max_receive_message_length", 8 << 20)]`` tuples grpcio servers already use;
+:meth:`ServerSettings.from_options` maps the latter onto the former.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+from .compression import Compression, coerce_compression
+
+logger = logging.getLogger(__name__)
+
+UNLIMITED_MESSAGE_LENGTH = sys.maxsize
+"""The message-length limit that means "unlimited" (what grpc's ``-1`` maps to)."""
+
+_INT32_MAX = 2**31 - 1
+_UINT32_MAX = 2**32 - 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """The limits and timers of a server; times are in seconds, sizes in bytes.
+
+    Each setting, its default and the grpcio option that sets it:
+
+    ``max_receive_message_length`` = 4 MiB (``grpc.max_receive_message_length``)
+        Largest request message accepted, after decompression; a larger one fails the call
+        with ``RESOURCE_EXHAUSTED``.  ``-1`` in the option means unlimited
+        (:data:`UNLIMITED_MESSAGE_LENGTH`).
+    ``max_send_message_length`` = 2**31 - 1 (``grpc.max_send_message_length``)
+        Largest response message a handler may send (``RESOURCE_EXHAUSTED`` otherwise);
+        ``-1`` in the option means unlimited.
+    ``max_concurrent_streams`` = 1000 (``grpc.max_concurrent_streams``)
+        HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: RPCs one client connection may run at once.
+    ``max_header_list_size`` = 16 KiB (``grpc.absolute_max_metadata_size``)
+        HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE: the largest request header block (metadata
+        included).  ``grpc.max_metadata_size`` (grpc's "soft" limit) sets it too; the
+        absolute one wins when both are given.
+    ``initial_stream_window_size`` = 1 MiB (``grpc.http2.lookahead_bytes``)
+        HTTP/2 flow-control window of each stream: request bytes a client may send ahead of
+        the handler reading them.  At least 1.
+    ``initial_connection_window_size`` = 16 MiB (no grpcio option)
+        Flow-control window of the whole connection; at least 65535.
+    ``max_frame_size`` = 16384 (``grpc.http2.max_frame_size``)
+        HTTP/2 SETTINGS_MAX_FRAME_SIZE, from 16384 to 16777215.
+    ``keepalive_time`` = 7200.0 (``grpc.keepalive_time_ms``)
+        Time after which the server pings an idle client to check the connection;
+        ``math.inf`` (``INT_MAX`` ms in the option) disables keepalive pings.
+    ``keepalive_timeout`` = 20.0 (``grpc.keepalive_timeout_ms``)
+        Time to wait for the keepalive ping's ack before closing the connection.
+    ``keepalive_permit_without_calls`` = False (``grpc.keepalive_permit_without_calls``)
+        Whether clients may send keepalive pings while they have no RPC in flight.
+    ``min_ping_interval_without_data`` = 300.0 (``grpc.http2.min_ping_interval_without_data_ms``)
+        Shortest interval between client pings, while the server sends no data, that does
+        not count as a "ping strike".
+    ``max_ping_strikes`` = 2 (``grpc.http2.max_ping_strikes``)
+        Ping strikes tolerated before the server sends GOAWAY ``too_many_pings``; 0 means
+        no limit.
+    ``max_connection_idle`` = None (``grpc.max_connection_idle_ms``)
+        Close a connection (GOAWAY) once it has had no RPC for this long; None: never.
+    ``max_connection_age`` = None (``grpc.max_connection_age_ms``)
+        Gracefully close connections this old (with +/-10% jitter); None: never.
+    ``max_connection_age_grace`` = None (``grpc.max_connection_age_grace_ms``)
+        After the maximum age, how long RPCs in flight may still run before they are
+        cancelled; None: as long as they need.
+    ``default_compression`` = NoCompression (``grpc.default_compression_algorithm``)
+        Compression of responses unless a call chooses otherwise; used only when the client
+        accepts the algorithm.  Any value :func:`~fastinject.compression.coerce_compression`
+        takes (e.g. ``grpc.Compression.Gzip``).
+    ``handshake_timeout`` = 120.0 (``grpc.server_handshake_timeout_ms``)
+        Time a new connection has to complete its TLS handshake.
+    ``so_reuseport`` = True (``grpc.so_reuseport``)
+        Set SO_REUSEPORT on listening sockets where the platform has it (grpcio's default);
+        ``("grpc.so_reuseport", 0)`` makes binding a port that is in use fail.
+
+    Millisecond options are converted to seconds, and ``INT_MAX`` milliseconds (grpc's
+    "infinite") to None (``math.inf`` for ``keepalive_time``); likewise ``math.inf`` given for
+    an optional duration becomes None.  Every value is checked when the settings are made: a
+    wrong type or an out-of-range value raises :class:`ValueError` naming the setting.
+    """
+
+    max_receive_message_length: int = 4 * 1024 * 1024
+    max_send_message_length: int = _INT32_MAX
+    max_concurrent_streams: int = 1000
+    max_header_list_size: int = 16 * 1024
+    initial_stream_window_size: int = 1024 * 1024
+    initial_connection_window_size: int = 16 * 1024 * 1024
+    max_frame_size: int = 16384
+    keepalive_time: float = 7200.0
+    keepalive_timeout: float = 20.0
+    keepalive_permit_without_calls: bool = False
+    min_ping_interval_without_data: float = 300.0
+    max_ping_strikes: int = 2
+    max_connection_idle: float | None = None
+    max_connection_age: float | None = None
+    max_connection_age_grace: float | None = None
+    default_compression: Compression = Compression.NoCompression
+    handshake_timeout: float = 120.0
+    so_reuseport: bool = True
+
+    def __post_init__(self) -> None:
+        for name in _LIMITS:
+            object.__setattr__(self, name, _check(name, getattr(self, name)))
+
+    @classmethod
+    def from_options(
+        cls, options: Sequence[tuple[str, Any]] | None = None, **settings: Any
+    ) -> ServerSettings:
+        """Settings from grpcio option tuples, overridden by keyword ``settings``.
+
+        Known ``grpc.*`` options are mapped onto fields (see the class docstring); other
+        options are ignored with a debug log, as grpc core ignores arguments it does not use.
+        An unknown keyword raises :class:`TypeError`; a bad value raises :class:`ValueError`
+        naming the option or setting.
+        """
+        unknown = [name for name in settings if name not in _FIELD_NAMES]
+        if unknown:
+            raise TypeError(f"unknown server setting(s): {', '.join(map(repr, unknown))}")
+        given: dict[str, Any] = {}
+        for item in options or ():
+            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+                raise ValueError(f"options must be (name, value) pairs with a str name: {item!r}")
+            given[item[0]] = item[1]  # a repeated option: the last one wins
+        values: dict[str, Any] = {}
+        for option, (field, convert) in _OPTIONS.items():
+            if option in given:
+                try:
+                    values[field] = _check(field, convert(option, given.pop(option)))
+                except ValueError as exc:
+                    raise ValueError(f"option {option!r}: {exc}") from None
+        for option in given:
+            logger.debug("ignoring server option %r: fastinject does not use it", option)
+        values.update(settings)
+        return cls(**values)
+
+
+_FIELD_NAMES = frozenset(field.name for field in dataclasses.fields(ServerSettings))
+
+
+class _Range(NamedTuple):
+    kind: str  # "int", "float", "duration?" (a float or None), "bool" or "compression"
+    low: float = 0
+    high: float = math.inf
+    positive: bool = False  # low is exclusive (the value must be > 0)
+
+
+_LIMITS: dict[str, _Range] = {
+    "max_receive_message_length": _Range("int", 0, UNLIMITED_MESSAGE_LENGTH),
+    "max_send_message_length": _Range("int", 0, UNLIMITED_MESSAGE_LENGTH),
+    "max_concurrent_streams": _Range("int", 0, _UINT32_MAX),
+    "max_header_list_size": _Range("int", 1, _UINT32_MAX),
+    "initial_stream_window_size": _Range("int", 1, _INT32_MAX),
+    "initial_connection_window_size": _Range("int", 65535, _INT32_MAX),
+    "max_frame_size": _Range("int", 16384, 16777215),
+    "keepalive_time": _Range("float", positive=True),
+    "keepalive_timeout": _Range("float", positive=True),
+    "keepalive_permit_without_calls": _Range("bool"),
+    "min_ping_interval_without_data": _Range("float"),
+    "max_ping_strikes": _Range("int", 0, _INT32_MAX),
+    "max_connection_idle": _Range("duration?", positive=True),
+    "max_connection_age": _Range("duration?", positive=True),
+    "max_connection_age_grace": _Range("duration?"),
+    "default_compression": _Range("compression"),
+    "handshake_timeout": _Range("float", positive=True),
+    "so_reuseport": _Range("bool"),
+}
+
+
+def _check(name: str, value: Any) -> Any:
+    """``value`` checked (and normalised) for setting ``name``; ValueError names the setting."""
+    kind, low, high, positive = _LIMITS[name]
+    if kind == "compression":
+        try:
+            return coerce_compression(value)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be a bool, not {value!r}")
+        return value
+    if kind == "duration?" and (value is None or value == math.inf):
+        return None
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == "int" and not (is_number and isinstance(value, int)):
+        raise ValueError(f"{name} must be an int, not {value!r}")
+    if not is_number:
+        raise ValueError(f"{name} must be a number of seconds, not {value!r}")
+    if math.isnan(value) or value < low or value > high or (positive and value <= 0):
+        bounds = "> 0" if positive else f">= {low}"
+        if high != math.inf:
+            bounds += f" and <= {high}"
+        raise ValueError(f"{name} must be {bounds}, got {value!r}")
+    return int(value) if kind == "int" else float(value)
+
+
+# -- grpcio options ---------------------------------------------------------------------------
+
+
+def _option_int(option: str, value: Any) -> int:
+    # grpcio passes any Python int (bool included) through as an integer channel argument.
+    if not isinstance(value, int):
+        raise ValueError(f"must be an int, not {value!r}")
+    return int(value)
+
+
+def _message_length(option: str, value: Any) -> int:
+    number = _option_int(option, value)
+    if number == -1:
+        return UNLIMITED_MESSAGE_LENGTH
+    if number < 0:
+        raise ValueError(f"must be >= 0 or -1 (unlimited), got {number}")
+    return number
+
+
+def _milliseconds(option: str, value: Any) -> float:
+    number = _option_int(option, value)
+    if number < 0:
+        raise ValueError(f"must be >= 0 milliseconds, got {number}")
+    return number / 1000
+
+
+def _milliseconds_or_infinite(option: str, value: Any) -> float | None:
+    number = _option_int(option, value)
+    return None if number >= _INT32_MAX else _milliseconds(option, number)
+
+
+def _keepalive_time(option: str, value: Any) -> float:
+    number = _option_int(option, value)
+    return math.inf if number >= _INT32_MAX else _milliseconds(option, number)
+
+
+def _flag(option: str, value: Any) -> bool:
+    return bool(_option_int(option, value))
+
+
+def _compression(option: str, value: Any) -> Compression:
+    return coerce_compression(value)
+
+
+# option -> (field, converter).  The order matters where two options set one field: the
+# later entry wins (grpc.absolute_max_metadata_size over grpc.max_metadata_size).
+_OPTIONS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
+    "grpc.max_receive_message_length": ("max_receive_message_length", _message_length),
+    "grpc.max_send_message_length": ("max_send_message_length", _message_length),
+    "grpc.max_concurrent_streams": ("max_concurrent_streams", _option_int),
+    "grpc.max_metadata_size": ("max_header_list_size", _option_int),
+    "grpc.absolute_max_metadata_size": ("max_header_list_size", _option_int),
+    "grpc.http2.lookahead_bytes": ("initial_stream_window_size", _option_int),
+    "grpc.http2.max_frame_size": ("max_frame_size", _option_int),
+    "grpc.keepalive_time_ms": ("keepalive_time", _keepalive_time),
+    "grpc.keepalive_timeout_ms": ("keepalive_timeout", _milliseconds),
+    "grpc.keepalive_permit_without_calls": ("keepalive_permit_without_calls", _flag),
+    "grpc.http2.min_ping_interval_without_data_ms": (
+        "min_ping_interval_without_data",
+        _milliseconds,
+    ),
+    "grpc.http2.max_ping_strikes": ("max_ping_strikes", _option_int),
+    "grpc.max_connection_idle_ms": ("max_connection_idle", _milliseconds_or_infinite),
+    "grpc.max_connection_age_ms": ("max_connection_age", _milliseconds_or_infinite),
+    "grpc.max_connection_age_grace_ms": ("max_connection_age_grace", _milliseconds_or_infinite),
+    "grpc.default_compression_algorithm": ("default_compression", _compression),
+    "grpc.server_handshake_timeout_ms": ("handshake_timeout", _milliseconds),
+    "grpc.so_reuseport": ("so_reuseport", _flag),
+}
+
+GRPC_OPTIONS: frozenset[str] = frozenset(_OPTIONS)
+"""The grpcio option names :meth:`ServerSettings.from_options` understands."""
+
+__all__ = ["GRPC_OPTIONS", "UNLIMITED_MESSAGE_LENGTH", "ServerSettings"]

@@ -1,0 +1,529 @@
+"""ConnectionRouter end to end: real sockets, real TLS, grpcio clients, one listening port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+
+import fastinject
+import fastinject.router as router_module
+from echo_service import Recorder
+from fastinject.errors import ServerStateError
+from fastinject.injector import ConnectionInjector
+from fastinject.router import ConnectionInfo, ConnectionRouter, Rule
+from fastinject.sniff import HTTP2_PREFACE
+from serving import method
+
+TlsChannelFactory = Callable[..., grpc.aio.Channel]  # the tls_channel fixture (conftest.py)
+SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an empty HTTP/2 SETTINGS frame
+TIMEOUT = 10.0  # bounds every wait, so a broken router fails the test instead of hanging it
+
+
+# Each channel gets its own connections (grpcio shares them between channels by default), so
+# tests can count the connections each injector serves.
+OWN_CONNECTIONS = ("grpc.use_local_subchannel_pool", 1)
+
+
+def insecure_channel(target: str) -> grpc.aio.Channel:
+    """A cleartext grpcio channel with connections of its own."""
+    return grpc.aio.insecure_channel(target, options=[OWN_CONNECTIONS])
+
+
+async def started(routers: list[ConnectionRouter], router: ConnectionRouter,
+                  address: str = "127.0.0.1:0") -> int:
+    """Start ``router`` on ``address`` (closed at teardown); return its port."""
+    routers.append(router)
+    return await router.start(address)
+
+
+async def eventually(predicate: Callable[[], bool]) -> None:
+    """Wait until ``predicate()`` holds (bounded by TIMEOUT)."""
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(poll(), TIMEOUT)
+
+
+async def received_until_closed(reader: asyncio.StreamReader) -> bytes:
+    """Every byte the peer sends before it closes (a reset counts as a close)."""
+    received = b""
+    async def read() -> None:
+        nonlocal received
+        while chunk := await reader.read(65536):
+            received += chunk
+    with contextlib.suppress(ConnectionResetError):
+        await asyncio.wait_for(read(), TIMEOUT)
+    return received
+
+
+async def peer_of_call(channel: grpc.aio.Channel) -> dict[str, Any]:
+    """What the server saw of the caller (test.Echo/Peer)."""
+    result: dict[str, Any] = json.loads(await method(channel, "Peer")(b"", timeout=TIMEOUT))
+    return result
+
+
+async def test_plaintext_and_tls_clients_share_one_port(
+    routers: list[ConnectionRouter], plaintext: ConnectionInjector,
+    tls_localhost: ConnectionInjector, tls_channel: TlsChannelFactory,
+) -> None:
+    """Cleartext clients go to the plaintext injector and TLS clients to the TLS one, same port."""
+    router = ConnectionRouter([Rule(plaintext, transport="plaintext"),
+                               Rule(tls_localhost, transport="tls")])
+    port = await started(routers, router)
+    async with insecure_channel(f"127.0.0.1:{port}") as channel:
+        assert await method(channel, "Unary")(b"clear", timeout=TIMEOUT) == b"clear"
+        assert (plaintext.connections, tls_localhost.connections) == (1, 0)
+    async with tls_channel(f"localhost:{port}") as channel:
+        assert await method(channel, "Unary")(b"secret", timeout=TIMEOUT) == b"secret"
+        seen = await peer_of_call(channel)
+        assert seen["auth"]["transport_security_type"] == ["ssl"]
+        assert tls_localhost.connections == 1
+
+
+async def test_mtls_rule_requires_client_certificate(
+    routers: list[ConnectionRouter], plaintext: ConnectionInjector, mtls: ConnectionInjector,
+    tls_channel: TlsChannelFactory,
+) -> None:
+    """TLS connections routed to an mTLS injector are served only with a client certificate."""
+    router = ConnectionRouter([Rule(plaintext, source="127.0.0.0/8", transport="plaintext"),
+                               Rule(mtls, transport="tls")])
+    port = await started(routers, router)
+    async with tls_channel(f"localhost:{port}", client_cert=True) as channel:
+        seen = await peer_of_call(channel)
+        assert seen["identities"] == ["router test client"]
+    async with tls_channel(f"localhost:{port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await method(channel, "Unary")(b"x", timeout=TIMEOUT)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_sni_chooses_the_certificate(
+    routers: list[ConnectionRouter], tls_localhost: ConnectionInjector,
+    tls_example: ConnectionInjector, tls_channel: TlsChannelFactory,
+) -> None:
+    """The SNI name picks the injector, so each client gets the certificate for its name."""
+    router = ConnectionRouter([Rule(tls_localhost, server_name="localhost"),
+                               Rule(tls_example, server_name="*.example.test")])
+    port = await started(routers, router)
+    target = f"127.0.0.1:{port}"
+    # Each client checks the certificate against its SNI name: success proves the right one.
+    async with tls_channel(target, server_name="api.example.test") as channel:
+        assert await method(channel, "Unary")(b"e", timeout=TIMEOUT) == b"e"
+        assert (tls_localhost.connections, tls_example.connections) == (0, 1)
+    async with tls_channel(target, server_name="localhost") as channel:
+        assert await method(channel, "Unary")(b"l", timeout=TIMEOUT) == b"l"
+        assert tls_localhost.connections == 1
+    async with tls_channel(target, server_name="other.invalid") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await method(channel, "Unary")(b"x", timeout=TIMEOUT)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_source_cidr_rules(
+    server: fastinject.Server, routers: list[ConnectionRouter], plaintext: ConnectionInjector,
+) -> None:
+    """Source CIDR rules route IPv4 and IPv6 loopback clients of one port to different injectors."""
+    v6 = server.create_connection_injector(fastinject.ServerCredentials.insecure())
+    router = ConnectionRouter([Rule(plaintext, source="127.0.0.0/8"), Rule(v6, source="::1/128")])
+    port = await started(routers, router, "[::]:0")  # dual-stack: both families, one port
+    async with insecure_channel(f"127.0.0.1:{port}") as channel:
+        assert "127.0.0.1" in (await peer_of_call(channel))["peer"]
+        assert (plaintext.connections, v6.connections) == (1, 0)
+    async with insecure_channel(f"[::1]:{port}") as channel:
+        assert (await peer_of_call(channel))["peer"].startswith("ipv6:[::1]:")
+        assert v6.connections == 1
+
+
+async def test_destination_cidr_rule(
+    routers: list[ConnectionRouter], plaintext: ConnectionInjector,
+) -> None:
+    """A destination rule matches the local address the client connected to."""
+    router = ConnectionRouter([Rule(plaintext, destination="::1/128")])
+    port = await started(routers, router, "[::]:0")  # dual-stack: both families, one port
+    async with insecure_channel(f"[::1]:{port}") as channel:
+        assert await method(channel, "Unary")(b"v6", timeout=TIMEOUT) == b"v6"
+    async with insecure_channel(f"127.0.0.1:{port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await method(channel, "Unary")(b"v4", timeout=TIMEOUT)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_unmatched_connection_is_closed_without_a_byte(
+    routers: list[ConnectionRouter], tls_localhost: ConnectionInjector,
+) -> None:
+    """With no matching rule the client fails UNAVAILABLE and the server sends nothing at all."""
+    router = ConnectionRouter([Rule(tls_localhost, transport="tls")])
+    port = await started(routers, router)
+    async with insecure_channel(f"127.0.0.1:{port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await method(channel, "Unary")(b"x", timeout=TIMEOUT)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(HTTP2_PREFACE + SETTINGS)
+    assert await received_until_closed(reader) == b""
+    writer.close()
+    assert tls_localhost.connections == 0
+
+
+async def test_choose_function_sees_connection_info(
+    routers: list[ConnectionRouter], plaintext: ConnectionInjector,
+    tls_localhost: ConnectionInjector, tls_channel: TlsChannelFactory,
+) -> None:
+    """With no rule matching, choose() gets addresses, kind, SNI and ALPN and its pick serves."""
+    infos: list[ConnectionInfo] = []
+
+    def choose(info: ConnectionInfo) -> ConnectionInjector | None:
+        infos.append(info)
+        return tls_localhost if info.kind == "tls" else plaintext
+
+    router = ConnectionRouter(choose=choose)
+    port = await started(routers, router, "[::]:0")  # dual-stack: IPv4 peers come mapped
+    async with tls_channel(f"127.0.0.1:{port}", server_name="localhost") as channel:
+        assert await method(channel, "Unary")(b"t", timeout=TIMEOUT) == b"t"
+    async with insecure_channel(f"127.0.0.1:{port}") as channel:
+        assert await method(channel, "Unary")(b"p", timeout=TIMEOUT) == b"p"
+    loopback = ipaddress.ip_address("127.0.0.1")
+    assert [(i.kind, i.server_name, i.source, i.destination, i.destination_port)
+            for i in infos] == [("tls", "localhost", loopback, loopback, port),
+                                ("http2", None, loopback, loopback, port)]
+    assert "h2" in infos[0].alpn
+    assert infos[0].source_port > 0
+
+
+@pytest.mark.parametrize("outcome", ["raises", "returns a string"])
+async def test_faulty_choose_closes_the_connection(
+    routers: list[ConnectionRouter], plaintext: ConnectionInjector, outcome: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A choose() that raises or returns a non-injector closes the connection and is logged."""
+    def choose(info: ConnectionInfo) -> Any:
+        if outcome == "raises":
+            raise RuntimeError("bad chooser")
+        return "not an injector"
+
+    router = ConnectionRouter(choose=choose, default=plaintext)
+    port = await started(routers, router)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(HTTP2_PREFACE + SETTINGS)
+    assert await received_until_closed(reader) == b""
+    writer.close()
+    assert any(record.name == "fastinject.router" and record.levelname == "ERROR"
+               for record in caplog.records)
+
+
+async def test_default_serves_what_no_rule_or_choose_claims(
+    routers: list[ConnectionRouter], plaintext: ConnectionInjector,
+    tls_localhost: ConnectionInjector,
+) -> None:
+    """choose() returning None falls through to the default injector."""
+    router = ConnectionRouter([Rule(tls_localhost, transport="tls")],
+                              choose=lambda info: None, default=plaintext)
+    port = await started(routers, router)
+    async with insecure_channel(f"127.0.0.1:{port}") as channel:
+        assert await method(channel, "Unary")(b"d", timeout=TIMEOUT) == b"d"
+    assert router.default is plaintext
+
+
+async def test_set_rules_routes_new_connections_and_drains_old_injector(
+    server: fastinject.Server, recorder: Recorder, routers: list[ConnectionRouter],
+    plaintext: ConnectionInjector,
+) -> None:
+    """After set_rules new connections use the new table; old calls finish, then it is destroyed."""
+    replacement = server.create_connection_injector(fastinject.ServerCredentials.insecure())
+    router = ConnectionRouter([Rule(plaintext)])
+    port = await started(routers, router)
+    target = f"127.0.0.1:{port}"
+    async with insecure_channel(target) as old, insecure_channel(target) as new:
+        in_flight = asyncio.ensure_future(method(old, "Sleep")(b"1.0", timeout=TIMEOUT))
+        await asyncio.wait_for(recorder.started.wait(), TIMEOUT)
+        router.set_rules([Rule(replacement)], retire_grace_ms=TIMEOUT * 1000)
+        assert router.rules == (Rule(replacement),)
+        assert await method(new, "Unary")(b"new", timeout=TIMEOUT) == b"new"
+        assert (plaintext.connections, replacement.connections) == (1, 1)
+        assert not plaintext.destroyed  # still draining its in-flight call
+        assert await in_flight == b"slept 1.0"
+        await eventually(lambda: plaintext.destroyed)
+        assert plaintext.connections == 0
+        assert recorder.cancelled == []
+        # The old channel's next call reconnects, through the new table.
+        assert await method(old, "Unary")(b"again", timeout=TIMEOUT) == b"again"
+        assert replacement.connections == 2
+
+
+async def test_retired_injector_calls_are_cancelled_after_the_grace(
+    server: fastinject.Server, recorder: Recorder, routers: list[ConnectionRouter],
+    plaintext: ConnectionInjector,
+) -> None:
+    """A call still running on a retired injector when the grace ends is cancelled."""
+    replacement = server.create_connection_injector(fastinject.ServerCredentials.insecure())
+    router = ConnectionRouter([Rule(plaintext)])
+    port = await started(routers, router)
+    async with insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = method(channel, "Sleep")(b"60", timeout=TIMEOUT * 3)
+        await asyncio.wait_for(recorder.started.wait(), TIMEOUT)
+        router.set_rules([Rule(replacement)], retire_grace_ms=50)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await call
+        assert error.value.code() != grpc.StatusCode.OK
+        await eventually(lambda: plaintext.destroyed)
+        assert recorder.cancelled == ["60"]
+
+
+async def test_close_destroys_retiring_injectors_and_calls_still_finish(
+    server: fastinject.Server, recorder: Recorder, plaintext: ConnectionInjector,
+) -> None:
+    """close() destroys injectors being retired at once; their running calls still finish."""
+    replacement = server.create_connection_injector(fastinject.ServerCredentials.insecure())
+    router = ConnectionRouter([Rule(plaintext)])
+    port = await router.start("127.0.0.1:0")
+    async with insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = method(channel, "Sleep")(b"0.5", timeout=TIMEOUT)
+        await asyncio.wait_for(recorder.started.wait(), TIMEOUT)
+        router.set_rules([Rule(replacement)], retire_grace_ms=60_000)
+        await router.close()
+        assert plaintext.destroyed
+        assert not replacement.destroyed  # the current table's injectors are the user's
+        assert await call == b"slept 0.5"
+
+
+async def test_injector_back_in_the_table_is_not_destroyed(
+    server: fastinject.Server, routers: list[ConnectionRouter], plaintext: ConnectionInjector,
+) -> None:
+    """An injector retired and then put back before its drain ends keeps serving."""
+    other = server.create_connection_injector(fastinject.ServerCredentials.insecure())
+    router = ConnectionRouter([Rule(plaintext)])
+    port = await started(routers, router)
+    async with insecure_channel(f"127.0.0.1:{port}") as channel:
+        assert await method(channel, "Unary")(b"1", timeout=TIMEOUT) == b"1"
+        router.set_rules([], default=other, retire_grace_ms=60_000)
+        router.set_rules([Rule(plaintext)], retire_grace_ms=60_000)
+        # The first connection drains and closes; the channel reconnects to plaintext again.
+        await eventually(lambda: plaintext.connections == 0)
+        assert await method(channel, "Unary")(b"2", timeout=TIMEOUT) == b"2"
+        assert not plaintext.destroyed
+        assert plaintext.connections == 1
+        await eventually(lambda: other.destroyed)  # `other` left the table with no connections
+
+
+async def test_silent_peer_is_closed_at_the_sniff_timeout(
+    routers: list[ConnectionRouter], plaintext: ConnectionInjector,
+) -> None:
+    """A peer that never sends a byte is closed once sniff_timeout passes."""
+    router = ConnectionRouter([Rule(plaintext)], sniff_timeout=0.2)
+    port = await started(routers, router)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await eventually(lambda: router.pending == 1)
+    assert await received_until_closed(reader) == b""
+    assert router.pending == 0
+    writer.close()
+
+
+async def test_peer_closing_early_frees_its_slot(
+    routers: list[ConnectionRouter], plaintext: ConnectionInjector,
+) -> None:
+    """A peer that closes before it can be classified is dropped at once, not at the timeout."""
+    router = ConnectionRouter([Rule(plaintext)], sniff_timeout=3600)
+    port = await started(routers, router)
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    await eventually(lambda: router.pending == 1)
+    writer.close()
+    await eventually(lambda: router.pending == 0)
+
+
+async def test_unknown_bytes_are_not_routed_to_plaintext(
+    routers: list[ConnectionRouter], plaintext: ConnectionInjector,
+) -> None:
+    """transport="plaintext" wants the HTTP/2 preface: an HTTP/1.1 request is closed silently."""
+    router = ConnectionRouter([Rule(plaintext, transport="plaintext")])
+    port = await started(routers, router)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert await received_until_closed(reader) == b""
+    writer.close()
+
+
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+async def test_dribbled_preface_is_waited_for_without_spinning(
+    routers: list[ConnectionRouter], plaintext: ConnectionInjector,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, family: str,
+) -> None:
+    """A start that arrives in pieces is classified when complete, peeking only a few times."""
+    calls = 0
+    real_sniff = router_module.sniff
+
+    def counting_sniff(data: bytes) -> Any:
+        nonlocal calls
+        calls += 1
+        return real_sniff(data)
+
+    monkeypatch.setattr(router_module, "sniff", counting_sniff)
+    router = ConnectionRouter([Rule(plaintext)])
+    if family == "tcp":
+        port = await started(routers, router)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    else:
+        path = str(tmp_path / "r.sock")
+        await started(routers, router, f"unix:{path}")
+        reader, writer = await asyncio.open_unix_connection(path)
+    for piece in (HTTP2_PREFACE[:5], HTTP2_PREFACE[5:12], HTTP2_PREFACE[12:] + SETTINGS):
+        writer.write(piece)
+        await asyncio.sleep(0.2)  # long enough for a spinning loop to peek thousands of times
+    frame = await asyncio.wait_for(reader.readexactly(9), TIMEOUT)
+    assert frame[3] == 0x04  # the server's SETTINGS: the injector got the whole preface
+    # Two pauses of 0.2 s: the kernel's low-water mark (TCP) needs 3 peeks; backoff
+    # polling (Unix sockets) needs about a dozen; a busy loop would need thousands.
+    assert calls <= 30
+    writer.close()
+
+
+async def test_max_pending_holds_further_connections_in_the_backlog(
+    routers: list[ConnectionRouter], plaintext: ConnectionInjector,
+) -> None:
+    """With max_pending connections being sniffed, the next one waits until a slot frees up."""
+    router = ConnectionRouter([Rule(plaintext)], max_pending=1, sniff_timeout=3600)
+    port = await started(routers, router)
+    _, silent = await asyncio.open_connection("127.0.0.1", port)
+    await eventually(lambda: router.pending == 1)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(HTTP2_PREFACE + SETTINGS)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(reader.readexactly(9), 0.3)
+    silent.close()
+    frame = await asyncio.wait_for(reader.readexactly(9), TIMEOUT)
+    assert frame[3] == 0x04
+    writer.close()
+
+
+async def test_close_drops_pending_connections_and_leaks_nothing(
+    plaintext: ConnectionInjector, tls_localhost: ConnectionInjector,
+) -> None:
+    """close() ends sniffing connections; afterwards no router task or file descriptor is left."""
+    fds_before = set(os.listdir("/dev/fd"))
+    tasks_before = asyncio.all_tasks()
+    router = ConnectionRouter([Rule(tls_localhost, transport="tls")], sniff_timeout=3600)
+    port = await router.start("127.0.0.1:0")
+    clients = []
+    for start in (b"", HTTP2_PREFACE + SETTINGS, b"junk", HTTP2_PREFACE[:4]):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(start)
+        clients.append((reader, writer))
+    _, early = await asyncio.open_connection("127.0.0.1", port)
+    early.close()
+    await eventually(lambda: router.pending == 2)  # the silent one and the prefix-sender
+    router.set_rules([Rule(plaintext)])
+    await router.close()
+    await router.close()  # idempotent
+    for reader, writer in clients:
+        assert await received_until_closed(reader) == b""
+        writer.close()
+        with contextlib.suppress(ConnectionResetError):  # closing with unread bytes sends RST
+            await writer.wait_closed()
+    await early.wait_closed()
+    await eventually(lambda: tls_localhost.destroyed)
+    assert asyncio.all_tasks() - tasks_before == set()
+    assert set(os.listdir("/dev/fd")) == fds_before
+    with pytest.raises(ServerStateError):
+        await router.start("127.0.0.1:0")
+
+
+async def test_start_twice_is_refused(
+    routers: list[ConnectionRouter], plaintext: ConnectionInjector,
+) -> None:
+    """A router listens on one address: a second start raises ServerStateError."""
+    router = ConnectionRouter([Rule(plaintext)])
+    port = await started(routers, router)
+    assert router.port == port
+    with pytest.raises(ServerStateError):
+        await router.start("127.0.0.1:0")
+
+
+def info(kind: str = "tls", server_name: str | None = None, source: str = "10.0.0.1",
+         destination: str = "10.0.0.2") -> ConnectionInfo:
+    """A ConnectionInfo for matching tests."""
+    return ConnectionInfo(ipaddress.ip_address(source), 1234, ipaddress.ip_address(destination),
+                          443, kind, server_name, ())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("fields", "connection", "matches"),
+    [
+        ({}, info("unknown"), True),
+        ({"server_name": "*.example.com"}, info(server_name="a.example.com"), True),
+        ({"server_name": "*.example.com"}, info(server_name="a.b.example.com"), True),
+        ({"server_name": "*.example.com"}, info(server_name="example.com"), False),
+        ({"server_name": "*.example.com"}, info(server_name="badexample.com"), False),
+        ({"server_name": "API.example.com"}, info(server_name="api.example.com"), True),
+        ({"server_name": "api.example.com"}, info(server_name=None), False),
+        ({"transport": "plaintext"}, info("http2"), True),
+        ({"transport": "plaintext"}, info("unknown"), False),
+        ({"transport": "tls"}, info("http2"), False),
+        ({"source": "10.0.0.0/8"}, info(source="10.9.9.9"), True),
+        ({"source": "10.0.0.0/8"}, info(source="11.0.0.1"), False),
+        ({"source": "10.0.0.0/8"}, info(source="::ffff:10.0.0.1"), False),
+        ({"source": "10.1.2.3/8"}, info(source="10.200.0.1"), True),
+        ({"destination": "10.0.0.2"}, info(), True),
+        ({"destination": "fd00::/8"}, info(), False),
+        ({"source": "10.0.0.0/8", "transport": "tls"}, info("http2"), False),
+    ],
+)
+async def test_rule_matching(
+    plaintext: ConnectionInjector, fields: dict[str, Any], connection: ConnectionInfo,
+    matches: bool,
+) -> None:
+    """A rule matches when every field it sets matches; wildcards need at least one label."""
+    assert Rule(plaintext, **fields).matches(connection) is matches
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"source": "10.0.0.0/33"}, ValueError),
+        ({"destination": "not an address"}, ValueError),
+        ({"source": 10}, TypeError),
+        ({"server_name": "a.*.com"}, ValueError),
+        ({"server_name": "*"}, ValueError),
+        ({"server_name": ""}, ValueError),
+        ({"server_name": "a b"}, ValueError),
+        ({"transport": "quic"}, ValueError),
+    ],
+)
+async def test_rule_rejects_bad_fields(
+    plaintext: ConnectionInjector, fields: dict[str, Any], error: type[Exception],
+) -> None:
+    """A malformed rule field raises a specific error when the rule is made."""
+    with pytest.raises(error):
+        Rule(plaintext, **fields)
+
+
+def test_rule_needs_an_injector() -> None:
+    """Rule.injector must be a ConnectionInjector."""
+    with pytest.raises(TypeError):
+        Rule(object())  # type: ignore[arg-type]
+
+
+async def test_router_rejects_bad_arguments(plaintext: ConnectionInjector) -> None:
+    """Bad router arguments and tables with destroyed injectors raise specific errors."""
+    with pytest.raises(ValueError, match="sniff_timeout"):
+        ConnectionRouter(sniff_timeout=0)
+    with pytest.raises(ValueError, match="max_pending"):
+        ConnectionRouter(max_pending=0)
+    with pytest.raises(TypeError, match="rules"):
+        ConnectionRouter(Rule(plaintext))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="default"):
+        ConnectionRouter(default="x")  # type: ignore[arg-type]
+    router = ConnectionRouter()
+    with pytest.raises(ValueError, match="retire_grace_ms"):
+        router.set_rules([], retire_grace_ms=-1)
+    await plaintext.destroy()
+    with pytest.raises(ValueError, match="destroyed"):
+        router.set_rules([Rule(plaintext)])
+    assert router.rules == ()
+
