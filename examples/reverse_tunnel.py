@@ -62,8 +62,15 @@ async def dial_and_serve(injector: ConnectionInjector, host: str, port: int) -> 
         # A (reader, writer) pair rather than the raw socket: the injector closes the writer
         # when the connection ends, which tells this loop when to dial again.
         injector.inject_connection((reader, writer))
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
+        # Shielded: cancelling this loop must not cancel the stream's own "closed" future,
+        # which the injector awaits when it closes the connection.
+        await asyncio.shield(until_closed(writer))
+
+
+async def until_closed(writer: asyncio.StreamWriter) -> None:
+    """Return once the stream of ``writer`` has closed, however it ended."""
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
 
 
 # -- the client side (demo) ------------------------------------------------------------------

@@ -269,8 +269,10 @@ def run(options: Options, log: Log = _stderr_log) -> Outcome:
         bench.check_all()
         for workload in options.workloads:
             bench.bench_workload(workload)
+        failed = {server for _, server in bench.outcome.failures}
         for name, server in servers.items():
-            bench.outcome.exit_codes[name] = server.stop()
-            if bench.outcome.exit_codes[name] != 0:
-                log(f"{name} exited with {bench.outcome.exit_codes[name]}:\n{server.stderr_tail()}")
+            code = bench.outcome.exit_codes[name] = server.stop()
+            if code != 0 or name in failed:
+                # The logs live in the temporary directory: show what may explain the failure.
+                log(f"{name} exited with {code}; the end of its stderr:\n{server.stderr_tail()}")
         return bench.outcome

@@ -122,10 +122,10 @@ class Connection(asyncio.Protocol):
             if kind is p.MessagesReceived:
                 call = self._calls.get(event.stream_id)  # type: ignore[union-attr]
                 if call is not None:
-                    call._deliver(event.messages)  # type: ignore[union-attr]
+                    call._deliver(event.messages, event.prepaid)  # type: ignore[union-attr]
                 else:
-                    for payload, _ in event.messages:  # type: ignore[union-attr]
-                        self.protocol.consumed(event.stream_id, len(payload) + 5)  # type: ignore[union-attr]
+                    size = sum(len(payload) + 5 for payload, _ in event.messages)  # type: ignore[union-attr]
+                    self.protocol.consumed(event.stream_id, size - event.prepaid)  # type: ignore[union-attr]
             elif kind is p.CallStarted:
                 self._start_call(event.head)  # type: ignore[union-attr]
             elif kind is p.RequestEnded:
@@ -263,11 +263,9 @@ class Connection(asyncio.Protocol):
         while True:
             if self._writable is not None:
                 await self._writable
-            if self._transport is None:
-                raise asyncio.CancelledError("connection lost")
             window = self.protocol.send_window(stream_id)
-            if window < 0:
-                raise asyncio.CancelledError("stream closed")
+            if window < 0 or self._transport is None:
+                raise p.StreamGone(stream_id)
             remaining = total - offset
             if window >= remaining:
                 self.protocol.send_data(stream_id, data if view is None else view[offset:])
@@ -303,9 +301,11 @@ class Connection(asyncio.Protocol):
         self._closing = True
         self._cancel_timer("idle")
         self.protocol.goaway(p.MAX_STREAM_ID, _NO_ERROR)
-        self.protocol.ping(_DRAIN_PING)
-        self._set_timer("drain_ping", _DRAIN_PING_TIMEOUT, self._send_final_goaway)
-        self._flush()
+        if self.protocol.ping(_DRAIN_PING):
+            self._set_timer("drain_ping", _DRAIN_PING_TIMEOUT, self._send_final_goaway)
+            self._flush()
+        else:
+            self._send_final_goaway()
 
     def _send_final_goaway(self) -> None:
         if self._final_goaway_sent or self._transport is None:
@@ -357,9 +357,8 @@ class Connection(asyncio.Protocol):
             handle.cancel()
 
     def _send_keepalive(self) -> None:
-        if self._transport is None:
+        if self._transport is None or not self.protocol.ping(_KEEPALIVE_PING):
             return
-        self.protocol.ping(_KEEPALIVE_PING)
         self._flush()
         self._set_timer("keepalive_timeout", self.settings.keepalive_timeout, self._keepalive_lost)
 

@@ -55,6 +55,7 @@ class ServicerContext:
         "_accept_encoding",
         "_code",
         "_compression",
+        "_credit_debt",
         "_conn",
         "_deadline",
         "_deadline_handle",
@@ -67,6 +68,7 @@ class ServicerContext:
         "_head",
         "_headers_sent",
         "_inbox",
+        "_last_compressed",
         "_initial_metadata",
         "_read_waiter",
         "_skip_next_compression",
@@ -86,6 +88,8 @@ class ServicerContext:
         self.stream_id = head.stream_id
         self._inbox: collections.deque[tuple[bytes, bool]] = collections.deque()
         self._ended = False
+        self._last_compressed = False
+        self._credit_debt = 0
         self._failure: RpcError | None = None
         self._read_waiter: asyncio.Future[None] | None = None
         self._headers_sent = False
@@ -114,9 +118,19 @@ class ServicerContext:
 
     # -- fed by the connection -------------------------------------------------------------
 
-    def _deliver(self, messages: list[tuple[bytes, bool]]) -> None:
+    def _deliver(self, messages: list[tuple[bytes, bool]], prepaid: int) -> None:
         self._inbox.extend(messages)
+        self._credit_debt += prepaid
         self._wake_reader()
+
+    def _release_credit(self, size: int) -> None:
+        """Return the flow-control credit of a consumed message, less what was prepaid."""
+        if self._credit_debt:
+            paid = min(size, self._credit_debt)
+            self._credit_debt -= paid
+            size -= paid
+        if size:
+            self._conn.consumed(self.stream_id, size)
 
     def _end_request(self) -> None:
         self._ended = True
@@ -180,7 +194,8 @@ class ServicerContext:
             finally:
                 self._read_waiter = None
         payload, compressed = self._inbox.popleft()
-        self._conn.consumed(self.stream_id, len(payload) + 5)
+        self._last_compressed = compressed
+        self._release_credit(len(payload) + 5)
         if compressed:
             encoding = self._head.encoding
             if encoding is None or encoding == "identity":
@@ -200,6 +215,10 @@ class ServicerContext:
             return _grpc_eof()
         deserializer = self.deserializer
         return deserializer(raw) if deserializer is not None else raw
+
+    def request_was_compressed(self) -> bool:
+        """Whether the last request message read arrived compressed (a fastinject addition)."""
+        return self._last_compressed
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -370,7 +389,7 @@ class ServicerContext:
         if self._deadline_handle is not None:
             self._deadline_handle.cancel()
         for payload, _ in self._inbox:
-            self._conn.consumed(self.stream_id, len(payload) + 5)
+            self._release_credit(len(payload) + 5)
         self._inbox.clear()
         self._conn.call_done(self)
         for callback in self._done_callbacks:

@@ -67,10 +67,15 @@ class CallStarted:
 
 @dataclasses.dataclass(slots=True)
 class MessagesReceived:
-    """Complete messages ``(payload, compressed)`` arrived on a call."""
+    """Complete messages ``(payload, compressed)`` arrived on a call.
+
+    Their credit is returned as they are consumed, less ``prepaid`` bytes (of the first one)
+    whose credit went back while it was still being assembled.
+    """
 
     stream_id: int
     messages: list[tuple[bytes, bool]]
+    prepaid: int
 
 
 @dataclasses.dataclass(slots=True)
@@ -140,11 +145,14 @@ Event = (
 class _StreamState:
     """Per-stream receive state: the deframer and bytes awaiting acknowledgement."""
 
-    __slots__ = ("deframer", "failed")
+    __slots__ = ("deframer", "failed", "prepaid")
 
     def __init__(self, max_message_length: int) -> None:
         self.deframer = Deframer(max_message_length)
         self.failed = False
+        # Bytes of the message being assembled whose credit was already returned: a message
+        # larger than the window must be able to arrive before anyone can consume it.
+        self.prepaid = 0
 
 
 class ServerProtocol:
@@ -295,11 +303,16 @@ class ServerProtocol:
         try:
             messages = state.deframer.feed(data)
         except FramingError as exc:
-            self._h2.acknowledge_received_data(len(data) + state.deframer.buffered, stream_id)
+            self._h2.acknowledge_received_data(len(data), stream_id)
             self._fail(stream_id, exc.status, str(exc), events)
             return
         if messages:
-            events.append(MessagesReceived(stream_id, messages))
+            events.append(MessagesReceived(stream_id, messages, state.prepaid))
+            state.prepaid = 0
+        advance = state.deframer.buffered - state.prepaid
+        if advance > 0:
+            self._h2.acknowledge_received_data(advance, stream_id)
+            state.prepaid += advance
 
     def _on_stream_ended(self, stream_id: int, events: list[Event]) -> None:
         state = self._streams.get(stream_id)
@@ -341,22 +354,34 @@ class ServerProtocol:
     def send_headers(
         self, stream_id: int, metadata: list[tuple[bytes, bytes]], encoding: str | None
     ) -> None:
-        """Send response headers; ``encoding`` names the message compression, if any."""
+        """Send response headers; ``encoding`` names the message compression, if any.
+
+        Raises :class:`StreamGone` when the stream or connection can no longer send.
+        """
         headers = [*_RESPONSE_HEADERS, _ACCEPT_ENCODING]
         if encoding is not None:
             headers.append((b"grpc-encoding", encoding.encode("ascii")))
         headers.extend(metadata)
-        self._h2.send_headers(stream_id, headers)
+        try:
+            self._h2.send_headers(stream_id, headers)
+        except h2.exceptions.ProtocolError as exc:
+            raise StreamGone(stream_id) from exc
 
     def send_data(self, stream_id: int, data: bytes | memoryview) -> None:
-        """Send DATA that fits the current window (the caller checks :meth:`send_window`)."""
+        """Send DATA that fits the current window (the caller checks :meth:`send_window`).
+
+        Raises :class:`StreamGone` when the stream or connection can no longer send.
+        """
         limit = self._h2.max_outbound_frame_size
-        if len(data) <= limit:
-            self._h2.send_data(stream_id, data)
-            return
-        view = memoryview(data)
-        for offset in range(0, len(view), limit):
-            self._h2.send_data(stream_id, view[offset : offset + limit])
+        try:
+            if len(data) <= limit:
+                self._h2.send_data(stream_id, data)
+                return
+            view = memoryview(data)
+            for offset in range(0, len(view), limit):
+                self._h2.send_data(stream_id, view[offset : offset + limit])
+        except h2.exceptions.ProtocolError as exc:
+            raise StreamGone(stream_id) from exc
 
     def send_trailers(
         self,
@@ -370,8 +395,7 @@ class ServerProtocol:
         if details:
             trailers.append((b"grpc-message", md.encode_grpc_message(details)))
         trailers.extend(metadata)
-        self._h2.send_headers(stream_id, trailers, end_stream=True)
-        self._finish(stream_id)
+        self._end_stream(stream_id, trailers)
 
     def send_trailers_only(
         self,
@@ -385,8 +409,7 @@ class ServerProtocol:
         if details:
             headers.append((b"grpc-message", md.encode_grpc_message(details)))
         headers.extend(metadata)
-        self._h2.send_headers(stream_id, headers, end_stream=True)
-        self._finish(stream_id)
+        self._end_stream(stream_id, headers)
 
     def _send_http_error(self, stream_id: int, rejection: _HttpRejection) -> None:
         headers = [
@@ -395,26 +418,40 @@ class ServerProtocol:
             (b"grpc-status", _STATUS_BYTES[StatusCode.INTERNAL]),
             (b"grpc-message", md.encode_grpc_message(rejection.reason)),
         ]
-        self._h2.send_headers(stream_id, headers, end_stream=True)
-        self._finish(stream_id)
+        self._end_stream(stream_id, headers)
 
-    def _finish(self, stream_id: int) -> None:
-        """The response is complete: if the client still sends, ask it to stop (RFC 9113 8.1)."""
+    def _end_stream(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """Send the final HEADERS; if the client still sends, ask it to stop (RFC 9113 8.1).
+
+        A stream the client already reset (or a closed connection) gets nothing: no one listens.
+        """
         self._streams.pop(stream_id, None)
-        stream = self._h2.streams.get(stream_id)
-        if stream is not None and not stream.closed:
-            self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+        try:
+            self._h2.send_headers(stream_id, headers, end_stream=True)
+        except h2.exceptions.ProtocolError:
+            return
+        self._reset_if_open(stream_id, h2.errors.ErrorCodes.NO_ERROR)
 
     def reset(self, stream_id: int, error_code: int = h2.errors.ErrorCodes.CANCEL) -> None:
         """Reset a stream (the call is abandoned)."""
         self._streams.pop(stream_id, None)
+        self._reset_if_open(stream_id, error_code)
+
+    def _reset_if_open(self, stream_id: int, error_code: int) -> None:
         stream = self._h2.streams.get(stream_id)
         if stream is not None and not stream.closed:
-            self._h2.reset_stream(stream_id, error_code)
+            try:
+                self._h2.reset_stream(stream_id, error_code)
+            except h2.exceptions.ProtocolError:
+                pass  # the connection itself is closed
 
-    def ping(self, opaque: bytes) -> None:
-        """Send a PING with 8 bytes of ``opaque`` data."""
-        self._h2.ping(opaque)
+    def ping(self, opaque: bytes) -> bool:
+        """Send a PING with 8 bytes of ``opaque`` data; False if the connection cannot send."""
+        try:
+            self._h2.ping(opaque)
+        except h2.exceptions.ProtocolError:
+            return False
+        return True
 
     def goaway(self, last_stream_id: int, error_code: int = 0, debug: bytes = b"") -> None:
         """Queue a GOAWAY frame; calls on streams above ``last_stream_id`` will be refused.
@@ -435,6 +472,10 @@ class ServerProtocol:
         if self._pending_raw:
             data, self._pending_raw = self._pending_raw + data, b""
         return data
+
+
+class StreamGone(Exception):
+    """The stream was reset or the connection closed: nothing more can be sent on it."""
 
 
 class _HttpRejection(Exception):
@@ -459,6 +500,7 @@ __all__ = [
     "PingReceived",
     "RequestEnded",
     "RequestHead",
+    "StreamGone",
     "ServerProtocol",
     "WindowOpened",
 ]

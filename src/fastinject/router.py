@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import ipaddress
 import logging
 import socket
@@ -44,8 +45,11 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _FIRST_POLL_DELAY = 0.005
 _MAX_POLL_DELAY = 0.1
-# Accept errors that mean "out of resources": wait before accepting again (as asyncio does).
+# Accepts per readiness callback, so a flood of connections cannot starve the loop.
+_ACCEPT_BATCH = 64
+# Out of file descriptors or memory: wait this long before accepting again (as asyncio does).
 _ACCEPT_BACKOFF = 1.0
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -196,9 +200,10 @@ class ConnectionRouter:
         self._choose = choose
         self._sniff_timeout = float(sniff_timeout)
         self._max_pending = max_pending
-        self._slots: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: list[socket.socket] = []
-        self._accepting: list[asyncio.Task[None]] = []
+        self._accepting = False
+        self._accept_backoff: asyncio.TimerHandle | None = None
         self._pending: set[_Sniffer] = set()
         self._attaching: set[asyncio.Future[None]] = set()
         self._retiring: dict[ConnectionInjector, asyncio.Task[None]] = {}
@@ -232,8 +237,11 @@ class ConnectionRouter:
         ``retire_grace_ms`` are cancelled, and once those connections have closed the
         injector is destroyed.  An injector that comes back in a later table before that is
         kept (its connections still drain).  Connections being sniffed when the table changes
-        are routed by the new table.
+        are routed by the new table.  Raises :class:`~fastinject.errors.ServerStateError`
+        once the router is closed.
         """
+        if self._closed:
+            raise ServerStateError("this connection router has been closed")
         if isinstance(retire_grace_ms, bool) or not isinstance(retire_grace_ms, int | float):
             raise TypeError(
                 f"retire_grace_ms must be a number, not {type(retire_grace_ms).__name__}"
@@ -309,13 +317,11 @@ class ConnectionRouter:
             raise ServerStateError("this connection router has been closed")
         if self._started:
             raise ServerStateError("this connection router has already been started")
-        loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         self._listeners = bind_address(address)
         self._started = True
         self._port = port_number(self._listeners)
-        self._slots = asyncio.Semaphore(self._max_pending)
-        for listener in self._listeners:
-            self._accepting.append(loop.create_task(self._accept_loop(listener)))
+        self._resume_accepting()
         return self._port
 
     async def close(self) -> None:
@@ -328,10 +334,9 @@ class ConnectionRouter:
         if self._closed:
             return
         self._closed = True
-        for task in self._accepting:
-            task.cancel()
-        await asyncio.gather(*self._accepting, return_exceptions=True)
-        self._accepting.clear()
+        self._pause_accepting()
+        if self._accept_backoff is not None:
+            self._accept_backoff.cancel()
         for listener in self._listeners:
             listener.close()
         for sniffer in list(self._pending):
@@ -344,33 +349,57 @@ class ConnectionRouter:
         await asyncio.gather(*(task for _, task in retiring), return_exceptions=True)
         await asyncio.gather(*self._attaching, return_exceptions=True)
 
-    async def _accept_loop(self, listener: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        assert self._slots is not None
-        while True:
-            await self._slots.acquire()
+    # -- accepting: readiness callbacks on the listening sockets, no tasks ----------------------
+
+    def _resume_accepting(self) -> None:
+        if self._accepting or self._closed or self._accept_backoff is not None:
+            return
+        assert self._loop is not None
+        self._accepting = True
+        for listener in self._listeners:
+            self._loop.add_reader(listener.fileno(), self._on_acceptable, listener)
+
+    def _pause_accepting(self) -> None:
+        if not self._accepting:
+            return
+        assert self._loop is not None
+        self._accepting = False
+        for listener in self._listeners:
+            self._loop.remove_reader(listener.fileno())
+
+    def _on_acceptable(self, listener: socket.socket) -> None:
+        assert self._loop is not None
+        for _ in range(_ACCEPT_BATCH):
+            if len(self._pending) >= self._max_pending:
+                # Full: further connections wait in the listen backlog until a slot frees.
+                self._pause_accepting()
+                return
             try:
-                conn, address = await loop.sock_accept(listener)
+                conn, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
             except ConnectionAbortedError:
-                self._slots.release()
                 continue
             except OSError as exc:
-                self._slots.release()
                 logger.error("router accept failed on %s: %s", listener.getsockname(), exc)
-                await asyncio.sleep(_ACCEPT_BACKOFF)
-                continue
-            except BaseException:
-                self._slots.release()
-                raise
-            self._pending.add(_Sniffer(self, loop, conn, address))
+                if exc.errno in _RESOURCE_ERRNOS:
+                    self._pause_accepting()
+                    self._accept_backoff = self._loop.call_later(
+                        _ACCEPT_BACKOFF, self._end_accept_backoff
+                    )
+                return
+            self._pending.add(_Sniffer(self, self._loop, conn, address))
+
+    def _end_accept_backoff(self) -> None:
+        self._accept_backoff = None
+        self._resume_accepting()
 
     # -- called by _Sniffer ------------------------------------------------------------------
 
     def _sniffed(self, sniffer: _Sniffer, sock: socket.socket, verdict: Sniffed | None) -> None:
         """A connection finished sniffing: route it (``verdict``) or close it (``None``)."""
         self._pending.discard(sniffer)
-        assert self._slots is not None
-        self._slots.release()
+        self._resume_accepting()
         if verdict is None:
             sock.close()
             return

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .context import ServicerContext, SyncServicerContext
 from .errors import AbortError, ProtocolError, RpcError
 from .handlers import HandlerCallDetails
+from .protocol import StreamGone
 from .status import StatusCode
 
 if TYPE_CHECKING:
@@ -57,6 +58,8 @@ async def run_rpc(conn: Connection, ctx: ServicerContext) -> None:
         ctx._finish(exc.status, str(exc))
     except asyncio.CancelledError:
         _end_cancelled(conn, ctx)
+    except StreamGone:
+        pass  # the client reset the stream or the connection closed: nobody to answer
     except Exception as exc:
         logger.exception("handler for %s raised", ctx._head.method)
         ctx._finish(StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")

@@ -115,7 +115,7 @@ def _sniff_tls(data: bytes) -> Sniffed | None:
             return None
         if total == len(handshake):
             try:
-                return _parse_client_hello(memoryview(bytes(handshake))[4:])
+                return _parse_client_hello(bytes(handshake))
             except _Malformed:
                 return UNKNOWN
         pos = end
@@ -132,42 +132,61 @@ def _record_header_ok(header: bytes) -> bool:
 
 
 class _Reader:
-    """A bounds-checked cursor over a buffer; every over-read raises :class:`_Malformed`."""
+    """A bounds-checked cursor over ``data[start:end]``; every over-read raises _Malformed.
 
-    def __init__(self, buffer: memoryview) -> None:
-        self._buffer = buffer
-        self._pos = 0
+    Offsets into one ``bytes`` object rather than slices or memoryviews: a ClientHello has a
+    few dozen fields and this keeps each read to a comparison and an index.
+    """
+
+    __slots__ = ("_data", "_end", "_pos")
+
+    def __init__(self, data: bytes, start: int, end: int) -> None:
+        self._data = data
+        self._pos = start
+        self._end = end
 
     @property
     def remaining(self) -> int:
-        return len(self._buffer) - self._pos
+        return self._end - self._pos
 
-    def take(self, count: int) -> memoryview:
-        if count > self.remaining:
+    def skip(self, count: int) -> None:
+        if count > self._end - self._pos:
             raise _Malformed
-        chunk = self._buffer[self._pos:self._pos + count]
         self._pos += count
+
+    def u8(self) -> int:
+        if self._pos >= self._end:
+            raise _Malformed
+        self._pos += 1
+        return self._data[self._pos - 1]
+
+    def u16(self) -> int:
+        pos = self._pos
+        if pos + 2 > self._end:
+            raise _Malformed
+        self._pos = pos + 2
+        return self._data[pos] << 8 | self._data[pos + 1]
+
+    def vector(self, length_size: int, minimum: int = 0, maximum: int = 0xFFFF) -> _Reader:
+        """A reader over a length-prefixed vector whose length lies in [minimum, maximum]."""
+        length = self.u8() if length_size == 1 else self.u16()
+        if not minimum <= length <= maximum:
+            raise _Malformed
+        start = self._pos
+        self.skip(length)
+        return _Reader(self._data, start, self._pos)
+
+    def rest(self) -> bytes:
+        """The unread bytes (consumed)."""
+        chunk = self._data[self._pos:self._end]
+        self._pos = self._end
         return chunk
 
-    def take_all(self) -> memoryview:
-        return self.take(self.remaining)
 
-    def uint(self, size: int) -> int:
-        return int.from_bytes(self.take(size), "big")
-
-    def vector(self, length_size: int, minimum: int = 0, maximum: int | None = None) -> _Reader:
-        """A reader over a length-prefixed vector whose length lies in [minimum, maximum]."""
-        length = self.uint(length_size)
-        if length < minimum or (maximum is not None and length > maximum):
-            raise _Malformed
-        return _Reader(self.take(length))
-
-
-def _parse_client_hello(body: memoryview) -> Sniffed:
-    """Parse a ClientHello body (RFC 8446 4.1.2, RFC 5246 7.4.1.2)."""
-    hello = _Reader(body)
-    hello.take(2)  # legacy_version
-    hello.take(32)  # random
+def _parse_client_hello(data: bytes) -> Sniffed:
+    """Parse a ClientHello handshake message (RFC 8446 4.1.2, RFC 5246 7.4.1.2)."""
+    hello = _Reader(data, 4, len(data))  # after the handshake header
+    hello.skip(2 + 32)  # legacy_version, random
     hello.vector(1, maximum=32)  # legacy_session_id
     cipher_suites = hello.vector(2, minimum=2)
     if cipher_suites.remaining % 2:
@@ -182,7 +201,7 @@ def _parse_client_hello(body: memoryview) -> Sniffed:
     server_name: str | None = None
     alpn: tuple[str, ...] = ()
     while extensions.remaining:
-        kind = extensions.uint(2)
+        kind = extensions.u16()
         content = extensions.vector(2)
         if kind in seen:
             raise _Malformed  # RFC 8446 4.2: at most one extension of each type
@@ -201,8 +220,8 @@ def _parse_server_name(content: _Reader) -> str | None:
         raise _Malformed
     host: str | None = None
     while names.remaining:
-        name_type = names.uint(1)
-        name = bytes(names.vector(2, minimum=1).take_all())
+        name_type = names.u8()
+        name = names.vector(2, minimum=1).rest()
         if name_type != _SNI_HOST_NAME:
             continue
         if host is not None:
@@ -221,6 +240,6 @@ def _parse_alpn(content: _Reader) -> tuple[str, ...]:
         raise _Malformed
     protocols: list[str] = []
     while names.remaining:
-        protocols.append(bytes(names.vector(1, minimum=1).take_all()).decode("latin-1"))
+        protocols.append(names.vector(1, minimum=1, maximum=0xFF).rest().decode("latin-1"))
     return tuple(protocols)
 

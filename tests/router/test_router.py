@@ -24,6 +24,7 @@ from serving import method
 
 TlsChannelFactory = Callable[..., grpc.aio.Channel]  # the tls_channel fixture (conftest.py)
 SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an empty HTTP/2 SETTINGS frame
+PING = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"router!!"  # an HTTP/2 PING frame
 TIMEOUT = 10.0  # bounds every wait, so a broken router fails the test instead of hanging it
 
 
@@ -355,7 +356,7 @@ async def test_dribbled_preface_is_waited_for_without_spinning(
     routers: list[ConnectionRouter], plaintext: ConnectionInjector,
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any, family: str,
 ) -> None:
-    """A start that arrives in pieces is classified when complete, peeking only a few times."""
+    """A start arriving in pieces is routed when complete, with few peeks, and stays responsive."""
     calls = 0
     real_sniff = router_module.sniff
 
@@ -373,15 +374,34 @@ async def test_dribbled_preface_is_waited_for_without_spinning(
         path = str(tmp_path / "r.sock")
         await started(routers, router, f"unix:{path}")
         reader, writer = await asyncio.open_unix_connection(path)
-    for piece in (HTTP2_PREFACE[:5], HTTP2_PREFACE[5:12], HTTP2_PREFACE[12:] + SETTINGS):
+    for piece in (HTTP2_PREFACE[:5], HTTP2_PREFACE[5:23], HTTP2_PREFACE[23:] + SETTINGS):
         writer.write(piece)
         await asyncio.sleep(0.2)  # long enough for a spinning loop to peek thousands of times
-    frame = await asyncio.wait_for(reader.readexactly(9), TIMEOUT)
-    assert frame[3] == 0x04  # the server's SETTINGS: the injector got the whole preface
+    kind, _, _ = await asyncio.wait_for(read_frame(reader), TIMEOUT)
+    assert kind == 0x04  # the server's SETTINGS: the injector got the whole preface
     # Two pauses of 0.2 s: the kernel's low-water mark (TCP) needs 3 peeks; backoff
     # polling (Unix sockets) needs about a dozen; a busy loop would need thousands.
     assert calls <= 30
+    # A frame smaller than the last peek (17 < 23 bytes) still wakes the server: the router
+    # gave the socket back with its low-water mark reset.
+    writer.write(PING)
+    assert await asyncio.wait_for(ping_ack(reader), TIMEOUT) == PING[9:]
     writer.close()
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, int, bytes]:
+    """One HTTP/2 frame: its type, flags and payload."""
+    header = await reader.readexactly(9)
+    payload = await reader.readexactly(int.from_bytes(header[:3], "big"))
+    return header[3], header[4], payload
+
+
+async def ping_ack(reader: asyncio.StreamReader) -> bytes:
+    """Skip HTTP/2 frames until a PING ACK; return its payload."""
+    while True:
+        kind, flags, payload = await read_frame(reader)
+        if kind == 0x06 and flags & 0x01:
+            return payload
 
 
 async def test_max_pending_holds_further_connections_in_the_backlog(
@@ -432,6 +452,8 @@ async def test_close_drops_pending_connections_and_leaks_nothing(
     assert set(os.listdir("/dev/fd")) == fds_before
     with pytest.raises(ServerStateError):
         await router.start("127.0.0.1:0")
+    with pytest.raises(ServerStateError):
+        router.set_rules([Rule(plaintext)])
 
 
 async def test_start_twice_is_refused(

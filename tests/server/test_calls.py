@@ -278,3 +278,11 @@ async def test_shortest_grace_wins(recorder: Recorder) -> None:
         with pytest.raises(grpc.aio.AioRpcError):
             await long
     assert recorder.cancelled == ["30"]
+
+
+async def test_messages_larger_than_the_flow_control_window(channel: grpc.aio.Channel) -> None:
+    """A request bigger than the stream window still arrives (credit flows while it assembles)."""
+    payload = bytes(range(256)) * (3 * 4096 + 7)  # ~3 MiB, over the 1 MiB stream window
+    assert await method(channel, "Unary")(payload) == payload
+    streamed = method(channel, "Bidi", "stream_stream")(iter([payload, payload]))
+    assert [len(m) async for m in streamed] == [len(payload)] * 2
