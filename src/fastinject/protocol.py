@@ -17,13 +17,13 @@ import dataclasses
 import struct
 
 import h2.config
-import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
 
 from . import metadata as md
+from ._h2tuning import TunedH2Connection
 from .compression import ACCEPT_ENCODING_HEADER, is_supported
 from .errors import FramingError, InvalidMetadataError, RpcError
 from .framing import Deframer
@@ -164,7 +164,7 @@ class ServerProtocol:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
-        self._h2 = h2.connection.H2Connection(config=_H2_CONFIG)
+        self._h2 = TunedH2Connection(config=_H2_CONFIG)
         self._streams: dict[int, _StreamState] = {}
         self._goaway_last_stream_id = MAX_STREAM_ID
         self.highest_stream_id = 0
