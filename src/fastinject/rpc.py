@@ -61,8 +61,12 @@ async def run_rpc(conn: Connection, ctx: ServicerContext) -> None:
     except StreamGone:
         pass  # the client reset the stream or the connection closed: nobody to answer
     except Exception as exc:
-        logger.exception("handler for %s raised", ctx._head.method)
-        ctx._finish(StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
+        if ctx._code is not None and ctx._code is not StatusCode.OK:
+            # Like grpcio: a status the handler set before raising wins over UNKNOWN.
+            ctx._finish(ctx._code, ctx._details)
+        else:
+            logger.exception("handler for %s raised", ctx._head.method)
+            ctx._finish(StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
     finally:
         ctx._close()
 
