@@ -95,7 +95,7 @@ class RendezvousSide:
         self.tunnels: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
             asyncio.Queue()
         )
-        self._splices: set[asyncio.Task[Any]] = set()
+        self._splices: set[asyncio.Future[Any]] = set()
 
     async def on_tunnel(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """The server dialled in: keep the tunnel until a local client needs it."""

@@ -7,6 +7,10 @@ An HPACK block's meaning depends only on the bytes and on the dynamic table, so 
 left the table untouched decodes (or encodes) the same way for as long as the table stays as
 it was.  The coder subclasses below memoise such blocks, keyed on a *table generation* that
 changes whenever an entry is added or the table is resized.
+
+h2 also formats ``repr(frame)`` for a trace log line on every received frame, whether or not
+anything logs, and hyperframe's DATA repr hex-encodes the whole payload: a fifth of the CPU of
+a 1 MiB call.  Received DATA frames are therefore given a class with a cheap repr.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 import h2.connection
 import hpack
+import hyperframe.frame
 
 _CACHE_ENTRIES = 256
 
@@ -85,6 +90,13 @@ class CachingEncoder(_TableGenerationMixin, hpack.Encoder):
         return block
 
 
+class _QuietDataFrame(hyperframe.frame.DataFrame):
+    """A received DATA frame whose repr does not hex-encode its payload."""
+
+    def __repr__(self) -> str:
+        return f"DataFrame(stream_id={self.stream_id}, length={len(self.data)})"
+
+
 class TunedH2Connection(h2.connection.H2Connection):
     """An ``H2Connection`` with memoising HPACK coders and cheap open-stream counting."""
 
@@ -93,6 +105,12 @@ class TunedH2Connection(h2.connection.H2Connection):
         self.encoder = CachingEncoder()
         self.decoder = CachingDecoder()
         self.decoder.max_header_list_size = self.DEFAULT_MAX_HEADER_LIST_SIZE
+        self._frame_dispatch_table[_QuietDataFrame] = self._receive_data_frame
+
+    def _receive_frame(self, frame: Any) -> Any:
+        if frame.__class__ is hyperframe.frame.DataFrame:
+            frame.__class__ = _QuietDataFrame
+        return super()._receive_frame(frame)
 
     @property
     def open_inbound_streams(self) -> int:

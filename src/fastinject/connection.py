@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import socket
 from collections.abc import Callable, Sequence
@@ -108,7 +109,7 @@ class Connection(asyncio.Protocol):
             data, self._initial_data = self._initial_data, b""
             self.data_received(data)
         s = self.settings
-        if s.keepalive_time > 0:
+        if 0 < s.keepalive_time < math.inf:
             self._set_timer("keepalive", s.keepalive_time, self._send_keepalive)
         if s.max_connection_idle is not None:
             self._set_timer("idle", s.max_connection_idle, self._on_idle)

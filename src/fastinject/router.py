@@ -411,8 +411,12 @@ class ConnectionRouter:
             return
         try:
             attached = injector.inject_connection(sock)
-        except ServerStateError as exc:
+        except ServerStateError as exc:  # the injector has closed the socket
             logger.warning("router could not serve %s: %s", info, exc)
+            return
+        except Exception:
+            logger.exception("router could not hand %s to its injector", info)
+            sock.close()
             return
         logger.debug("routed %s", info)
         self._keep(attached)

@@ -19,7 +19,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-__all__ = ["HTTP2_PREFACE", "MAX_CLIENT_HELLO", "MAX_SNIFF_BYTES", "Sniffed", "sniff"]
+__all__ = [
+    "HTTP2",
+    "HTTP2_PREFACE",
+    "MAX_CLIENT_HELLO",
+    "MAX_SNIFF_BYTES",
+    "UNKNOWN",
+    "Sniffed",
+    "sniff",
+]
 
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 """The client connection preface of cleartext HTTP/2 with prior knowledge (RFC 9113 3.4)."""

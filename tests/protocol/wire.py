@@ -322,6 +322,10 @@ class H2Client:
         self._collect()
         self._out.append(frame)
 
+    def credit(self, stream_id: int, size: int) -> None:
+        """Give back flow-control credit for ``size`` received bytes (``auto_credit=False``)."""
+        self.h2.acknowledge_received_data(size, stream_id)
+
     def window(self, stream_id: int) -> int:
         """How many DATA bytes the server lets us send on ``stream_id`` now."""
         return self.h2.local_flow_control_window(stream_id)

@@ -14,12 +14,11 @@ import grpc
 import pytest
 
 import fastinject
-import fastinject.router as router_module
 from echo_service import Recorder
 from fastinject.errors import ServerStateError
 from fastinject.injector import ConnectionInjector
 from fastinject.router import ConnectionInfo, ConnectionRouter, Rule
-from fastinject.sniff import HTTP2_PREFACE
+from fastinject.sniff import HTTP2_PREFACE, sniff
 from serving import method
 
 TlsChannelFactory = Callable[..., grpc.aio.Channel]  # the tls_channel fixture (conftest.py)
@@ -358,14 +357,13 @@ async def test_dribbled_preface_is_waited_for_without_spinning(
 ) -> None:
     """A start arriving in pieces is routed when complete, with few peeks, and stays responsive."""
     calls = 0
-    real_sniff = router_module.sniff
 
     def counting_sniff(data: bytes) -> Any:
         nonlocal calls
         calls += 1
-        return real_sniff(data)
+        return sniff(data)
 
-    monkeypatch.setattr(router_module, "sniff", counting_sniff)
+    monkeypatch.setattr("fastinject.router.sniff", counting_sniff)
     router = ConnectionRouter([Rule(plaintext)])
     if family == "tcp":
         port = await started(routers, router)

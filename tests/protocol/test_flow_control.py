@@ -1,0 +1,142 @@
+"""HTTP/2 flow control end to end: the server obeys the client's windows and paces the client.
+
+RFC 9113 section 5.2: a sender never sends more DATA than the receiver's stream and connection
+windows allow.  The server returns credit for request bytes only when the handler consumes
+them, so a handler that does not read holds its client back instead of growing buffers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from protocol.conftest import StartServer
+from protocol.probe_service import Probe
+from protocol.wire import WINDOW_UPDATE, Response, Wire, grpc_frame
+
+from fastinject import StatusCode
+
+OpenWire = Callable[..., Awaitable[Wire]]
+
+
+async def credit_until_done(wire: Wire, stream_ids: list[int], window: int) -> None:
+    """Return credit for what arrived, one batch at a time, until every stream is done.
+
+    Checks on the way that no stream ever had more than ``window`` unacknowledged bytes.
+    """
+    credited = dict.fromkeys(stream_ids, 0)
+    responses = [wire.client.response(s) for s in stream_ids]
+
+    def progress() -> bool:
+        return all(r.done for r in responses) or any(
+            wire.client.data_received(s) > credited[s] for s in stream_ids
+        )
+
+    while not all(r.done for r in responses):
+        await wire.wait_for(progress, "more DATA or the end of the calls")
+        for stream_id in stream_ids:
+            outstanding = wire.client.data_received(stream_id) - credited[stream_id]
+            assert outstanding <= window
+            if outstanding and not wire.client.response(stream_id).done:
+                wire.client.credit(stream_id, outstanding)
+                credited[stream_id] += outstanding
+
+
+async def test_server_never_sends_beyond_the_client_stream_window(
+    start_server: StartServer, open_wire: OpenWire, probe: Probe
+) -> None:
+    """With a 1000-byte stream window the server sends exactly 1000 bytes, the handler waits, and
+    it resumes as WINDOW_UPDATEs arrive until every message is delivered."""
+    served = await start_server()
+    wire = await open_wire(served.port, initial_window_size=1000, auto_credit=False)
+    stream_id = wire.client.start_call(b"/test.Probe/Produce", [b"50:100"])  # 50 x 105 bytes
+    await wire.wait_for(
+        lambda: wire.client.data_received(stream_id) >= 1000, "a full window of DATA"
+    )
+    await wire.round_trip()  # whatever else the server had sent has arrived by now
+    assert wire.client.data_received(stream_id) == 1000
+    assert not wire.client.response(stream_id).done
+    # The handler is blocked in its write: at most one message beyond what the window took.
+    assert probe.produced <= 1000 // 105 + 1
+
+    await credit_until_done(wire, [stream_id], 1000)
+    response = wire.client.response(stream_id)
+    assert response.status == StatusCode.OK.number
+    assert response.messages == [(False, bytes([i]) * 100) for i in range(50)]
+    assert probe.produced == 50
+
+
+async def test_server_never_sends_beyond_the_client_connection_window(
+    start_server: StartServer, open_wire: OpenWire
+) -> None:
+    """Two streams share the 65535-byte connection window: together they stop at it, and both
+    resume when connection-level credit returns."""
+    served = await start_server()
+    wire = await open_wire(served.port, initial_window_size=1 << 20, auto_credit=False)
+    streams = [
+        wire.client.start_call(b"/test.Probe/Produce", [b"100:495"]) for _ in range(2)
+    ]  # 2 x 50000 bytes
+    await wire.wait_for(
+        lambda: sum(wire.client.data_received(s) for s in streams) >= 65535,
+        "a full connection window of DATA",
+    )
+    await wire.round_trip()
+    assert sum(wire.client.data_received(s) for s in streams) == 65535
+
+    await credit_until_done(wire, streams, 65535)
+    for stream_id in streams:
+        response = wire.client.response(stream_id)
+        assert response.status == StatusCode.OK.number
+        assert len(response.messages) == 100
+
+
+async def test_credit_returns_only_as_the_handler_reads(
+    start_server: StartServer, open_wire: OpenWire, probe: Probe
+) -> None:
+    """While the handler does not read, the client's window is not replenished; once it reads,
+    the credit comes back and the client can send the rest."""
+    served = await start_server(initial_stream_window_size=4096)
+    wire = await open_wire(served.port)
+    stream_id = wire.client.start_call(b"/test.Probe/Hold", end=False)
+    await wire.flush()
+    async with asyncio.timeout(10):
+        await probe.started.wait()
+    batch = b"".join(grpc_frame(b"m" * 95) for _ in range(30))  # 3000 bytes
+    wire.client.send(stream_id, batch)
+    await wire.round_trip()
+    assert [u for u in wire.client.window_updates if u[0] == stream_id] == []
+    assert wire.client.window(stream_id) == 4096 - 3000
+    assert probe.read == []
+
+    probe.gate.set()
+    await wire.wait_for(
+        lambda: wire.client.window(stream_id) == 4096, "credit for the messages read"
+    )
+    assert len(probe.read) == 30
+    wire.client.send(stream_id, batch, end=True)
+    response = await wire.finish(stream_id)
+    assert response.messages == [(False, b"60")]
+
+
+async def test_request_larger_than_the_window_completes(
+    start_server: StartServer, open_wire: OpenWire
+) -> None:
+    """A single request message five times the stream window is received and answered."""
+    served = await start_server(initial_stream_window_size=4096)
+    wire = await open_wire(served.port)
+    payload = bytes(range(256)) * 80  # 20480 bytes
+    stream_id = wire.client.start_call(b"/test.Echo/Unary", end=False)
+    pending = grpc_frame(payload)
+    response: Response = wire.client.response(stream_id)
+    while pending:
+        await wire.wait_for(
+            lambda: wire.client.window(stream_id) > 0 or response.done, "send window"
+        )
+        assert not response.done, "the call ended before the request was sent"
+        allowed = min(wire.client.window(stream_id), len(pending))
+        wire.client.send(stream_id, pending[:allowed], end=allowed == len(pending))
+        pending = pending[allowed:]
+    await wire.finish(stream_id)
+    assert response.status == StatusCode.OK.number
+    assert response.messages == [(False, payload)]
+    assert any(f.type == WINDOW_UPDATE and f.stream_id == stream_id for f in wire.client.frames)

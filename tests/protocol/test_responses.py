@@ -1,0 +1,212 @@
+"""What a real server puts on the wire for calls: headers, messages, trailers, errors.
+
+Each test drives a started ``fastinject.Server`` over a TCP socket with a raw ``h2`` client
+(grpc/grpc ``doc/PROTOCOL-HTTP2.md``, ``doc/statuscodes.md``, ``doc/compression.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from collections.abc import Awaitable, Callable
+
+from protocol.conftest import StartServer
+from protocol.probe_service import ABORT_DETAILS, Probe
+from protocol.wire import DATA, HEADERS, NO_ERROR, Wire, grpc_frame
+
+from fastinject import StatusCode
+
+OpenWire = Callable[..., Awaitable[Wire]]
+
+
+async def test_unary_response_is_headers_message_trailers(wire: Wire) -> None:
+    """A unary response is HEADERS (:status 200, application/grpc), one message, then trailers."""
+    stream_id = wire.client.start_call(b"/test.Echo/Unary", [b"hello"])
+    response = await wire.finish(stream_id)
+    assert response.headers is not None
+    assert response.headers[:2] == [(b":status", b"200"), (b"content-type", b"application/grpc")]
+    assert response.messages == [(False, b"hello")]
+    assert response.trailers is not None
+    assert response.status == StatusCode.OK.number
+    assert b"grpc-message" not in response.status_map
+    kinds = [f.type for f in wire.client.frames_on(stream_id) if f.type in (HEADERS, DATA)]
+    assert kinds[0] == HEADERS and kinds[-1] == HEADERS
+    assert set(kinds[1:-1]) == {DATA}
+
+
+async def test_server_streaming_messages_arrive_in_order(wire: Wire) -> None:
+    """Every message a streaming handler yields is framed and delivered in order before trailers."""
+    response = await wire.call(b"/test.Echo/ServerStream", b"12")
+    assert response.messages == [(False, str(i).encode()) for i in range(12)]
+    assert response.status == StatusCode.OK.number
+
+
+async def test_error_before_any_message_is_trailers_only(wire: Wire) -> None:
+    """A call failing before it sent anything is answered with one HEADERS frame ending the stream."""
+    stream_id = wire.client.start_call(b"/test.Echo/Abort", [b"PERMISSION_DENIED:go away"])
+    response = await wire.finish(stream_id)
+    assert response.trailers_only and response.ended
+    assert response.header_map[b":status"] == b"200"
+    assert response.header_map[b"content-type"] == b"application/grpc"
+    assert response.status == StatusCode.PERMISSION_DENIED.number
+    assert response.message == "go away"
+    assert response.header_map[b"why"] == b"because"
+    assert wire.client.frames_on(stream_id, DATA) == []
+    assert len(wire.client.frames_on(stream_id, HEADERS)) == 1
+
+
+async def test_grpc_message_is_percent_encoded_in_trailers(wire: Wire) -> None:
+    """grpc-message is sent percent-encoded (UTF-8, then %XX outside 0x20-0x7E and for '%')."""
+    response = await wire.call(b"/test.Probe/MessageThenAbort", b"")
+    assert response.messages == [(False, b"first")]
+    assert response.trailers is not None
+    assert response.status == StatusCode.NOT_FOUND.number
+    raw = response.status_map[b"grpc-message"]
+    assert raw == b"50%25 done: caf%C3%A9%0Asecond line"
+    assert response.message == ABORT_DETAILS
+
+
+async def test_unknown_method_is_unimplemented(wire: Wire) -> None:
+    """A well-formed call to a method nobody serves ends trailers-only with UNIMPLEMENTED."""
+    response = await wire.call(b"/test.Echo/NoSuchMethod", b"")
+    assert response.trailers_only
+    assert response.status == StatusCode.UNIMPLEMENTED.number
+    assert "/test.Echo/NoSuchMethod" in response.message
+
+
+async def test_response_is_gzip_compressed_when_asked_and_accepted(wire: Wire) -> None:
+    """A handler's gzip choice compresses messages when the client's grpc-accept-encoding has gzip."""
+    stream_id = wire.client.start_call(
+        b"/test.Echo/Compressed", [b"abc"], accept_encoding=b"identity,gzip"
+    )
+    response = await wire.finish(stream_id)
+    assert response.header_map[b"grpc-encoding"] == b"gzip"
+    [(compressed, payload)] = response.messages
+    assert compressed
+    assert gzip.decompress(payload) == b"abc" * 100
+    assert response.status == StatusCode.OK.number
+
+
+async def test_response_is_not_compressed_when_the_client_does_not_accept_gzip(
+    wire: Wire,
+) -> None:
+    """Without gzip in the client's grpc-accept-encoding, responses go uncompressed."""
+    for accept in (b"identity", b"identity,deflate", None):
+        stream_id = wire.client.start_call(
+            b"/test.Echo/Compressed", [b"abc"], accept_encoding=accept
+        )
+        response = await wire.finish(stream_id)
+        assert response.header_map.get(b"grpc-encoding", b"identity") == b"identity"
+        assert response.messages == [(False, b"abc" * 100)]
+        assert response.status == StatusCode.OK.number
+
+
+async def test_compressed_request_is_decompressed(wire: Wire) -> None:
+    """A request message with the compressed flag and grpc-encoding gzip reaches the handler inflated."""
+    stream_id = wire.client.start_call(
+        b"/test.Echo/Unary", end=False, extra=[(b"grpc-encoding", b"gzip")]
+    )
+    wire.client.send(stream_id, grpc_frame(gzip.compress(b"zipped"), compressed=True), end=True)
+    response = await wire.finish(stream_id)
+    assert response.messages == [(False, b"zipped")]
+    assert response.status == StatusCode.OK.number
+
+
+async def test_compressed_flag_without_grpc_encoding_is_internal(wire: Wire) -> None:
+    """A message flagged compressed on a call with no grpc-encoding fails with INTERNAL."""
+    stream_id = wire.client.start_call(b"/test.Echo/Unary", end=False)
+    wire.client.send(stream_id, grpc_frame(gzip.compress(b"zipped"), compressed=True), end=True)
+    response = await wire.finish(stream_id)
+    assert response.status == StatusCode.INTERNAL.number
+    assert "grpc-encoding" in response.message
+    assert response.messages == []
+
+
+async def test_unary_with_two_request_messages_is_unimplemented(wire: Wire) -> None:
+    """Two requests on a unary method is a request cardinality violation: UNIMPLEMENTED.
+
+    grpc ``doc/statuscodes.md``: "method requires exactly one request but client sent some
+    other number of requests" -> UNIMPLEMENTED, generated at the server.
+    """
+    response = await wire.call(b"/test.Echo/Unary", b"one", b"two")
+    assert response.status == StatusCode.UNIMPLEMENTED.number
+    assert response.messages == []
+
+
+async def test_unary_with_no_request_message_is_unimplemented(wire: Wire) -> None:
+    """A unary call half-closed without a request is a cardinality violation: UNIMPLEMENTED.
+
+    grpc ``doc/statuscodes.md``, and grpcio's own server ("requires exactly one request
+    message", status 12).
+    """
+    response = await wire.call(b"/test.Echo/Unary")
+    assert response.status == StatusCode.UNIMPLEMENTED.number
+    assert response.messages == []
+
+
+async def test_server_streaming_with_two_request_messages_is_unimplemented(wire: Wire) -> None:
+    """A server-streaming method takes exactly one request too; two is UNIMPLEMENTED."""
+    response = await wire.call(b"/test.Echo/ServerStream", b"3", b"3")
+    assert response.status == StatusCode.UNIMPLEMENTED.number
+
+
+async def test_message_over_the_limit_is_rejected_before_the_body_arrives(
+    start_server: StartServer, open_wire: OpenWire
+) -> None:
+    """A declared length over max_receive_message_length ends the call with RESOURCE_EXHAUSTED
+    as soon as the 5-byte prefix arrives; the client need not send the body."""
+    served = await start_server(max_receive_message_length=1000)
+    wire = await open_wire(served.port)
+    stream_id = wire.client.start_call(b"/test.Echo/Unary", end=False)
+    wire.client.send(stream_id, grpc_frame(b"z" * 5000)[:5])
+    response = await wire.finish(stream_id)
+    assert response.status == StatusCode.RESOURCE_EXHAUSTED.number
+    assert "5000" in response.message
+    # Our request side is still open: the server tells us to stop sending (RFC 9113 8.1).
+    await wire.wait_for(lambda: response.reset is not None, "RST_STREAM after the status")
+    assert response.reset == NO_ERROR
+
+
+async def test_reserved_headers_are_not_invocation_metadata(wire: Wire) -> None:
+    """A handler's invocation_metadata() holds the application's headers and none of gRPC's own."""
+    response = await wire.finish(
+        wire.client.start_call(
+            b"/test.Echo/Metadata",
+            [b""],
+            extra=[
+                (b"grpc-timeout", b"10S"),
+                (b"grpc-trace-bin", b"AAEC"),
+                (b"x-custom", b"value"),
+                (b"x-data-bin", b"AAH/"),
+            ],
+        )
+    )
+    assert response.status == StatusCode.OK.number
+    [(_, payload)] = response.messages
+    assert json.loads(payload) == [["x-custom", "value"], ["x-data-bin", "0001ff"]]
+
+
+async def test_invalid_metadata_is_answered_and_the_connection_survives(wire: Wire) -> None:
+    """A call with bad metadata fails alone: the next call on the connection succeeds."""
+    bad = await wire.finish(
+        wire.client.start_call(b"/test.Echo/Unary", [b"x"], extra=[(b"k-bin", b"*")])
+    )
+    assert bad.status == StatusCode.INTERNAL.number
+    good = await wire.call(b"/test.Echo/Unary", b"still here")
+    assert good.messages == [(False, b"still here")]
+
+
+async def test_second_request_arriving_while_unary_handler_runs_is_unimplemented(
+    wire: Wire, probe: Probe
+) -> None:
+    """A second request message sent after the handler took the first is still a violation."""
+    stream_id = wire.client.start_call(b"/test.Probe/Gate", [b"one"], end=False)
+    await wire.flush()
+    async with asyncio.timeout(10):
+        await probe.started.wait()
+    wire.client.send(stream_id, grpc_frame(b"two"), end=True)
+    await wire.round_trip()
+    probe.gate.set()
+    response = await wire.finish(stream_id)
+    assert response.status == StatusCode.UNIMPLEMENTED.number

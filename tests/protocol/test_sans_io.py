@@ -1,0 +1,254 @@
+"""Request validation and flow-control credit of the sans-IO ``ServerProtocol``, byte for byte.
+
+A real ``h2`` client connection is fed the protocol's output, so each test sees exactly the
+frames the server would put on the wire (grpc/grpc ``doc/PROTOCOL-HTTP2.md``).
+"""
+
+from __future__ import annotations
+
+import pytest
+from protocol.wire import WINDOW_UPDATE, H2Client, exchange, grpc_frame, request_headers
+
+from fastinject import StatusCode
+from fastinject.options import ServerSettings
+from fastinject.protocol import (
+    CallFailed,
+    CallStarted,
+    MessagesReceived,
+    RequestEnded,
+    ServerProtocol,
+)
+
+
+def connected(**settings: object) -> tuple[H2Client, ServerProtocol]:
+    """A client and a sans-IO server that have exchanged their prefaces and SETTINGS."""
+    client = H2Client()
+    server = ServerProtocol(ServerSettings(**settings))  # type: ignore[arg-type]
+    exchange(client, server)
+    exchange(client, server)  # SETTINGS acknowledgements
+    return client, server
+
+
+def without(name: bytes, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` without ``name``."""
+    return [(k, v) for k, v in headers if k != name]
+
+
+def replaced(name: bytes, value: bytes, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` with ``name`` set to ``value`` (in place of any existing value)."""
+    return [*without(name, headers), (name, value)]
+
+
+def started(events: list[object]) -> list[CallStarted]:
+    """The calls started among ``events``."""
+    return [e for e in events if isinstance(e, CallStarted)]
+
+
+@pytest.mark.parametrize("content_type", [b"text/html", b"application/json", None])
+def test_non_grpc_content_type_is_http_415(content_type: bytes | None) -> None:
+    """A request whose content-type is not application/grpc gets HTTP 415 and starts no call."""
+    client, server = connected()
+    headers = request_headers()
+    headers = (
+        without(b"content-type", headers)
+        if content_type is None
+        else replaced(b"content-type", content_type, headers)
+    )
+    stream_id = client.start_call(headers=headers)
+    events = exchange(client, server)
+    response = client.response(stream_id)
+    assert started(events) == []
+    assert response.ended
+    assert response.header_map[b":status"] == b"415"
+
+
+@pytest.mark.parametrize("content_type", [b"application/grpc", b"application/grpc+proto"])
+def test_grpc_content_types_start_a_call(content_type: bytes) -> None:
+    """application/grpc and its +format variants are accepted as gRPC requests."""
+    client, server = connected()
+    stream_id = client.start_call(
+        headers=replaced(b"content-type", content_type, request_headers())
+    )
+    calls = started(exchange(client, server))
+    assert [call.head.stream_id for call in calls] == [stream_id]
+    assert calls[0].head.method == "/test.Echo/Unary"
+
+
+@pytest.mark.parametrize("method", [b"GET", b"PUT"])
+def test_method_other_than_post_is_http_405(method: bytes) -> None:
+    """A gRPC request must be a POST; any other method gets HTTP 405 and starts no call."""
+    client, server = connected()
+    stream_id = client.start_call(headers=replaced(b":method", method, request_headers()))
+    events = exchange(client, server)
+    assert started(events) == []
+    assert client.response(stream_id).header_map[b":status"] == b"405"
+    assert client.response(stream_id).ended
+
+
+@pytest.mark.parametrize("path", [None, b"", b"test.Echo/Unary", b"*"])
+def test_missing_or_malformed_path_is_unimplemented(path: bytes | None) -> None:
+    """A request without a ``/service/method`` :path ends trailers-only with UNIMPLEMENTED."""
+    client, server = connected()
+    headers = request_headers()
+    headers = without(b":path", headers) if path is None else replaced(b":path", path, headers)
+    stream_id = client.start_call(headers=headers)
+    events = exchange(client, server)
+    response = client.response(stream_id)
+    assert started(events) == []
+    assert response.ended and response.trailers_only
+    assert response.header_map[b":status"] == b"200"
+    assert response.status == StatusCode.UNIMPLEMENTED.number
+
+
+def test_unsupported_grpc_encoding_is_unimplemented_and_lists_accepted_encodings() -> None:
+    """An unknown grpc-encoding is UNIMPLEMENTED, with grpc-accept-encoding naming what we take."""
+    client, server = connected()
+    stream_id = client.start_call(extra=[(b"grpc-encoding", b"snappy")])
+    events = exchange(client, server)
+    response = client.response(stream_id)
+    assert started(events) == []
+    assert response.trailers_only
+    assert response.status == StatusCode.UNIMPLEMENTED.number
+    assert "snappy" in response.message
+    accepted = {e.strip() for e in response.header_map[b"grpc-accept-encoding"].split(b",")}
+    assert {b"identity", b"gzip", b"deflate"} <= accepted
+    assert b"snappy" not in accepted
+
+
+@pytest.mark.parametrize(
+    "timeout", [b"", b"5", b"S", b"123456789S", b"-1S", b"1.5S", b"10x", b"1 S"]
+)
+def test_malformed_grpc_timeout_fails_the_call_with_internal(timeout: bytes) -> None:
+    """A malformed grpc-timeout ends the call with INTERNAL naming the header, as grpc core does."""
+    client, server = connected()
+    stream_id = client.start_call(extra=[(b"grpc-timeout", timeout)])
+    events = exchange(client, server)
+    response = client.response(stream_id)
+    assert started(events) == []
+    assert response.trailers_only
+    assert response.status == StatusCode.INTERNAL.number
+    assert "grpc-timeout" in response.message
+
+
+@pytest.mark.parametrize(
+    ("timeout", "seconds"),
+    [(b"1H", 3600.0), (b"2M", 120.0), (b"3S", 3.0), (b"1500m", 1.5), (b"250u", 0.00025),
+     (b"99999999n", 0.099999999)],
+)
+def test_grpc_timeout_units_are_parsed(timeout: bytes, seconds: float) -> None:
+    """Every grpc-timeout unit (H M S m u n) with up to 8 digits becomes the call's timeout."""
+    client, server = connected()
+    client.start_call(extra=[(b"grpc-timeout", timeout)])
+    (call,) = started(exchange(client, server))
+    assert call.head.timeout == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("header", "key"),
+    [
+        ((b"trace-bin", b"!!!not base64!!!"), "trace-bin"),
+        ((b"bad!key", b"value"), "bad!key"),
+        ((b"bad key", b"value"), "bad key"),
+        ((b"x-ctl", b"a\x01b"), "x-ctl"),
+    ],
+)
+def test_invalid_metadata_fails_the_call_naming_the_key(
+    header: tuple[bytes, bytes], key: str
+) -> None:
+    """Bad -bin base64, illegal key characters or control characters fail with INTERNAL."""
+    client, server = connected()
+    stream_id = client.start_call(extra=[header])
+    events = exchange(client, server)
+    response = client.response(stream_id)
+    assert started(events) == []
+    assert response.trailers_only
+    assert response.status == StatusCode.INTERNAL.number
+    assert key in response.message
+
+
+def test_reserved_headers_never_reach_the_handler() -> None:
+    """Pseudo-headers and gRPC's own headers are consumed; only application metadata remains."""
+    client, server = connected()
+    client.start_call(
+        extra=[
+            (b"grpc-timeout", b"10S"),
+            (b"grpc-encoding", b"gzip"),
+            (b"grpc-trace-bin", b"AAEC"),
+            (b"user-agent", b"wire-test/1.0"),
+            (b"x-custom", b"value"),
+            (b"x-data-bin", b"AAH/"),
+        ]
+    )
+    (call,) = started(exchange(client, server))
+    assert call.head.metadata == (
+        ("user-agent", "wire-test/1.0"),
+        ("x-custom", "value"),
+        ("x-data-bin", b"\x00\x01\xff"),
+    )
+    assert call.head.encoding == "gzip"
+    assert call.head.authority == "localhost"
+
+
+def test_message_over_the_limit_fails_as_soon_as_its_prefix_arrives() -> None:
+    """A declared length over max_receive_message_length is RESOURCE_EXHAUSTED before the body."""
+    client, server = connected(max_receive_message_length=1024)
+    stream_id = client.start_call(end=False)
+    client.send(stream_id, grpc_frame(b"x" * 1025)[:5])
+    events = exchange(client, server)
+    failures = [e for e in events if isinstance(e, CallFailed)]
+    assert [(f.stream_id, f.status) for f in failures] == [
+        (stream_id, StatusCode.RESOURCE_EXHAUSTED)
+    ]
+    assert "1025" in failures[0].details and "1024" in failures[0].details
+
+
+def test_message_at_the_limit_is_delivered() -> None:
+    """A message exactly max_receive_message_length long is accepted."""
+    client, server = connected(max_receive_message_length=1024)
+    stream_id = client.start_call(messages=[b"y" * 1024])
+    events = exchange(client, server)
+    received = [e for e in events if isinstance(e, MessagesReceived)]
+    assert [m.messages for m in received] == [[(b"y" * 1024, False)]]
+    assert any(isinstance(e, RequestEnded) and e.stream_id == stream_id for e in events)
+
+
+def test_credit_is_returned_only_when_messages_are_consumed() -> None:
+    """Bytes of complete messages are not re-credited to the client until consumed() is called."""
+    client, server = connected(initial_stream_window_size=4096)
+    stream_id = client.start_call(end=False)
+    body = b"".join(grpc_frame(b"m" * 95) for _ in range(30))  # 3000 bytes
+    client.send(stream_id, body)
+    events = exchange(client, server)
+    assert sum(len(e.messages) for e in events if isinstance(e, MessagesReceived)) == 30
+    assert [u for u in client.window_updates if u[0] == stream_id] == []
+    assert client.window(stream_id) == 4096 - 3000
+
+    server.consumed(stream_id, len(body))
+    client.receive(server.data_to_send())
+    assert client.window(stream_id) == 4096
+    assert any(f.type == WINDOW_UPDATE and f.stream_id == stream_id for f in client.frames)
+
+
+def test_message_larger_than_the_window_still_arrives() -> None:
+    """A message bigger than the stream window is credited while it is assembled, so it completes."""
+    client, server = connected(initial_stream_window_size=4096)
+    stream_id = client.start_call(end=False)
+    pending = grpc_frame(bytes(range(256)) * 40)  # 10245 bytes, 2.5 windows
+    received: list[tuple[bytes, bool]] = []
+    prepaid = 0
+    for _ in range(100):
+        if not pending:
+            break
+        allowed = min(client.window(stream_id), len(pending))
+        assert allowed > 0, "the server left the client without window mid-message"
+        client.send(stream_id, pending[:allowed])
+        pending = pending[allowed:]
+        for event in exchange(client, server):
+            if isinstance(event, MessagesReceived):
+                received.extend(event.messages)
+                prepaid += event.prepaid
+    assert received == [(bytes(range(256)) * 40, False)]
+    # Consuming the message returns the rest of its credit: the window is whole again.
+    server.consumed(stream_id, 10245 - prepaid)
+    client.receive(server.data_to_send())
+    assert client.window(stream_id) == 4096
