@@ -101,6 +101,7 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Start serving the new transport."""
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         self.group.add(self)
@@ -118,23 +119,23 @@ class Connection(asyncio.Protocol):
             self._set_timer("age", age, self._on_max_age)
 
     def data_received(self, data: bytes) -> None:
+        """Feed received bytes through the protocol and act on what they produced."""
         for event in self.protocol.receive(data):
-            kind = type(event)
-            if kind is p.MessagesReceived:
-                call = self._calls.get(event.stream_id)  # type: ignore[union-attr]
+            if isinstance(event, p.MessagesReceived):
+                call = self._calls.get(event.stream_id)
                 if call is not None:
-                    call._deliver(event.messages, event.prepaid)  # type: ignore[union-attr]
+                    call._deliver(event.messages, event.prepaid)
                 else:
-                    size = sum(len(payload) + 5 for payload, _ in event.messages)  # type: ignore[union-attr]
-                    self.protocol.consumed(event.stream_id, size - event.prepaid)  # type: ignore[union-attr]
-            elif kind is p.CallStarted:
-                self._start_call(event.head)  # type: ignore[union-attr]
-            elif kind is p.RequestEnded:
-                call = self._calls.get(event.stream_id)  # type: ignore[union-attr]
+                    size = sum(len(payload) + 5 for payload, _ in event.messages)
+                    self.protocol.consumed(event.stream_id, size - event.prepaid)
+            elif isinstance(event, p.CallStarted):
+                self._start_call(event.head)
+            elif isinstance(event, p.RequestEnded):
+                call = self._calls.get(event.stream_id)
                 if call is not None:
                     call._end_request()
-            elif kind is p.WindowOpened:
-                self._wake_writers(event.stream_id)  # type: ignore[union-attr]
+            elif isinstance(event, p.WindowOpened):
+                self._wake_writers(event.stream_id)
             else:
                 self._on_rare_event(event)
         self._flush()
@@ -165,15 +166,18 @@ class Connection(asyncio.Protocol):
                 self._abort()
 
     def pause_writing(self) -> None:
+        """The transport's buffer is full: senders wait until it drains."""
         if self._writable is None:
             self._writable = self.loop.create_future()
 
     def resume_writing(self) -> None:
+        """The transport's buffer drained: waiting senders go on."""
         writable, self._writable = self._writable, None
         if writable is not None and not writable.done():
             writable.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """The transport is gone: cancel the calls and forget the connection."""
         self._transport = None
         for name in list(self._timers):
             self._cancel_timer(name)

@@ -55,8 +55,8 @@ class ServicerContext:
         "_accept_encoding",
         "_code",
         "_compression",
-        "_credit_debt",
         "_conn",
+        "_credit_debt",
         "_deadline",
         "_deadline_handle",
         "_deadline_hit",
@@ -68,11 +68,11 @@ class ServicerContext:
         "_head",
         "_headers_sent",
         "_inbox",
-        "_last_compressed",
         "_initial_metadata",
+        "_last_compressed",
         "_read_waiter",
-        "_skip_next_compression",
         "_server_cancelled",
+        "_skip_next_compression",
         "_started",
         "_task",
         "_trailing_metadata",
@@ -401,7 +401,7 @@ class ServicerContext:
 
 
 def _grpc_eof() -> Any:
-    """grpcio's ``grpc.aio.EOF`` when grpcio is installed (handlers compare with it), else ours."""
+    """Grpcio's ``grpc.aio.EOF`` when grpcio is installed (handlers compare with it), else ours."""
     try:
         from grpc.aio import EOF as GRPC_EOF
     except ImportError:  # pragma: no cover - grpcio is optional

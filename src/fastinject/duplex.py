@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 from typing import Any, Protocol, runtime_checkable
 
@@ -60,10 +61,8 @@ class StreamPairDuplex:
     async def close(self) -> None:
         """Close the writer (and so the stream)."""
         self._writer.close()
-        try:
+        with contextlib.suppress(ConnectionError, OSError):
             await self._writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
 
 
 class DuplexTransport(asyncio.Transport):
@@ -144,6 +143,7 @@ class DuplexTransport(asyncio.Transport):
             logger.debug("closing injected stream failed: %r", exc)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send bytes to the peer."""
         if self._closing:
             return
         self._outgoing.append(bytes(data))
@@ -154,6 +154,7 @@ class DuplexTransport(asyncio.Transport):
             self._protocol.pause_writing()
 
     def close(self) -> None:
+        """Close after sending what is buffered."""
         if self._closing:
             return
         self._closing = True
@@ -161,28 +162,36 @@ class DuplexTransport(asyncio.Transport):
         self._reading.set()
 
     def abort(self) -> None:
+        """Close at once, dropping buffered bytes."""
         self._outgoing.clear()
         self._connection_lost(None)
         self._loop.create_task(self._close_quietly())
 
     def is_closing(self) -> bool:
+        """Whether the transport is closing or closed."""
         return self._closing
 
     def pause_reading(self) -> None:
+        """Stop delivering received bytes until resume_reading()."""
         self._reading.clear()
 
     def resume_reading(self) -> None:
+        """Deliver received bytes again."""
         self._reading.set()
 
     def is_reading(self) -> bool:
+        """Whether received bytes are being delivered."""
         return self._reading.is_set()
 
     def get_write_buffer_size(self) -> int:
+        """Bytes written but not yet sent."""
         return self._outgoing_size
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        """Replace the protocol receiving this transport's events."""
         assert isinstance(protocol, asyncio.Protocol)
         self._protocol = protocol
 
     def get_protocol(self) -> asyncio.BaseProtocol:
+        """The protocol receiving this transport's events."""
         return self._protocol

@@ -13,6 +13,7 @@ stops its peer instead of growing our buffers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import struct
 
@@ -440,10 +441,8 @@ class ServerProtocol:
     def _reset_if_open(self, stream_id: int, error_code: int) -> None:
         stream = self._h2.streams.get(stream_id)
         if stream is not None and not stream.closed:
-            try:
+            with contextlib.suppress(h2.exceptions.ProtocolError):  # the connection is closed
                 self._h2.reset_stream(stream_id, error_code)
-            except h2.exceptions.ProtocolError:
-                pass  # the connection itself is closed
 
     def ping(self, opaque: bytes) -> bool:
         """Send a PING with 8 bytes of ``opaque`` data; False if the connection cannot send."""
@@ -500,7 +499,7 @@ __all__ = [
     "PingReceived",
     "RequestEnded",
     "RequestHead",
-    "StreamGone",
     "ServerProtocol",
+    "StreamGone",
     "WindowOpened",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import os
 import socket
@@ -161,7 +162,7 @@ class Server:
         loop = self.loop
         for sock in port.sockets:
             server = await loop.create_server(
-                lambda port=port: self._accepted_protocol(port), sock=sock, backlog=1024
+                functools.partial(self._accepted_protocol, port), sock=sock, backlog=1024
             )
             port.servers.append(server)
 
@@ -334,7 +335,8 @@ class Server:
 
         if not isinstance(credentials, ServerCredentials):
             raise TypeError(
-                f"credentials must be fastinject.ServerCredentials, not {type(credentials).__name__}"
+                "credentials must be fastinject.ServerCredentials, "
+                f"not {type(credentials).__name__}"
             )
         self._check_not_stopped()
         injector = ConnectionInjector(

@@ -11,6 +11,7 @@ ALPN ``h2`` is required, and a silent peer is dropped at the handshake timeout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Callable
@@ -50,6 +51,7 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
     # -- protocol side (the transport below) ---------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Start serving the new transport."""
         assert isinstance(transport, asyncio.Transport)
         self._lower = transport
         loop = asyncio.get_running_loop()
@@ -59,19 +61,21 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
             self.data_received(data)
 
     def data_received(self, data: bytes) -> None:
+        """Feed received bytes through the protocol and act on what they produced."""
         self._incoming.write(data)
-        if self._upper is None:
-            if not self._handshake():
-                return
+        if self._upper is None and not self._handshake():
+            return
         self._read_application_data()
 
     def eof_received(self) -> bool | None:
+        """The peer closed its sending side."""
         self._incoming.write_eof()
         if self._upper is not None:
             self._read_application_data()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """The transport is gone: cancel the calls and forget the connection."""
         self._cancel_timer()
         self._lower = None
         if self._upper is not None:
@@ -80,10 +84,12 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
             logger.debug("connection lost during the TLS handshake: %s", exc)
 
     def pause_writing(self) -> None:
+        """The transport's buffer is full: senders wait until it drains."""
         if self._upper is not None:
             self._upper.pause_writing()
 
     def resume_writing(self) -> None:
+        """The transport's buffer drained: waiting senders go on."""
         if self._upper is not None:
             self._upper.resume_writing()
 
@@ -152,31 +158,35 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
     # -- transport side (the HTTP/2 connection above) ------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send bytes to the peer."""
         if self._lower is None or self._closing:
             return
         self._ssl.write(data)
         self._send_outgoing()
 
     def close(self) -> None:
+        """Close after sending what is buffered."""
         if self._closing or self._lower is None:
             return
         self._closing = True
-        try:
+        # The peer's close_notify is not awaited; ours goes out below.
+        with contextlib.suppress(ssl.SSLError):
             self._ssl.unwrap()
-        except ssl.SSLError:
-            pass  # the peer's close_notify is not awaited; ours goes out below
         self._send_outgoing()
         self._lower.close()
 
     def abort(self) -> None:
+        """Close at once, dropping buffered bytes."""
         self._closing = True
         if self._lower is not None:
             self._lower.abort()
 
     def is_closing(self) -> bool:
+        """Whether the transport is closing or closed."""
         return self._closing or self._lower is None or self._lower.is_closing()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """Transport information (``ssl_object``, ``peercert``, ``peername``, ...)."""
         if name == "ssl_object":
             return self._ssl
         if name == "peercert":
@@ -188,16 +198,20 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         return self._lower.get_extra_info(name, default)
 
     def pause_reading(self) -> None:
+        """Stop delivering received bytes until resume_reading()."""
         if self._lower is not None:
             self._lower.pause_reading()
 
     def resume_reading(self) -> None:
+        """Deliver received bytes again."""
         if self._lower is not None:
             self._lower.resume_reading()
 
     def get_write_buffer_size(self) -> int:
+        """Bytes written but not yet sent."""
         return self._lower.get_write_buffer_size() if self._lower is not None else 0
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Set the high and low water marks of the write buffer."""
         if self._lower is not None:
             self._lower.set_write_buffer_limits(high, low)
