@@ -15,7 +15,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from .credentials import check_alpn
 from .errors import HandshakeError
@@ -52,8 +52,8 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start serving the new transport."""
-        assert isinstance(transport, asyncio.Transport)
-        self._lower = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._lower = cast(asyncio.Transport, transport)
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self._handshake_timeout, self._on_handshake_timeout)
         if self._initial_data:

@@ -37,7 +37,7 @@ async def credit_until_done(wire: Wire, stream_ids: list[int], window: int) -> N
         for stream_id in stream_ids:
             outstanding = wire.client.data_received(stream_id) - credited[stream_id]
             assert outstanding <= window
-            if outstanding and not wire.client.response(stream_id).done:
+            if outstanding:
                 wire.client.credit(stream_id, outstanding)
                 credited[stream_id] += outstanding
 
