@@ -171,6 +171,7 @@ class ServerProtocol:
         self.highest_stream_id = 0
         self.closed = False
         self._pending_raw = b""
+        self._early_credit: dict[int, int] = {}
         s = h2.settings.SettingCodes
         self._h2.local_settings = h2.settings.Settings(
             client=False,
@@ -198,6 +199,7 @@ class ServerProtocol:
             code = getattr(exc, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR)
             return [ConnectionClosedByPeer(int(code), f"HTTP/2 protocol error: {exc}")]
         events: list[Event] = []
+        self._early_credit: dict[int, int] = {}
         for event in h2_events:
             if isinstance(event, h2.events.DataReceived):
                 self._on_data(event, events)
@@ -224,6 +226,8 @@ class ServerProtocol:
             elif isinstance(event, h2.events.TrailersReceived):
                 self._fail(event.stream_id, StatusCode.INTERNAL, "unexpected request trailers",
                            events)
+        for stream_id, size in self._early_credit.items():
+            self._h2.acknowledge_received_data(size, stream_id)
         return events
 
     def _on_request(self, event: h2.events.RequestReceived, events: list[Event]) -> None:
@@ -294,17 +298,17 @@ class ServerProtocol:
         data = event.data or b""
         padding = (event.flow_controlled_length or 0) - len(data)
         if padding:
-            self._h2.acknowledge_received_data(padding, stream_id)
+            self._credit_now(padding, stream_id)
         state = self._streams.get(stream_id)
         if state is None or state.failed:
             # Nobody will consume these bytes: give the credit back at once.
             if data:
-                self._h2.acknowledge_received_data(len(data), stream_id)
+                self._credit_now(len(data), stream_id)
             return
         try:
             messages = state.deframer.feed(data)
         except FramingError as exc:
-            self._h2.acknowledge_received_data(len(data), stream_id)
+            self._credit_now(len(data), stream_id)
             self._fail(stream_id, exc.status, str(exc), events)
             return
         if messages:
@@ -312,7 +316,7 @@ class ServerProtocol:
             state.prepaid = 0
         advance = state.deframer.buffered - state.prepaid
         if advance > 0:
-            self._h2.acknowledge_received_data(advance, stream_id)
+            self._credit_now(advance, stream_id)
             state.prepaid += advance
 
     def _on_stream_ended(self, stream_id: int, events: list[Event]) -> None:
@@ -331,6 +335,11 @@ class ServerProtocol:
         if state is not None:
             state.failed = True
         events.append(CallFailed(stream_id, status, details))
+
+    def _credit_now(self, size: int, stream_id: int) -> None:
+        """Return credit for bytes nobody has to consume; sent once per :meth:`receive`."""
+        credit = self._early_credit
+        credit[stream_id] = credit.get(stream_id, 0) + size
 
     # -- flow control -----------------------------------------------------------------------
 

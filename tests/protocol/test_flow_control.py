@@ -110,7 +110,7 @@ async def test_credit_returns_only_as_the_handler_reads(
 
     probe.gate.set()
     await wire.wait_for(
-        lambda: wire.client.window(stream_id) == 4096, "credit for the messages read"
+        lambda: wire.client.window(stream_id) >= len(batch), "credit for the messages read"
     )
     assert len(probe.read) == 30
     wire.client.send(stream_id, batch, end=True)
@@ -140,3 +140,17 @@ async def test_request_larger_than_the_window_completes(
     assert response.status == StatusCode.OK.number
     assert response.messages == [(False, payload)]
     assert any(f.type == WINDOW_UPDATE and f.stream_id == stream_id for f in wire.client.frames)
+
+
+async def test_data_sent_before_our_settings_arrive_is_accepted(
+    start_server: StartServer, open_wire: OpenWire
+) -> None:
+    """A client may use the default 65535-byte window until it has seen our smaller one
+    (RFC 9113 section 6.9.3: a receiver must be prepared for data exceeding a reduced window)."""
+    served = await start_server(initial_stream_window_size=4096)
+    wire = await open_wire(served.port, wait_settings=False)
+    payload = b"e" * 20000
+    assert not wire.client.has_settings()  # so h2 lets the request use 65535 bytes of window
+    response = await wire.call(b"/test.Echo/Unary", payload)
+    assert response.status == StatusCode.OK.number
+    assert response.messages == [(False, payload)]

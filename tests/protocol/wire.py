@@ -241,6 +241,10 @@ class H2Client:
             elif isinstance(event, h2.events.PingAckReceived):
                 self.ping_acks.append(bytes(event.ping_data or b""))
 
+    def has_settings(self) -> bool:
+        """Whether the server's SETTINGS frame arrived."""
+        return any(f.type == SETTINGS and not f.flags & ACK for f in self.frames)
+
     def response(self, stream_id: int) -> Response:
         """What the server sent so far on ``stream_id``."""
         return self.responses.setdefault(stream_id, Response())
@@ -286,16 +290,17 @@ class H2Client:
         body = b"".join(grpc_frame(m) for m in messages)
         self.h2.send_headers(stream_id, headers, end_stream=end and not body)
         if body:
-            self.h2.send_data(stream_id, body, end_stream=end)
+            self.send(stream_id, body, end=end)
         self.response(stream_id)
         return stream_id
 
     def send(self, stream_id: int, data: bytes, *, end: bool = False) -> None:
         """Send raw DATA bytes (already framed) on a stream; they must fit the window."""
         limit = self.h2.max_outbound_frame_size
-        for offset in range(0, len(data), limit):
-            self.h2.send_data(stream_id, data[offset : offset + limit])
-        if end:
+        chunks = [data[offset : offset + limit] for offset in range(0, len(data), limit)]
+        for index, chunk in enumerate(chunks):
+            self.h2.send_data(stream_id, chunk, end_stream=end and index == len(chunks) - 1)
+        if end and not chunks:
             self.h2.end_stream(stream_id)
 
     def end(self, stream_id: int) -> None:
@@ -350,11 +355,19 @@ class Wire:
         self.eof = False
 
     @classmethod
-    async def open(cls, port: int, **options: bool | int | None) -> Wire:
-        """Connect to ``127.0.0.1:port`` and send the connection preface."""
+    async def open(
+        cls, port: int, *, wait_settings: bool = True, **options: bool | int | None
+    ) -> Wire:
+        """Connect to ``127.0.0.1:port`` and send the connection preface.
+
+        Unless ``wait_settings`` is false, return once the server's SETTINGS arrived, so the
+        client already works with the server's limits.
+        """
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         wire = cls(reader, writer, H2Client(**options))  # type: ignore[arg-type]
         await wire.flush()
+        if wait_settings:
+            await wire.wait_for(wire.client.has_settings, "the server's SETTINGS")
         return wire
 
     async def flush(self) -> None:
