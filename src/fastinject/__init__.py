@@ -29,13 +29,16 @@ from .handlers import (
 )
 from .injector import ConnectionInjector
 from .options import ServerSettings
+from .router import ConnectionInfo, ConnectionRouter, Rule
 from .server import Server
 from .status import StatusCode
 
 __all__ = [
     "EOF",
     "Compression",
+    "ConnectionInfo",
     "ConnectionInjector",
+    "ConnectionRouter",
     "Duplex",
     "FastInjectError",
     "HandlerCallDetails",
@@ -43,6 +46,7 @@ __all__ = [
     "MessageTooLargeError",
     "ProtocolError",
     "RpcError",
+    "Rule",
     "RpcMethodHandler",
     "Server",
     "ServerCredentials",

@@ -48,6 +48,8 @@ def format_peer(address: Any, family: int | None) -> str:
         return f"unix:{address or ''}"
     if isinstance(address, tuple) and len(address) >= 2:
         host, port = address[0], address[1]
+        if host.startswith("::ffff:") and "." in host:
+            host = host[len("::ffff:"):]  # an IPv4 client of a dual-stack socket, as grpc reports
         return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
     return "unknown"
 

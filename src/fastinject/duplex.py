@@ -86,6 +86,7 @@ class DuplexTransport(asyncio.Transport):
         self._writer_task = self._loop.create_task(self._pump_out())
 
     async def _pump_in(self) -> None:
+        error: Exception | None = None
         try:
             while not self._closing:
                 await self._reading.wait()
@@ -95,19 +96,21 @@ class DuplexTransport(asyncio.Transport):
                     self.close()
                     return
                 self._protocol.data_received(data)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
             logger.debug("injected stream read failed: %r", exc)
-            self._connection_lost(exc)
+            error = exc
+        finally:
+            # Also on a CancelledError the stream raised itself: the connection must end.
+            if error is not None or not self._closing:
+                self._connection_lost(error)
 
     async def _pump_out(self) -> None:
+        error: Exception | None = None
         try:
             while True:
                 while not self._outgoing:
                     if self._closing:
                         await self._duplex.close()
-                        self._connection_lost(None)
                         return
                     self._writer_wakeup.clear()
                     await self._writer_wakeup.wait()
@@ -118,11 +121,11 @@ class DuplexTransport(asyncio.Transport):
                 if self._protocol_paused and self._outgoing_size <= _LOW_WATER:
                     self._protocol_paused = False
                     self._protocol.resume_writing()
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
             logger.debug("injected stream write failed: %r", exc)
-            self._connection_lost(exc)
+            error = exc
+        finally:
+            self._connection_lost(error)
 
     def _connection_lost(self, exc: Exception | None) -> None:
         if self._lost:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+
 from echo_service import Recorder
 from protocol import probe_service
 from protocol.wire import Wire
@@ -29,9 +30,7 @@ async def start_server(
 
     async def start(**settings: Any) -> Served:
         server = echo_server(recorder, **settings)
-        server.add_registered_method_handlers(
-            probe_service.SERVICE, probe_service.handlers(probe)
-        )
+        server.add_registered_method_handlers(probe_service.SERVICE, probe_service.handlers(probe))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         served = Served(server, port, recorder)
@@ -59,9 +58,7 @@ async def open_wire() -> AsyncIterator[Callable[..., Awaitable[Wire]]]:
 
 
 @pytest.fixture
-async def wire(
-    start_server: StartServer, open_wire: Callable[..., Awaitable[Wire]]
-) -> Wire:
+async def wire(start_server: StartServer, open_wire: Callable[..., Awaitable[Wire]]) -> Wire:
     """A raw h2 connection to a server with default settings."""
     served = await start_server()
     return await open_wire(served.port)

@@ -36,6 +36,7 @@ def handlers(probe: Probe) -> dict[str, fastinject.RpcMethodHandler]:
 
     async def produce(request: bytes, context: Any) -> AsyncIterator[bytes]:
         """``b"count:size"``: yield ``count`` messages of ``size`` bytes, counting each."""
+        context.add_done_callback(lambda _ctx: _count_done(probe))
         count, size = (int(part) for part in request.split(b":"))
         for index in range(count):
             probe.produced += 1

@@ -12,13 +12,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from echo_service import SERVICE, Recorder, handlers
-from protocol.wire import H2Client
 
+from echo_service import SERVICE, Recorder, handlers
 from fastinject import StatusCode
 from fastinject.connection import Connection
 from fastinject.handlers import HandlerRegistry
 from fastinject.options import ServerSettings
+from protocol.wire import H2Client
 
 
 class RecordingTransport(asyncio.Transport):
@@ -31,19 +31,24 @@ class RecordingTransport(asyncio.Transport):
         self.written = asyncio.Event()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Record one write."""
         self.writes.append(bytes(data))
         self.written.set()
 
     def is_closing(self) -> bool:
+        """Whether close() or abort() was called."""
         return self.closed
 
     def close(self) -> None:
+        """Mark the transport closed."""
         self.closed = True
 
     def abort(self) -> None:
+        """Mark the transport closed."""
         self.closed = True
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """A loopback peer address; nothing else."""
         return ("127.0.0.1", 50000) if name == "peername" else default
 
 
@@ -104,9 +109,7 @@ async def test_many_calls_in_one_chunk_are_answered_in_few_writes(
     client.receive(b"".join(transport.writes))
     conn.data_received(client.data_to_send())  # preface, settings
     calls = 100
-    stream_ids = [
-        client.start_call(b"/test.Echo/Unary", [str(i).encode()]) for i in range(calls)
-    ]
+    stream_ids = [client.start_call(b"/test.Echo/Unary", [str(i).encode()]) for i in range(calls)]
     before = len(transport.writes)
     conn.data_received(client.data_to_send())
     await feed_until(client, transport, stream_ids)

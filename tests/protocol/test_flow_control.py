@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from fastinject import StatusCode
 from protocol.conftest import StartServer
 from protocol.probe_service import Probe
-from protocol.wire import WINDOW_UPDATE, Response, Wire, grpc_frame
-
-from fastinject import StatusCode
+from protocol.wire import WINDOW_UPDATE, Response, Wire, eventually, grpc_frame
 
 OpenWire = Callable[..., Awaitable[Wire]]
 
@@ -45,8 +44,10 @@ async def credit_until_done(wire: Wire, stream_ids: list[int], window: int) -> N
 async def test_server_never_sends_beyond_the_client_stream_window(
     start_server: StartServer, open_wire: OpenWire, probe: Probe
 ) -> None:
-    """With a 1000-byte stream window the server sends exactly 1000 bytes, the handler waits, and
-    it resumes as WINDOW_UPDATEs arrive until every message is delivered."""
+    """The server stops at the client's stream window and resumes on each WINDOW_UPDATE.
+
+    With a 1000-byte window exactly 1000 bytes arrive while the handler waits in its write.
+    """
     served = await start_server()
     wire = await open_wire(served.port, initial_window_size=1000, auto_credit=False)
     stream_id = wire.client.start_call(b"/test.Probe/Produce", [b"50:100"])  # 50 x 105 bytes
@@ -69,8 +70,7 @@ async def test_server_never_sends_beyond_the_client_stream_window(
 async def test_server_never_sends_beyond_the_client_connection_window(
     start_server: StartServer, open_wire: OpenWire
 ) -> None:
-    """Two streams share the 65535-byte connection window: together they stop at it, and both
-    resume when connection-level credit returns."""
+    """Streams together stop at the connection window and resume when its credit returns."""
     served = await start_server()
     wire = await open_wire(served.port, initial_window_size=1 << 20, auto_credit=False)
     streams = [
@@ -93,8 +93,7 @@ async def test_server_never_sends_beyond_the_client_connection_window(
 async def test_credit_returns_only_as_the_handler_reads(
     start_server: StartServer, open_wire: OpenWire, probe: Probe
 ) -> None:
-    """While the handler does not read, the client's window is not replenished; once it reads,
-    the credit comes back and the client can send the rest."""
+    """A request's window is replenished only as the handler reads, so the client waits for it."""
     served = await start_server(initial_stream_window_size=4096)
     wire = await open_wire(served.port)
     stream_id = wire.client.start_call(b"/test.Probe/Hold", end=False)
@@ -145,8 +144,11 @@ async def test_request_larger_than_the_window_completes(
 async def test_data_sent_before_our_settings_arrive_is_accepted(
     start_server: StartServer, open_wire: OpenWire
 ) -> None:
-    """A client may use the default 65535-byte window until it has seen our smaller one
-    (RFC 9113 section 6.9.3: a receiver must be prepared for data exceeding a reduced window)."""
+    """A client may use the default 65535-byte window until it has seen our smaller one.
+
+    RFC 9113 section 6.9.3: a receiver that advertises less than the default must be prepared
+    for data exceeding it, sent before the peer processed the SETTINGS frame.
+    """
     served = await start_server(initial_stream_window_size=4096)
     wire = await open_wire(served.port, wait_settings=False)
     payload = b"e" * 20000
@@ -154,3 +156,22 @@ async def test_data_sent_before_our_settings_arrive_is_accepted(
     response = await wire.call(b"/test.Echo/Unary", payload)
     assert response.status == StatusCode.OK.number
     assert response.messages == [(False, payload)]
+
+
+async def test_reset_while_blocked_on_flow_control_cancels_the_handler(
+    start_server: StartServer, open_wire: OpenWire, probe: Probe
+) -> None:
+    """A handler blocked on flow control is cancelled when the client resets its stream."""
+    served = await start_server()
+    wire = await open_wire(served.port, initial_window_size=1000, auto_credit=False)
+    stream_id = wire.client.start_call(b"/test.Probe/Produce", [b"50:100"])
+    await wire.wait_for(
+        lambda: wire.client.data_received(stream_id) >= 1000, "a full window of DATA"
+    )
+    wire.client.reset(stream_id)
+    await wire.flush()
+    await eventually(lambda: probe.done_callbacks == 1, "the handler's done callback")
+    assert probe.produced < 50
+    wire.client.credit(stream_id, 1000)  # connection-level credit for the abandoned bytes
+    response = await wire.call(b"/test.Echo/Unary", b"next")
+    assert response.messages == [(False, b"next")]

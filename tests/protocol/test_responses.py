@@ -11,11 +11,10 @@ import gzip
 import json
 from collections.abc import Awaitable, Callable
 
+from fastinject import StatusCode
 from protocol.conftest import StartServer
 from protocol.probe_service import ABORT_DETAILS, Probe
 from protocol.wire import DATA, HEADERS, NO_ERROR, Wire, grpc_frame
-
-from fastinject import StatusCode
 
 OpenWire = Callable[..., Awaitable[Wire]]
 
@@ -31,7 +30,8 @@ async def test_unary_response_is_headers_message_trailers(wire: Wire) -> None:
     assert response.status == StatusCode.OK.number
     assert b"grpc-message" not in response.status_map
     kinds = [f.type for f in wire.client.frames_on(stream_id) if f.type in (HEADERS, DATA)]
-    assert kinds[0] == HEADERS and kinds[-1] == HEADERS
+    assert kinds[0] == HEADERS
+    assert kinds[-1] == HEADERS
     assert set(kinds[1:-1]) == {DATA}
 
 
@@ -43,10 +43,11 @@ async def test_server_streaming_messages_arrive_in_order(wire: Wire) -> None:
 
 
 async def test_error_before_any_message_is_trailers_only(wire: Wire) -> None:
-    """A call failing before it sent anything is answered with one HEADERS frame ending the stream."""
+    """A call failing before it sent anything is answered with one HEADERS frame."""
     stream_id = wire.client.start_call(b"/test.Echo/Abort", [b"PERMISSION_DENIED:go away"])
     response = await wire.finish(stream_id)
-    assert response.trailers_only and response.ended
+    assert response.trailers_only
+    assert response.ended
     assert response.header_map[b":status"] == b"200"
     assert response.header_map[b"content-type"] == b"application/grpc"
     assert response.status == StatusCode.PERMISSION_DENIED.number
@@ -76,7 +77,7 @@ async def test_unknown_method_is_unimplemented(wire: Wire) -> None:
 
 
 async def test_response_is_gzip_compressed_when_asked_and_accepted(wire: Wire) -> None:
-    """A handler's gzip choice compresses messages when the client's grpc-accept-encoding has gzip."""
+    """A handler's gzip choice applies when the client's grpc-accept-encoding lists gzip."""
     stream_id = wire.client.start_call(
         b"/test.Echo/Compressed", [b"abc"], accept_encoding=b"identity,gzip"
     )
@@ -103,7 +104,7 @@ async def test_response_is_not_compressed_when_the_client_does_not_accept_gzip(
 
 
 async def test_compressed_request_is_decompressed(wire: Wire) -> None:
-    """A request message with the compressed flag and grpc-encoding gzip reaches the handler inflated."""
+    """A request message flagged compressed with grpc-encoding gzip reaches the handler inflated."""
     stream_id = wire.client.start_call(
         b"/test.Echo/Unary", end=False, extra=[(b"grpc-encoding", b"gzip")]
     )
@@ -154,8 +155,10 @@ async def test_server_streaming_with_two_request_messages_is_unimplemented(wire:
 async def test_message_over_the_limit_is_rejected_before_the_body_arrives(
     start_server: StartServer, open_wire: OpenWire
 ) -> None:
-    """A declared length over max_receive_message_length ends the call with RESOURCE_EXHAUSTED
-    as soon as the 5-byte prefix arrives; the client need not send the body."""
+    """A message over max_receive_message_length fails RESOURCE_EXHAUSTED before its body.
+
+    The 5-byte prefix is enough: the client never has to send the body.
+    """
     served = await start_server(max_receive_message_length=1000)
     wire = await open_wire(served.port)
     stream_id = wire.client.start_call(b"/test.Echo/Unary", end=False)

@@ -7,7 +7,6 @@ frames the server would put on the wire (grpc/grpc ``doc/PROTOCOL-HTTP2.md``).
 from __future__ import annotations
 
 import pytest
-from protocol.wire import WINDOW_UPDATE, H2Client, exchange, grpc_frame, request_headers
 
 from fastinject import StatusCode
 from fastinject.options import ServerSettings
@@ -18,6 +17,7 @@ from fastinject.protocol import (
     RequestEnded,
     ServerProtocol,
 )
+from protocol.wire import WINDOW_UPDATE, H2Client, exchange, grpc_frame, request_headers
 
 
 def connected(**settings: object) -> tuple[H2Client, ServerProtocol]:
@@ -34,7 +34,9 @@ def without(name: bytes, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes
     return [(k, v) for k, v in headers if k != name]
 
 
-def replaced(name: bytes, value: bytes, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def replaced(
+    name: bytes, value: bytes, headers: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
     """``headers`` with ``name`` set to ``value`` (in place of any existing value)."""
     return [*without(name, headers), (name, value)]
 
@@ -95,7 +97,8 @@ def test_missing_or_malformed_path_is_unimplemented(path: bytes | None) -> None:
     events = exchange(client, server)
     response = client.response(stream_id)
     assert started(events) == []
-    assert response.ended and response.trailers_only
+    assert response.ended
+    assert response.trailers_only
     assert response.header_map[b":status"] == b"200"
     assert response.status == StatusCode.UNIMPLEMENTED.number
 
@@ -132,8 +135,14 @@ def test_malformed_grpc_timeout_fails_the_call_with_internal(timeout: bytes) -> 
 
 @pytest.mark.parametrize(
     ("timeout", "seconds"),
-    [(b"1H", 3600.0), (b"2M", 120.0), (b"3S", 3.0), (b"1500m", 1.5), (b"250u", 0.00025),
-     (b"99999999n", 0.099999999)],
+    [
+        (b"1H", 3600.0),
+        (b"2M", 120.0),
+        (b"3S", 3.0),
+        (b"1500m", 1.5),
+        (b"250u", 0.00025),
+        (b"99999999n", 0.099999999),
+    ],
 )
 def test_grpc_timeout_units_are_parsed(timeout: bytes, seconds: float) -> None:
     """Every grpc-timeout unit (H M S m u n) with up to 8 digits becomes the call's timeout."""
@@ -199,7 +208,8 @@ def test_message_over_the_limit_fails_as_soon_as_its_prefix_arrives() -> None:
     assert [(f.stream_id, f.status) for f in failures] == [
         (stream_id, StatusCode.RESOURCE_EXHAUSTED)
     ]
-    assert "1025" in failures[0].details and "1024" in failures[0].details
+    assert "1025" in failures[0].details
+    assert "1024" in failures[0].details
 
 
 def test_message_at_the_limit_is_delivered() -> None:
@@ -230,7 +240,7 @@ def test_credit_is_returned_only_when_messages_are_consumed() -> None:
 
 
 def test_message_larger_than_the_window_still_arrives() -> None:
-    """A message bigger than the stream window is credited while it is assembled, so it completes."""
+    """A message bigger than the stream window is credited while being assembled, so it arrives."""
     client, server = connected(initial_stream_window_size=4096)
     stream_id = client.start_call(end=False)
     pending = grpc_frame(bytes(range(256)) * 40)  # 10245 bytes, 2.5 windows

@@ -137,7 +137,8 @@ def parse_messages(body: bytes) -> list[tuple[bool, bytes]]:
 
 def raw_frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
     """The bytes of one HTTP/2 frame."""
-    return struct.pack(">I", len(payload))[1:] + struct.pack(">BBI", kind, flags, stream_id) + payload
+    header = struct.pack(">I", len(payload))[1:] + struct.pack(">BBI", kind, flags, stream_id)
+    return header + payload
 
 
 def request_headers(
@@ -424,3 +425,13 @@ class Wire:
     def close(self) -> None:
         """Drop the connection."""
         self.writer.transport.abort()
+
+
+async def eventually(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Let the loop run until ``predicate()`` holds; fail naming ``what`` after ``timeout``."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
