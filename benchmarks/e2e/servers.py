@@ -76,6 +76,13 @@ SERVER_ENTRIES: tuple[ServerEntry, ...] = (
         requires="fastinject.interop.server",
     ),
     ServerEntry(
+        name="fastinject-inject",
+        module="fastinject.interop.server",
+        description="fastinject interop server, connections injected by its own listener",
+        requires="fastinject.interop.server",
+        args=("--transport", "inject"),
+    ),
+    ServerEntry(
         name="fastinject-py",
         module="fastinject.interop.server",
         description="fastinject interop server with the pure-Python framing twin",
@@ -99,10 +106,8 @@ SERVER_ENTRIES: tuple[ServerEntry, ...] = (
 )
 """Every server the harness knows, in the order each round visits them.
 
-To benchmark another server mode, add an entry here; for example the injected-connection mode
-of the interop server would be ``ServerEntry(name="fastinject-inject",
-module="fastinject.interop.server", description=..., requires="fastinject.interop.server",
-args=("--transport", "inject"))``.
+To benchmark another server mode, add an entry here (``fastinject-inject`` is the interop
+server with ``--transport inject``: the same workloads over injected connections).
 """
 
 SERVER_ENTRIES_BY_NAME: dict[str, ServerEntry] = {entry.name: entry for entry in SERVER_ENTRIES}

@@ -111,8 +111,8 @@ async def target(
     yield Target(
         name,
         process.port,
-        ca_cert=tls_material.ca_cert if name != "plaintext" else None,
-        client=tls_material.client if name == "mtls" else None,
+        ca_cert=None if name.startswith("plaintext") else tls_material.ca_cert,
+        client=tls_material.client if name.startswith("mtls") else None,
     )
 
 

@@ -18,8 +18,11 @@ import grpc
 import fastinject.interop
 from interop.tls_certs import KeyPair
 
-FASTINJECT_TARGETS = ("plaintext", "tls", "mtls")
-"""The subprocess targets, served by fastinject."""
+FASTINJECT_TARGETS = (
+    "plaintext", "tls", "mtls", "plaintext-inject", "tls-inject", "mtls-inject"
+)
+"""The subprocess targets, served by fastinject: on its own port, or (``-inject``) through a
+ConnectionInjector fed by the interop server's own listener (``--transport inject``)."""
 
 ALL_TARGETS = ("grpcio", *FASTINJECT_TARGETS)
 """Every target: the grpcio reference and the fastinject subprocesses."""
@@ -144,8 +147,11 @@ class TlsFiles:
 
 
 def server_args(mode: str, files: TlsFiles) -> list[str]:
-    """Command line arguments of the interop server for ``mode`` (plaintext, tls or mtls)."""
+    """Command line arguments of the interop server for ``mode`` (a FASTINJECT_TARGETS name)."""
+    mode, _, transport = mode.partition("-")
     args = ["--port", "0"]
+    if transport:
+        args += ["--transport", transport]
     if mode in ("tls", "mtls"):
         # Both spellings interop runners use: "--use_tls=true" and a bare "--use_tls".
         use_tls = "--use_tls=true" if mode == "tls" else "--use_tls"

@@ -15,7 +15,7 @@ from fastinject.interop.empty_pb2 import Empty
 from interop.targets import StartServer, Target, TlsFiles, subprocess_env
 
 
-@pytest.mark.parametrize("target", ["mtls"], indirect=True)
+@pytest.mark.parametrize("target", ["mtls", "mtls-inject"], indirect=True)
 async def test_mtls_refuses_client_without_certificate(target: Target) -> None:
     """With --client_ca, a client presenting no certificate cannot make calls."""
     async with target.channel(with_client_cert=False) as channel:
@@ -24,10 +24,13 @@ async def test_mtls_refuses_client_without_certificate(target: Target) -> None:
     assert error.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+@pytest.mark.parametrize("mode", ["plaintext", "plaintext-inject"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-async def test_signal_stops_server_with_status_0(start_server: StartServer, signum: int) -> None:
+async def test_signal_stops_server_with_status_0(
+    start_server: StartServer, signum: int, mode: str
+) -> None:
     """SIGTERM or SIGINT stops a server that has served calls; it exits 0 having logged nothing."""
-    server = start_server("plaintext")
+    server = start_server(mode)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = test_pb2_grpc.TestServiceStub(channel)
         for _ in range(3):
@@ -48,11 +51,11 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_inject_transport_is_rejected_for_now() -> None:
-    """--transport inject is refused with a usage error until it is implemented."""
-    result = run_cli("--port", "0", "--transport", "inject")
+def test_unknown_transport_is_rejected() -> None:
+    """A --transport other than listen or inject is a usage error naming the choices."""
+    result = run_cli("--port", "0", "--transport", "carrier-pigeon")
     assert result.returncode == 2
-    assert "--transport inject is not implemented" in result.stderr
+    assert "listen" in result.stderr and "inject" in result.stderr
 
 
 def test_tls_needs_certificate_and_key(tls_files: TlsFiles) -> None:

@@ -6,6 +6,8 @@ frames the server would put on the wire (grpc/grpc ``doc/PROTOCOL-HTTP2.md``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from fastinject import StatusCode
@@ -13,6 +15,7 @@ from fastinject.options import ServerSettings
 from fastinject.protocol import (
     CallFailed,
     CallStarted,
+    Event,
     MessagesReceived,
     RequestEnded,
     ServerProtocol,
@@ -41,7 +44,7 @@ def replaced(
     return [*without(name, headers), (name, value)]
 
 
-def started(events: list[object]) -> list[CallStarted]:
+def started(events: Sequence[Event]) -> list[CallStarted]:
     """The calls started among ``events``."""
     return [e for e in events if isinstance(e, CallStarted)]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -101,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--transport",
         choices=("listen", "inject"),
         default="listen",
-        help="how connections reach the server (default: listen)",
+        help="listen: the server's own port; inject: a plain listener of this program hands "
+        "each accepted socket to a ConnectionInjector with the same credentials "
+        "(default: listen)",
     )
     return parser
 
@@ -110,8 +113,6 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
     """Parse and check the command line; exits with status 2 and a message on bad input."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.transport == "inject":
-        parser.error("--transport inject is not implemented yet; use --transport listen")
     tls: TlsFiles | None = None
     if args.use_tls:
         if args.cert is None or args.key is None:
@@ -137,10 +138,22 @@ async def serve(config: ServerConfig) -> None:
     )
     add_test_service(TestServiceServicer(), server)
     address = f"{HOST}:{config.port}"
-    if config.tls is None:
+    credentials = (
+        fastinject.ServerCredentials.insecure() if config.tls is None
+        else _credentials(config.tls)
+    )
+    accepting: asyncio.Task[None] | None = None
+    listener: socket.socket | None = None
+    if config.transport == "inject":
+        listener = socket.create_server((HOST, config.port), backlog=1024)
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        injector = server.create_connection_injector(credentials)
+        accepting = asyncio.get_running_loop().create_task(_inject_accepted(listener, injector))
+    elif config.tls is None:
         port = server.add_insecure_port(address)
     else:
-        port = server.add_secure_port(address, _credentials(config.tls))
+        port = server.add_secure_port(address, credentials)
 
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -150,13 +163,31 @@ async def serve(config: ServerConfig) -> None:
     await server.start()
     print(f"listening on {port}", flush=True)
     await stop_requested.wait()
+    if accepting is not None and listener is not None:
+        accepting.cancel()
+        listener.close()
     await server.stop(STOP_GRACE_SECONDS)
+
+
+async def _inject_accepted(
+    listener: socket.socket, injector: fastinject.ConnectionInjector
+) -> None:
+    """Accept connections on our own listener and inject each one (``--transport inject``)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        sock, _ = await loop.sock_accept(listener)
+        injector.inject_connection(sock)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse ``argv``, serve until signalled, return the exit status."""
     config = parse_args(argv)
-    asyncio.run(serve(config))
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(config))
+    else:
+        uvloop.run(serve(config))  # faster when installed (the ``uvloop`` extra)
     return 0
 
 
