@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import h2.connection
+import h2.errors
+import h2.events
 import hpack
 import hyperframe.frame
 
@@ -106,6 +108,21 @@ class TunedH2Connection(h2.connection.H2Connection):
         self.decoder = CachingDecoder()
         self.decoder.max_header_list_size = self.DEFAULT_MAX_HEADER_LIST_SIZE
         self._frame_dispatch_table[_QuietDataFrame] = self._receive_data_frame
+
+    def _receive_goaway_frame(self, frame: Any) -> Any:
+        """Report a client's GOAWAY without closing h2's side of the connection.
+
+        RFC 9113 section 6.8: GOAWAY only stops new streams.  h2 moves to its closed state and
+        drops queued output, after which the responses of calls in flight could not be sent.
+        """
+        event = h2.events.ConnectionTerminated()
+        try:
+            event.error_code = h2.errors.ErrorCodes(frame.error_code)
+        except ValueError:
+            event.error_code = frame.error_code
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
 
     def _receive_frame(self, frame: Any) -> Any:
         if frame.__class__ is hyperframe.frame.DataFrame:

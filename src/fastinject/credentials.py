@@ -285,7 +285,9 @@ def _pem_file(data: bytes) -> Iterator[str]:
     if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
         fd = os.memfd_create("fastinject-pem", os.MFD_CLOEXEC)
         try:
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
             yield f"/proc/self/fd/{fd}"
         finally:
             os.close(fd)

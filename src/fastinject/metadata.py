@@ -78,41 +78,35 @@ _PRINTABLE = bytes(range(0x20, 0x7F))
 # A valid HTTP field value (RFC 9110 section 5.5) may also hold HTAB and obs-text.
 _FIELD_VALUE = _PRINTABLE + b"\t" + bytes(range(0x80, 0x100))
 
-# Header names seen before, mapped to their validated str form.  Bounded, so a peer sending
-# endless distinct names cannot grow it; past the bound names are simply converted each time.
+# Header names seen before, mapped to their validated str form and whether they are binary.
+# Bounded, so a peer sending endless distinct names cannot grow it; past the bound names are
+# simply checked and converted each time.
 _KEY_CACHE_LIMIT = 4096
-_decoded_keys: dict[bytes, str] = {}
+_decoded_keys: dict[bytes, tuple[str, bool]] = {}
 _encoded_keys: dict[str, bytes] = {}
 
 
-def _decode_key(name: bytes) -> str:
-    key = _decoded_keys.get(name)
-    if key is not None:
-        return key
+def _decode_key(name: bytes) -> tuple[str, bool]:
     if not name or name.translate(None, _KEY_CHARS):
         raise InvalidMetadataError(f"illegal metadata key {name!r}: keys are 1+ of 0-9 a-z _ - .")
-    key = name.decode("ascii")
+    entry = (name.decode("ascii"), name.endswith(b"-bin"))
     if len(_decoded_keys) < _KEY_CACHE_LIMIT:
-        _decoded_keys[name] = key
-    return key
+        _decoded_keys[name] = entry
+    return entry
 
 
-def _decode_binary(key: str, value: bytes, out: list[tuple[str, str | bytes]]) -> None:
-    for part in value.split(b",") if b"," in value else (value,):
-        missing = -len(part) % 4
-        if missing:
-            part += b"=" * missing
-        try:
-            out.append((key, binascii.a2b_base64(part, strict_mode=True)))
-        except binascii.Error as exc:
-            raise InvalidMetadataError(
-                f"metadata {key!r}: value is not valid base64 ({exc})"
-            ) from None
+def _decode_base64(key: str, value: bytes) -> bytes:
+    missing = -len(value) % 4
+    if missing:
+        value += b"=" * missing
+    try:
+        return binascii.a2b_base64(value, strict_mode=True)
+    except binascii.Error as exc:
+        raise InvalidMetadataError(f"metadata {key!r}: value is not valid base64 ({exc})") from None
 
 
-def _decode_text(key: str, value: bytes) -> str:
-    if not value.translate(None, _PRINTABLE):
-        return value.decode("ascii")
+def _decode_unusual_text(key: str, value: bytes) -> str:
+    """A text value with bytes outside printable ASCII: valid HTTP field values only."""
     if value.translate(None, _FIELD_VALUE):
         raise InvalidMetadataError(f"metadata {key!r}: value {value!r} has control characters")
     try:
@@ -129,15 +123,28 @@ def decode_metadata(headers: Iterable[tuple[bytes, bytes]]) -> Metadata:
     :class:`~fastinject.errors.InvalidMetadataError` naming the key for an illegal key, bad
     base64 or a value with control characters.
     """
+    # Called for every RPC: the common cases are inlined.
     out: list[tuple[str, str | bytes]] = []
+    reserved = RESERVED_HEADERS
+    known = _decoded_keys
     for name, value in headers:
-        if name in RESERVED_HEADERS or name[:1] == b":":
+        if name in reserved:
             continue
-        key = _decode_key(name)
-        if name.endswith(b"-bin"):
-            _decode_binary(key, value, out)
+        entry = known.get(name)
+        if entry is None:
+            if name[:1] == b":":  # pseudo-headers are never cached
+                continue
+            entry = _decode_key(name)
+        key, binary = entry
+        if not binary:
+            if value.translate(None, _PRINTABLE):
+                out.append((key, _decode_unusual_text(key, value)))
+            else:
+                out.append((key, value.decode("ascii")))
+        elif b"," in value:
+            out.extend((key, _decode_base64(key, part)) for part in value.split(b","))
         else:
-            out.append((key, _decode_text(key, value)))
+            out.append((key, _decode_base64(key, value)))
     return tuple(out)
 
 

@@ -173,17 +173,16 @@ class ServerProtocol:
         self._pending_raw = b""
         self._early_credit: dict[int, int] = {}
         s = h2.settings.SettingCodes
-        self._h2.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                s.MAX_CONCURRENT_STREAMS: settings.max_concurrent_streams,
-                s.INITIAL_WINDOW_SIZE: settings.initial_stream_window_size,
-                s.MAX_FRAME_SIZE: settings.max_frame_size,
-                s.MAX_HEADER_LIST_SIZE: settings.max_header_list_size,
-                s.ENABLE_PUSH: 0,
-            },
-        )
         self._h2.initiate_connection()
+        # Sent as an update, so that (RFC 9113 6.9.3) our values bind the client only once it
+        # acknowledges them: bytes it sent before seeing them are within the defaults.
+        self._h2.update_settings({
+            s.MAX_CONCURRENT_STREAMS: settings.max_concurrent_streams,
+            s.INITIAL_WINDOW_SIZE: settings.initial_stream_window_size,
+            s.MAX_FRAME_SIZE: settings.max_frame_size,
+            s.MAX_HEADER_LIST_SIZE: settings.max_header_list_size,
+            s.ENABLE_PUSH: 0,
+        })
         extra_window = settings.initial_connection_window_size - 65535
         if extra_window > 0:
             self._h2.increment_flow_control_window(extra_window)

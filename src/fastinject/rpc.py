@@ -90,13 +90,18 @@ async def _find_handler(conn: Connection, ctx: ServicerContext) -> Any:
 
 
 async def _read_single(ctx: ServicerContext) -> Any:
-    """The one request of a unary-request call (a cardinality violation is INTERNAL, as grpc)."""
+    """The one request of a unary-request call, once the client has half-closed.
+
+    A cardinality violation is UNIMPLEMENTED (grpc doc/statuscodes.md).  Waiting for the
+    half-close costs nothing in practice: clients send END_STREAM with the message.
+    """
     raw = await ctx._read_raw()
     if raw is None:
-        raise RpcError("the client sent no request message for a unary call", StatusCode.INTERNAL)
-    if ctx._inbox:
+        raise RpcError("the client sent no request message for a unary call",
+                       StatusCode.UNIMPLEMENTED)
+    if await ctx._read_raw() is not None:
         raise RpcError("the client sent more than one request message for a unary call",
-                       StatusCode.INTERNAL)
+                       StatusCode.UNIMPLEMENTED)
     deserializer = ctx.deserializer
     return deserializer(raw) if deserializer is not None else raw
 

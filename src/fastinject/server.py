@@ -150,7 +150,7 @@ class Server:
 
     def _add_port(self, address: str, credentials: ServerCredentials) -> int:
         self._check_not_stopped()
-        sockets = bind_address(address)
+        sockets = bind_address(address, reuse_port=self.settings.so_reuseport)
         number = port_number(sockets)
         port = _Port(number, sockets, credentials, ConnectionGroup(self))
         self._ports[number] = port
@@ -355,11 +355,11 @@ def close_port(port: _Port) -> None:
         sock.close()
 
 
-def bind_address(address: str) -> list[socket.socket]:
+def bind_address(address: str, *, reuse_port: bool = False) -> list[socket.socket]:
     """Bind listening sockets for a gRPC address (``host:port``, ``[v6]:port``, ``unix:path``).
 
     A host that resolves to several addresses (``localhost``) gets a socket each, on the same
-    port; port 0 picks a free port.
+    port; port 0 picks a free port.  ``reuse_port`` sets SO_REUSEPORT where the OS has it.
     """
     if address.startswith("unix:"):
         path = address[len("unix:"):]
@@ -384,6 +384,8 @@ def bind_address(address: str) -> list[socket.socket]:
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6 and host == "::":
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             sock.bind((sockaddr[0], port, *sockaddr[2:]))

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from echo_service import Recorder
 from protocol import probe_service
-from protocol.wire import Wire
+from protocol.probe_service import StartServer
+from protocol.wire import OpenWire, Wire
 from serving import Served, echo_server
-
-StartServer = Callable[..., Awaitable[Served]]
 
 
 @pytest.fixture
@@ -43,7 +42,7 @@ async def start_server(
 
 
 @pytest.fixture
-async def open_wire() -> AsyncIterator[Callable[..., Awaitable[Wire]]]:
+async def open_wire() -> AsyncIterator[OpenWire]:
     """Open raw h2 connections to a port; all are dropped at teardown."""
     wires: list[Wire] = []
 
@@ -58,7 +57,7 @@ async def open_wire() -> AsyncIterator[Callable[..., Awaitable[Wire]]]:
 
 
 @pytest.fixture
-async def wire(start_server: StartServer, open_wire: Callable[..., Awaitable[Wire]]) -> Wire:
+async def wire(start_server: StartServer, open_wire: OpenWire) -> Wire:
     """A raw h2 connection to a server with default settings."""
     served = await start_server()
     return await open_wire(served.port)

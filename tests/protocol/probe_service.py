@@ -8,13 +8,17 @@ until released, and a response that fails after a message was sent.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import fastinject
 from fastinject import StatusCode
+from serving import Served
 
 SERVICE = "test.Probe"
+
+StartServer = Callable[..., Awaitable[Served]]
+"""The ``start_server`` fixture: start a server (test.Echo and test.Probe) with settings."""
 
 ABORT_DETAILS = "50% done: caf\u00e9\nsecond line"
 """Details with characters grpc-message must percent-encode (%, non-ASCII, a newline)."""

@@ -8,14 +8,10 @@ them, so a handler that does not read holds its client back instead of growing b
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 from fastinject import StatusCode
-from protocol.conftest import StartServer
-from protocol.probe_service import Probe
-from protocol.wire import WINDOW_UPDATE, Response, Wire, eventually, grpc_frame
-
-OpenWire = Callable[..., Awaitable[Wire]]
+from protocol.probe_service import Probe, StartServer
+from protocol.wire import WINDOW_UPDATE, OpenWire, Response, Wire, eventually, grpc_frame
 
 
 async def credit_until_done(wire: Wire, stream_ids: list[int], window: int) -> None:

@@ -8,12 +8,10 @@ are bounded and only the order and content of frames are checked.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 from echo_service import Recorder
 from fastinject import StatusCode
-from protocol.conftest import StartServer
-from protocol.probe_service import Probe
+from protocol.probe_service import Probe, StartServer
 from protocol.wire import (
     ACK,
     CANCEL,
@@ -25,11 +23,10 @@ from protocol.wire import (
     PROTOCOL_ERROR,
     REFUSED_STREAM,
     GoAway,
+    OpenWire,
     Wire,
     eventually,
 )
-
-OpenWire = Callable[..., Awaitable[Wire]]
 
 
 def goaway_then_ping(wire: Wire) -> bool:

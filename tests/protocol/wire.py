@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import h2.config
 import h2.connection
@@ -425,6 +425,10 @@ class Wire:
     def close(self) -> None:
         """Drop the connection."""
         self.writer.transport.abort()
+
+
+OpenWire = Callable[..., Awaitable[Wire]]
+"""The ``open_wire`` fixture: open a :class:`Wire` to a port, with :class:`H2Client` options."""
 
 
 async def eventually(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:

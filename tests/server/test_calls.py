@@ -286,3 +286,16 @@ async def test_messages_larger_than_the_flow_control_window(channel: grpc.aio.Ch
     assert await method(channel, "Unary")(payload) == payload
     streamed = method(channel, "Bidi", "stream_stream")(iter([payload, payload]))
     assert [len(m) async for m in streamed] == [len(payload)] * 2
+
+
+async def test_so_reuseport_setting(recorder: Recorder) -> None:
+    """With so_reuseport (grpcio's default) two servers share a port; without it binding fails."""
+    first = echo_server(recorder)
+    port = first.add_insecure_port("127.0.0.1:0")
+    second = echo_server(recorder)
+    assert second.add_insecure_port(f"127.0.0.1:{port}") == port
+    exclusive = echo_server(recorder, so_reuseport=False)
+    with pytest.raises(OSError, match="cannot bind"):
+        exclusive.add_insecure_port(f"127.0.0.1:{port}")
+    await first.stop(None)
+    await second.stop(None)

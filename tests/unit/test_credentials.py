@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import ssl
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -288,6 +290,29 @@ def test_key_material_accepts_bytearrays(material: TlsMaterial) -> None:
     handshake(context, material.client_context())
 
 
+def test_key_material_leaves_no_files(
+    material: TlsMaterial, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading key material writes nothing to the temporary directory (in-memory files)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ServerCredentials.ssl([material.server_pair], material.ca_pem)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_key_material_loads_without_memfd(
+    material: TlsMaterial, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without memfd_create, key files exist only in a temporary directory while loading."""
+    monkeypatch.delattr(os, "memfd_create", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    creds = ServerCredentials.ssl([material.server_pair])
+    assert list(tmp_path.iterdir()) == []
+    context = creds.ssl_context()
+    assert context is not None
+    _, client_side = handshake(context, material.client_context())
+    assert server_common_name(client_side) == SERVER_COMMON_NAME
+
+
 # -- several certificates: SNI ----------------------------------------------------------------
 
 
@@ -325,8 +350,25 @@ def test_several_pairs_are_chosen_by_sni(
     assert context is not None
     client_context = material.client_context()
     client_context.check_hostname = False
-    _, client_side = handshake(context, client_context, server_name=server_name)
+    server, client_side = handshake(context, client_context, server_name=server_name)
     assert server_common_name(client_side) == common_name
+    check_alpn(server)
+
+
+def test_sni_choice_keeps_client_authentication(
+    material: TlsMaterial, other_server_pair: tuple[bytes, bytes]
+) -> None:
+    """A certificate chosen by SNI still requires and verifies client certificates."""
+    creds = ServerCredentials.ssl([material.server_pair, other_server_pair], material.ca_pem, True)
+    context = creds.ssl_context()
+    assert context is not None
+    server, client_side = handshake(
+        context, material.client_context(material.client_pair), "other.example"
+    )
+    assert server_common_name(client_side) == "other server"
+    assert auth_context(server)["x509_common_name"] == [CLIENT_COMMON_NAME.encode()]
+    with pytest.raises(ssl.SSLError):
+        handshake(context, material.client_context(), "other.example")
 
 
 # -- rotation -------------------------------------------------------------------------------
