@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 import struct
 
@@ -12,7 +13,18 @@ from hypothesis import strategies as st
 from fastinject.sniff import HTTP2_PREFACE, MAX_CLIENT_HELLO, MAX_SNIFF_BYTES, Sniffed, sniff
 
 _LABEL = st.from_regex(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,20}[a-zA-Z0-9])?", fullmatch=True)
-_HOSTNAME = st.lists(_LABEL, min_size=2, max_size=4).map(".".join)
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+# Names that are not IP literals: TLS clients never send SNI for an address (RFC 6066 3).
+_HOSTNAME = (
+    st.lists(_LABEL, min_size=2, max_size=4).map(".".join).filter(lambda name: not _is_ip(name))
+)
 _ALPN = st.lists(
     st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=30),
     max_size=4,
