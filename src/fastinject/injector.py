@@ -26,7 +26,7 @@ from .credentials import ServerCredentials
 from .duplex import Duplex, DuplexTransport, StreamPairDuplex
 from .errors import InjectorDestroyedError, ServerStoppedError
 from .handlers import ServerInterceptor
-from .server import ConnectionGroup
+from .server import ConnectionGroup, done_future
 
 if TYPE_CHECKING:
     from .server import Server
@@ -96,9 +96,7 @@ class ConnectionInjector:
         extra = {"peername": getattr(duplex, "peername", None),
                  "socket": getattr(duplex, "socket", None)}
         DuplexTransport(duplex, protocol, extra)  # type: ignore[arg-type]
-        done: asyncio.Future[None] = loop.create_future()
-        done.set_result(None)
-        return done
+        return done_future(loop)
 
     async def _attach_socket(
         self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: asyncio.Protocol

@@ -198,7 +198,7 @@ class ServerProtocol:
             code = getattr(exc, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR)
             return [ConnectionClosedByPeer(int(code), f"HTTP/2 protocol error: {exc}")]
         events: list[Event] = []
-        self._early_credit: dict[int, int] = {}
+        self._early_credit = {}
         for event in h2_events:
             if isinstance(event, h2.events.DataReceived):
                 self._on_data(event, events)

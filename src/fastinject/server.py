@@ -298,26 +298,33 @@ class Server:
         """
         if grace_time_ms < 0:
             raise ValueError(f"grace_time_ms must be >= 0, not {grace_time_ms}")
-        return self._port(port).group.drain(grace_time_ms / 1000.0)
+        record = self._port(port)
+        if record is None:
+            return done_future(self.loop)
+        return record.group.drain(grace_time_ms / 1000.0)
 
     def unbind(self, port: int) -> Awaitable[None]:
         """Stop listening on ``port`` at once and gracefully close its connections (gRFC L109).
 
         The address can be bound again immediately; other ports and injectors keep serving.
+        A port that is not bound (or was unbound already) is left alone, as L109 specifies.
         """
         record = self._port(port)
+        if record is None:
+            return done_future(self.loop)
         del self._ports[port]
         close_port(record)
         return record.group.drain(None)
 
-    def _port(self, port: int) -> _Port:
+    def _port(self, port: int) -> _Port | None:
+        """The bound port ``port``; port 0 is an error (L109/L111: name the bound number)."""
         if not isinstance(port, int) or isinstance(port, bool):
             raise TypeError(f"port must be an int, not {type(port).__name__}")
         if port == 0:
             raise ValueError("port 0 is not a bound port: pass the number add_*_port returned")
         record = self._ports.get(port)
         if record is None:
-            raise ValueError(f"port {port} is not bound by this server")
+            logger.debug("port %d is not bound by this server: nothing to do", port)
         return record
 
     # -- L114 connection injection -----------------------------------------------------------
@@ -344,6 +351,13 @@ class Server:
         )
         self._injectors.add(injector)
         return injector
+
+
+def done_future(loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+    """An awaitable that is already complete (for calls with nothing to do)."""
+    future = loop.create_future()
+    future.set_result(None)
+    return future
 
 
 def close_port(port: _Port) -> None:

@@ -402,8 +402,7 @@ async def test_unbind_frees_address_and_keeps_other_ports(recorder: Recorder) ->
         rebound.close()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{kept}") as channel:
             assert await method(channel, "Unary")(b"y") == b"y"
-        with pytest.raises(ValueError, match="not bound"):
-            server.unbind(gone)
+        await asyncio.wait_for(server.unbind(gone), 1)  # unbound already: nothing to do (L109)
         with pytest.raises(ValueError, match="port 0"):
             server.drain(0, 100)
     finally:
