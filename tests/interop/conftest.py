@@ -26,28 +26,18 @@ from interop.targets import (
     TlsFiles,
     server_args,
 )
-from interop.tls_certs import TlsMaterial, make_tls_material
+from tls_material import tls_material
 
 
 @pytest.fixture(scope="session")
-def tls_material() -> TlsMaterial:
-    """A CA with a server certificate for localhost/127.0.0.1 and a client certificate."""
-    return make_tls_material()
-
-
-@pytest.fixture(scope="session")
-def tls_files(tls_material: TlsMaterial, tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    """``tls_material`` written to PEM files."""
-    directory = tmp_path_factory.mktemp("interop-tls")
-    files = TlsFiles(
-        ca_cert=directory / "ca.pem",
-        server_cert=directory / "server.pem",
-        server_key=directory / "server.key",
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """The shared test CA and server certificate, written to PEM files."""
+    paths = tls_material().write(tmp_path_factory.mktemp("interop-tls"))
+    return TlsFiles(
+        ca_cert=paths["ca_pem"],
+        server_cert=paths["server_cert_pem"],
+        server_key=paths["server_key_pem"],
     )
-    files.ca_cert.write_bytes(tls_material.ca_cert)
-    files.server_cert.write_bytes(tls_material.server.cert)
-    files.server_key.write_bytes(tls_material.server.key)
-    return files
 
 
 @pytest.fixture
@@ -94,7 +84,6 @@ async def target(
     request: pytest.FixtureRequest,
     shared_servers: dict[str, ServerProcess],
     tls_files: TlsFiles,
-    tls_material: TlsMaterial,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Target]:
     """The server under test: the in-process grpcio reference or a fastinject subprocess."""
@@ -108,11 +97,12 @@ async def target(
         await server.stop(None)
         return
     process = _shared_server(name, shared_servers, tls_files, tmp_path_factory)
+    material = tls_material()
     yield Target(
         name,
         process.port,
-        ca_cert=None if name.startswith("plaintext") else tls_material.ca_cert,
-        client=tls_material.client if name.startswith("mtls") else None,
+        ca_cert=None if name.startswith("plaintext") else material.ca_pem,
+        client=material.client_pair if name.startswith("mtls") else None,
     )
 
 

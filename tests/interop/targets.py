@@ -7,7 +7,6 @@ import select
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 import grpc
 
 import fastinject.interop
-from interop.tls_certs import KeyPair
+from tls_material import tls_material
 
 FASTINJECT_TARGETS = (
     "plaintext", "tls", "mtls", "plaintext-inject", "tls-inject", "mtls-inject"
@@ -40,7 +39,8 @@ class Target:
     name: str
     port: int
     ca_cert: bytes | None = None
-    client: KeyPair | None = None
+    client: tuple[bytes, bytes] | None = None
+    """``(key_pem, cert_pem)`` the client presents on mTLS targets."""
 
     def channel(self, *, with_client_cert: bool = True) -> grpc.aio.Channel:
         """A new grpcio asyncio channel to the server (with the client certificate on mTLS)."""
@@ -50,8 +50,8 @@ class Target:
         client = self.client if with_client_cert else None
         credentials = grpc.ssl_channel_credentials(
             root_certificates=self.ca_cert,
-            private_key=client.key if client else None,
-            certificate_chain=client.cert if client else None,
+            private_key=client[0] if client else None,
+            certificate_chain=client[1] if client else None,
         )
         return grpc.aio.secure_channel(
             address, credentials, options=[("grpc.ssl_target_name_override", "localhost")]
@@ -61,15 +61,7 @@ class Target:
         """A client TLS context for raw connections (``None`` for plaintext)."""
         if self.ca_cert is None:
             return None
-        context = ssl.create_default_context(cadata=self.ca_cert.decode("ascii"))
-        context.set_alpn_protocols(["h2"])
-        if self.client is not None:
-            # The ssl module only loads client certificates from files.
-            with tempfile.NamedTemporaryFile(suffix=".pem") as pem:
-                pem.write(self.client.cert + self.client.key)
-                pem.flush()
-                context.load_cert_chain(pem.name)
-        return context
+        return tls_material().client_context(self.client, cadata=self.ca_cert)
 
 
 def subprocess_env() -> dict[str, str]:

@@ -55,7 +55,8 @@ def test_unknown_transport_is_rejected() -> None:
     """A --transport other than listen or inject is a usage error naming the choices."""
     result = run_cli("--port", "0", "--transport", "carrier-pigeon")
     assert result.returncode == 2
-    assert "listen" in result.stderr and "inject" in result.stderr
+    assert "listen" in result.stderr
+    assert "inject" in result.stderr
 
 
 def test_tls_needs_certificate_and_key(tls_files: TlsFiles) -> None:

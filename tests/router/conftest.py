@@ -2,105 +2,35 @@
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
-import ipaddress
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import fastinject
 from echo_service import Recorder
 from fastinject.injector import ConnectionInjector
 from fastinject.router import ConnectionRouter
 from serving import echo_server
+from tls_material import TlsMaterial, issue_certificate, tls_material
 
-
-@dataclasses.dataclass(frozen=True)
-class Pem:
-    """A PEM certificate and its PEM private key."""
-
-    cert: bytes
-    key: bytes
-
-
-@dataclasses.dataclass(frozen=True)
-class Material:
-    """A CA, two server certificates with different names, and a client certificate."""
-
-    ca: bytes
-    localhost: Pem  # localhost, 127.0.0.1, ::1
-    example: Pem  # api.example.test, *.example.test
-    client: Pem  # CN "router test client"
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _make_material() -> Material:
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("fastinject router test CA")
-
-    def builder(subject: x509.Name, key: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
-        return (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(ca_name)
-            .public_key(key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-        )
-
-    ca = (
-        builder(ca_name, ca_key.public_key())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    def leaf(cn: str, usage: x509.ObjectIdentifier, names: list[x509.GeneralName]) -> Pem:
-        key = ec.generate_private_key(ec.SECP256R1())
-        b = builder(_name(cn), key.public_key()).add_extension(
-            x509.ExtendedKeyUsage([usage]), critical=False
-        )
-        if names:
-            b = b.add_extension(x509.SubjectAlternativeName(names), critical=False)
-        cert = b.sign(ca_key, hashes.SHA256())
-        return Pem(
-            cert.public_bytes(serialization.Encoding.PEM),
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
-        )
-
-    server = ExtendedKeyUsageOID.SERVER_AUTH
-    return Material(
-        ca=ca.public_bytes(serialization.Encoding.PEM),
-        localhost=leaf("localhost", server, [
-            x509.DNSName("localhost"),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            x509.IPAddress(ipaddress.ip_address("::1")),
-        ]),
-        example=leaf("api.example.test", server, [
-            x509.DNSName("api.example.test"), x509.DNSName("*.example.test"),
-        ]),
-        client=leaf("router test client", ExtendedKeyUsageOID.CLIENT_AUTH, []),
-    )
+EXAMPLE_NAMES = ("api.example.test", "*.example.test")
+"""DNS names of the second server certificate, which SNI rules choose instead of localhost's."""
 
 
 @pytest.fixture(scope="session")
-def tls() -> Material:
-    """TLS material shared by every router test."""
-    return _make_material()
+def tls() -> TlsMaterial:
+    """The shared test TLS material: its CA, localhost server and client certificates."""
+    return tls_material()
+
+
+@pytest.fixture(scope="session")
+def example_pair(tls: TlsMaterial) -> tuple[bytes, bytes]:
+    """``(key, cert)`` of a server certificate for ``EXAMPLE_NAMES``, signed by the test CA."""
+    return issue_certificate(
+        tls, EXAMPLE_NAMES[0], [x509.DNSName(name) for name in EXAMPLE_NAMES], server=True
+    )
 
 
 @pytest.fixture
@@ -119,28 +49,26 @@ def plaintext(server: fastinject.Server) -> ConnectionInjector:
 
 
 @pytest.fixture
-def tls_localhost(server: fastinject.Server, tls: Material) -> ConnectionInjector:
+def tls_localhost(server: fastinject.Server, tls: TlsMaterial) -> ConnectionInjector:
     """An injector serving TLS with the localhost certificate."""
-    return server.create_connection_injector(
-        fastinject.ServerCredentials.ssl([(tls.localhost.key, tls.localhost.cert)])
-    )
+    return server.create_connection_injector(fastinject.ServerCredentials.ssl([tls.server_pair]))
 
 
 @pytest.fixture
-def tls_example(server: fastinject.Server, tls: Material) -> ConnectionInjector:
+def tls_example(
+    server: fastinject.Server, example_pair: tuple[bytes, bytes]
+) -> ConnectionInjector:
     """An injector serving TLS with the api.example.test certificate."""
-    return server.create_connection_injector(
-        fastinject.ServerCredentials.ssl([(tls.example.key, tls.example.cert)])
-    )
+    return server.create_connection_injector(fastinject.ServerCredentials.ssl([example_pair]))
 
 
 @pytest.fixture
-def mtls(server: fastinject.Server, tls: Material) -> ConnectionInjector:
+def mtls(server: fastinject.Server, tls: TlsMaterial) -> ConnectionInjector:
     """An injector serving TLS that requires a client certificate signed by the test CA."""
     return server.create_connection_injector(
         fastinject.ServerCredentials.ssl(
-            [(tls.localhost.key, tls.localhost.cert)],
-            root_certificates=tls.ca,
+            [tls.server_pair],
+            root_certificates=tls.ca_pem,
             require_client_auth=True,
         )
     )
@@ -158,18 +86,18 @@ async def routers() -> AsyncIterator[list[ConnectionRouter]]:
 class TlsChannelFactory:
     """Makes grpcio TLS channels that trust the test CA."""
 
-    def __init__(self, material: Material) -> None:
+    def __init__(self, material: TlsMaterial) -> None:
         self._material = material
 
     def __call__(
         self, target: str, *, server_name: str | None = None, client_cert: bool = False
     ) -> grpc.aio.Channel:
         """A channel to ``target``; ``server_name`` sets SNI (and the name checked)."""
-        pem = self._material.client
+        material = self._material
         credentials = grpc.ssl_channel_credentials(
-            root_certificates=self._material.ca,
-            private_key=pem.key if client_cert else None,
-            certificate_chain=pem.cert if client_cert else None,
+            root_certificates=material.ca_pem,
+            private_key=material.client_key_pem if client_cert else None,
+            certificate_chain=material.client_cert_pem if client_cert else None,
         )
         # A local subchannel pool: connections of its own, never shared with another channel.
         options: list[tuple[str, object]] = [("grpc.use_local_subchannel_pool", 1)]
@@ -179,6 +107,6 @@ class TlsChannelFactory:
 
 
 @pytest.fixture
-def tls_channel(tls: Material) -> TlsChannelFactory:
+def tls_channel(tls: TlsMaterial) -> TlsChannelFactory:
     """A factory of grpcio TLS channels trusting the test CA."""
     return TlsChannelFactory(tls)

@@ -20,6 +20,7 @@ from fastinject.injector import ConnectionInjector
 from fastinject.router import ConnectionInfo, ConnectionRouter, Rule
 from fastinject.sniff import HTTP2_PREFACE, sniff
 from serving import method
+from tls_material import CLIENT_DNS_NAME
 
 TlsChannelFactory = Callable[..., grpc.aio.Channel]  # the tls_channel fixture (conftest.py)
 SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an empty HTTP/2 SETTINGS frame
@@ -98,7 +99,7 @@ async def test_mtls_rule_requires_client_certificate(
     port = await started(routers, router)
     async with tls_channel(f"localhost:{port}", client_cert=True) as channel:
         seen = await peer_of_call(channel)
-        assert seen["identities"] == ["router test client"]
+        assert seen["identities"] == [CLIENT_DNS_NAME]
     async with tls_channel(f"localhost:{port}") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await method(channel, "Unary")(b"x", timeout=TIMEOUT)
