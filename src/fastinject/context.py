@@ -38,8 +38,8 @@ class _EndOfStream:
         return "EOF"
 
     def __eq__(self, other: object) -> bool:
-        # Handlers written for grpcio compare with ``grpc.aio.EOF``.
-        return other is self or type(other).__name__ == "_EOF" or repr(other) == "EOF"
+        # Handlers written for grpcio compare with ``grpc.aio.EOF`` (a cygrpc ``_EOF``).
+        return other is self or type(other).__name__ == "_EOF"
 
     def __hash__(self) -> int:
         return hash("EOF")
