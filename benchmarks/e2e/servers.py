@@ -83,6 +83,14 @@ SERVER_ENTRIES: tuple[ServerEntry, ...] = (
         args=("--transport", "inject"),
     ),
     ServerEntry(
+        name="fastinject-asyncio",
+        module="fastinject.interop.server",
+        description="fastinject interop server on asyncio's own loop (no uvloop)",
+        requires="fastinject.interop.server",
+        args=("--loop", "asyncio"),
+        default=False,
+    ),
+    ServerEntry(
         name="fastinject-py",
         module="fastinject.interop.server",
         description="fastinject interop server with the pure-Python framing twin",

@@ -36,6 +36,8 @@ _DRAIN_PING = b"fi-drain"
 _KEEPALIVE_PING = b"fi-kping"
 _ENHANCE_YOUR_CALM = 0xB
 _NO_ERROR = 0x0
+# Queued DATA beyond this is written at once rather than at the end of the loop turn.
+_FLUSH_AT = 256 * 1024
 # How long phase one of a graceful close waits for its PING before phase two goes anyway.
 _DRAIN_PING_TIMEOUT = 5.0
 # grpc core's interval when a client pings with no calls and permit_without_calls is off.
@@ -276,7 +278,10 @@ class Connection(asyncio.Protocol):
             remaining = total - offset
             if window >= remaining:
                 self.protocol.send_data(stream_id, data if view is None else view[offset:])
-                self.schedule_flush()
+                if self.protocol.queued_bytes > _FLUSH_AT:
+                    self._flush()  # bound what waits in memory; the transport pushes back
+                else:
+                    self.schedule_flush()
                 return
             if window > 0:
                 view = view or memoryview(data)

@@ -172,6 +172,11 @@ class ServerProtocol:
         self.closed = False
         self._pending_raw = b""
         self._early_credit: dict[int, int] = {}
+        # DATA handed to send_data() and not yet given to h2: consecutive small messages of a
+        # stream leave as one DATA frame per flush instead of one h2 frame each.
+        self._queued: dict[int, list[bytes | memoryview]] = {}
+        self._queued_size: dict[int, int] = {}
+        self.queued_bytes = 0
         s = h2.settings.SettingCodes
         self._h2.initiate_connection()
         # Sent as an update, so that (RFC 9113 6.9.3) our values bind the client only once it
@@ -347,11 +352,18 @@ class ServerProtocol:
         self._h2.acknowledge_received_data(size, stream_id)
 
     def send_window(self, stream_id: int) -> int:
-        """Bytes that may be sent on ``stream_id`` now (stream and connection windows)."""
+        """Bytes that may be sent on ``stream_id`` now, or -1 when the stream is gone.
+
+        The least of the stream's and the connection's windows, less what is already queued.
+        """
         try:
-            return self._h2.local_flow_control_window(stream_id)
+            window = self._h2.local_flow_control_window(stream_id)
         except h2.exceptions.StreamClosedError:
             return -1
+        return min(
+            window - self._queued_size.get(stream_id, 0),
+            self._h2.outbound_flow_control_window - self.queued_bytes,
+        )
 
     @property
     def max_frame_size(self) -> int:
@@ -377,20 +389,48 @@ class ServerProtocol:
             raise StreamGone(stream_id) from exc
 
     def send_data(self, stream_id: int, data: bytes | memoryview) -> None:
-        """Send DATA that fits the current window (the caller checks :meth:`send_window`).
+        """Queue DATA that fits the current window (the caller checks :meth:`send_window`).
 
-        Raises :class:`StreamGone` when the stream or connection can no longer send.
+        Queued DATA reaches h2 at the next :meth:`data_to_send` (or before the stream's
+        trailers).  Raises :class:`StreamGone` when the stream can no longer send.
         """
-        limit = self._h2.max_outbound_frame_size
+        stream = self._h2.streams.get(stream_id)
+        if stream is None or stream.closed:
+            raise StreamGone(stream_id)
+        queue = self._queued.get(stream_id)
+        if queue is None:
+            self._queued[stream_id] = [data]
+            self._queued_size[stream_id] = len(data)
+        else:
+            queue.append(data)
+            self._queued_size[stream_id] += len(data)
+        self.queued_bytes += len(data)
+
+    def _flush_queued(self) -> None:
+        """Hand every stream's queued DATA to h2, as few frames as the frame size allows."""
+        for stream_id in list(self._queued):
+            self._flush_stream(stream_id)
+
+    def _flush_stream(self, stream_id: int) -> None:
+        chunks = self._queued.pop(stream_id, None)
+        if chunks is None:
+            return
+        self.queued_bytes -= self._queued_size.pop(stream_id)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
-            if len(data) <= limit:
-                self._h2.send_data(stream_id, data)
-                return
+            # The window can only have shrunk since queueing if the peer lowered
+            # INITIAL_WINDOW_SIZE; what no longer fits stays queued for a later flush.
+            window = min(len(data), self._h2.local_flow_control_window(stream_id))
+            limit = self._h2.max_outbound_frame_size
             view = memoryview(data)
-            for offset in range(0, len(view), limit):
-                self._h2.send_data(stream_id, view[offset : offset + limit])
-        except h2.exceptions.ProtocolError as exc:
-            raise StreamGone(stream_id) from exc
+            for offset in range(0, window, limit):
+                self._h2.send_data(stream_id, view[offset : min(offset + limit, window)])
+        except h2.exceptions.ProtocolError:
+            return  # the stream was reset meanwhile: nobody reads it
+        if window < len(data):
+            self._queued[stream_id] = [view[window:]]
+            self._queued_size[stream_id] = len(data) - window
+            self.queued_bytes += len(data) - window
 
     def send_trailers(
         self,
@@ -435,6 +475,7 @@ class ServerProtocol:
         A stream the client already reset (or a closed connection) gets nothing: no one listens.
         """
         self._streams.pop(stream_id, None)
+        self._flush_stream(stream_id)
         try:
             self._h2.send_headers(stream_id, headers, end_stream=True)
         except h2.exceptions.ProtocolError:
@@ -442,8 +483,10 @@ class ServerProtocol:
         self._reset_if_open(stream_id, h2.errors.ErrorCodes.NO_ERROR)
 
     def reset(self, stream_id: int, error_code: int = h2.errors.ErrorCodes.CANCEL) -> None:
-        """Reset a stream (the call is abandoned)."""
+        """Reset a stream (the call is abandoned, queued DATA with it)."""
         self._streams.pop(stream_id, None)
+        if self._queued.pop(stream_id, None) is not None:
+            self.queued_bytes -= self._queued_size.pop(stream_id)
         self._reset_if_open(stream_id, error_code)
 
     def _reset_if_open(self, stream_id: int, error_code: int) -> None:
@@ -469,12 +512,15 @@ class ServerProtocol:
         self._goaway_last_stream_id = min(self._goaway_last_stream_id, last_stream_id)
         payload = struct.pack(">II", self._goaway_last_stream_id, error_code) + debug
         header = struct.pack(">I", len(payload))[1:] + bytes((_GOAWAY_FRAME_TYPE, 0)) + b"\0" * 4
-        # The frame goes after whatever h2 has queued, preserving order on the wire.
+        # The frame goes after whatever is queued, preserving order on the wire.
+        self._flush_queued()
         self._pending_raw += self._h2.data_to_send() + header + payload
 
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the transport now."""
+        if self._queued:
+            self._flush_queued()
         data = self._h2.data_to_send()
         if self._pending_raw:
             data, self._pending_raw = self._pending_raw + data, b""

@@ -47,6 +47,7 @@ class ServerConfig:
     port: int
     tls: TlsFiles | None
     transport: str
+    loop: str = "auto"
 
 
 def _port(text: str) -> int:
@@ -106,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         "each accepted socket to a ConnectionInjector with the same credentials "
         "(default: listen)",
     )
+    parser.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop: uvloop when installed (auto, the default), or force one",
+    )
     return parser
 
 
@@ -120,7 +127,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         tls = TlsFiles(cert=args.cert, key=args.key, client_ca=args.client_ca)
     elif args.cert is not None or args.key is not None or args.client_ca is not None:
         parser.error("--cert, --key and --client_ca need --use_tls")
-    return ServerConfig(port=args.port, tls=tls, transport=args.transport)
+    return ServerConfig(port=args.port, tls=tls, transport=args.transport, loop=args.loop)
 
 
 def _credentials(tls: TlsFiles) -> fastinject.ServerCredentials:
@@ -182,12 +189,17 @@ async def _inject_accepted(
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse ``argv``, serve until signalled, return the exit status."""
     config = parse_args(argv)
+    if config.loop == "asyncio":
+        asyncio.run(serve(config))
+        return 0
     try:
         import uvloop
     except ImportError:
+        if config.loop == "uvloop":
+            sys.exit("--loop uvloop: uvloop is not installed (pip install 'fastinject[uvloop]')")
         asyncio.run(serve(config))
     else:
-        uvloop.run(serve(config))  # faster when installed (the ``uvloop`` extra)
+        uvloop.run(serve(config))
     return 0
 
 
