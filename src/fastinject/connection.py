@@ -37,7 +37,7 @@ _KEEPALIVE_PING = b"fi-kping"
 _ENHANCE_YOUR_CALM = 0xB
 _NO_ERROR = 0x0
 # Queued DATA beyond this is written at once rather than at the end of the loop turn.
-_FLUSH_AT = 256 * 1024
+_FLUSH_AT = 4 * 1024 * 1024
 # How long phase one of a graceful close waits for its PING before phase two goes anyway.
 _DRAIN_PING_TIMEOUT = 5.0
 # grpc core's interval when a client pings with no calls and permit_without_calls is off.
