@@ -6,13 +6,12 @@ Each test drives a started ``fastinject.Server`` over a TCP socket with a raw ``
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 
 from fastinject import StatusCode
 from protocol.probe_service import ABORT_DETAILS, Probe, StartServer
-from protocol.wire import DATA, HEADERS, NO_ERROR, OpenWire, Wire, grpc_frame
+from protocol.wire import DATA, HEADERS, NO_ERROR, OpenWire, Wire, grpc_frame, parse_messages
 
 
 async def test_unary_response_is_headers_message_trailers(wire: Wire) -> None:
@@ -211,3 +210,13 @@ async def test_second_request_arriving_later_is_unimplemented(
     response = await wire.finish(stream_id)
     assert not probe.started.is_set()
     assert response.status == StatusCode.UNIMPLEMENTED.number
+
+
+async def test_small_streamed_messages_share_data_frames(wire: Wire) -> None:
+    """Messages a handler writes within one loop turn leave in few DATA frames, all intact."""
+    stream_id = wire.client.start_call(b"/test.Probe/Produce", [b"200:10"])
+    response = await wire.finish(stream_id)
+    assert response.status == StatusCode.OK.number
+    expected = [(False, bytes([i % 256]) * 10) for i in range(200)]
+    assert parse_messages(bytes(response.body)) == expected
+    assert len(wire.client.frames_on(stream_id, DATA)) < 20
