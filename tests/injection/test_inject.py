@@ -17,27 +17,15 @@ from serving import echo_server, method
 from tls_material import TlsMaterial
 
 import fastinject
+from fastinject.duplex import StreamPairDuplex
 
 Inject = Callable[[fastinject.ConnectionInjector], Awaitable[str]]
 
 
-class SocketDuplex:
-    """A user-written Duplex over a socket, to inject something that is neither kind we know."""
+class SocketDuplex(StreamPairDuplex):
+    """A Duplex that is not one of the kinds inject_connection knows (a user's own class)."""
 
     peer = "tunnel:test"
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader, self._writer = reader, writer
-
-    async def read(self, max_bytes: int) -> bytes:
-        return await self._reader.read(max_bytes)
-
-    async def write(self, data: bytes) -> None:
-        self._writer.write(data)
-        await self._writer.drain()
-
-    async def close(self) -> None:
-        self._writer.close()
 
 
 class Acceptor:
