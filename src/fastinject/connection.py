@@ -82,7 +82,10 @@ class Connection(asyncio.Protocol):
     ) -> None:
         self.settings = settings
         self.registry = registry
-        self.interceptors = tuple(interceptors)
+        # The interceptor chain is built once per connection, not per call.
+        self.intercepted_lookup = (
+            registry.intercepted_lookup(interceptors) if interceptors else None
+        )
         self._executor_factory = executor
         self.group = group
         self.loop = asyncio.get_running_loop()

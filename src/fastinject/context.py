@@ -63,6 +63,7 @@ class ServicerContext:
         "_details",
         "_done",
         "_done_callbacks",
+        "_encoding",
         "_ended",
         "_failure",
         "_head",
@@ -93,6 +94,7 @@ class ServicerContext:
         self._failure: RpcError | None = None
         self._read_waiter: asyncio.Future[None] | None = None
         self._headers_sent = False
+        self._encoding: str | None = None  # response compression, fixed with the headers
         self._initial_metadata: list[tuple[bytes, bytes]] = []
         self._trailing_metadata: tuple[tuple[str, str | bytes], ...] = ()
         self._code: StatusCode | None = None
@@ -229,16 +231,14 @@ class ServicerContext:
         self._initial_metadata = md.encode_metadata(initial_metadata)
         self._send_headers()
 
-    def _response_encoding(self) -> str | None:
-        if self._compression is compression.Compression.NoCompression:
-            return None
-        return compression.choose_response_encoding(self._accept_encoding, self._compression)
-
     def _send_headers(self) -> None:
+        """Send the response headers; they fix the call's response encoding."""
         self._headers_sent = True
-        self._conn.protocol.send_headers(
-            self.stream_id, self._initial_metadata, self._response_encoding()
-        )
+        if self._compression is not compression.Compression.NoCompression:
+            self._encoding = compression.choose_response_encoding(
+                self._accept_encoding, self._compression
+            )
+        self._conn.protocol.send_headers(self.stream_id, self._initial_metadata, self._encoding)
         self._conn.schedule_flush()
 
     async def _write_raw(self, payload: bytes) -> None:
@@ -246,7 +246,7 @@ class ServicerContext:
             raise RpcError("the RPC has already finished", StatusCode.INTERNAL)
         if not self._headers_sent:
             self._send_headers()
-        encoding = self._response_encoding()
+        encoding = self._encoding
         compressed = encoding is not None and not self._skip_next_compression
         self._skip_next_compression = False
         if compressed:

@@ -152,10 +152,10 @@ class HandlerRegistry:
                 return handler
         return None
 
-    async def find_intercepted(
-        self, details: HandlerCallDetails, interceptors: Sequence[ServerInterceptor]
-    ) -> Any:
-        """The handler for ``details`` after running ``interceptors`` in order."""
+    def intercepted_lookup(
+        self, interceptors: Sequence[ServerInterceptor]
+    ) -> Callable[[HandlerCallDetails], Awaitable[Any]]:
+        """A lookup that runs ``interceptors`` in order around :meth:`find` (built once)."""
 
         async def lookup(call_details: Any) -> Any:
             return self.find(call_details)
@@ -163,7 +163,7 @@ class HandlerRegistry:
         continuation: Callable[[Any], Awaitable[Any]] = lookup
         for interceptor in reversed(interceptors):
             continuation = _bind(interceptor, continuation)
-        return await continuation(details)
+        return continuation
 
 
 def _bind(

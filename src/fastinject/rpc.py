@@ -84,8 +84,8 @@ def _end_cancelled(conn: Connection, ctx: ServicerContext) -> None:
 
 async def _find_handler(conn: Connection, ctx: ServicerContext) -> Any:
     details = HandlerCallDetails(ctx._head.method, ctx._head.metadata)
-    if conn.interceptors:
-        return await conn.registry.find_intercepted(details, conn.interceptors)
+    if conn.intercepted_lookup is not None:
+        return await conn.intercepted_lookup(details)
     return conn.registry.find(details)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -12,12 +13,12 @@ from typing import Any
 
 import grpc
 import pytest
-from echo_service import Recorder
-from serving import echo_server, method
-from tls_material import TlsMaterial
 
 import fastinject
+from echo_service import Recorder
 from fastinject.duplex import StreamPairDuplex
+from serving import echo_server, method
+from tls_material import TlsMaterial
 
 Inject = Callable[[fastinject.ConnectionInjector], Awaitable[str]]
 
@@ -69,6 +70,19 @@ class Acceptor:
             self._server.close()
 
 
+@contextlib.asynccontextmanager
+async def accepting(
+    injector: fastinject.ConnectionInjector, kind: str = "socket"
+) -> AsyncIterator[int]:
+    """Inject every connection accepted on a port of the test's own while the block runs."""
+    acceptor = Acceptor(kind, injector)
+    port = await acceptor.start()
+    try:
+        yield port
+    finally:
+        await acceptor.close()
+
+
 def credentials(mode: str, tls: TlsMaterial) -> fastinject.ServerCredentials:
     if mode == "insecure":
         return fastinject.ServerCredentials.insecure()
@@ -107,15 +121,11 @@ async def test_each_connection_kind_and_security(
 ) -> None:
     """Every kind of stream is served like a port connection, under the injector's TLS mode."""
     injector = server.create_connection_injector(credentials(mode, tls))
-    acceptor = Acceptor(kind, injector)
-    port = await acceptor.start()
-    try:
+    async with accepting(injector, kind) as port:
         async with channel_for(mode, port, tls) as channel:
             assert await method(channel, "Unary")(b"injected") == b"injected"
             info = json.loads(await method(channel, "Peer")(b""))
             assert injector.connections == 1
-    finally:
-        await acceptor.close()
     if kind == "duplex":
         assert info["peer"] == "tunnel:test"
     else:
@@ -155,15 +165,11 @@ async def test_mtls_without_client_certificate_is_refused(
 ) -> None:
     """An mTLS injector refuses a client that presents no certificate."""
     injector = server.create_connection_injector(credentials("mtls", tls))
-    acceptor = Acceptor("socket", injector)
-    port = await acceptor.start()
-    try:
+    async with accepting(injector) as port:
         async with channel_for("mtls", port, tls, client_cert=False) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await method(channel, "Unary")(b"x", timeout=5)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    finally:
-        await acceptor.close()
 
 
 async def test_silent_connection_closed_at_handshake_timeout(
@@ -200,9 +206,7 @@ async def test_drain_finishes_short_cancels_long_and_spares_later(
 ) -> None:
     """drain(grace) lets short calls finish, cancels long ones, and leaves later injections be."""
     injector = server.create_connection_injector(fastinject.ServerCredentials.insecure())
-    acceptor = Acceptor("socket", injector)
-    port = await acceptor.start()
-    try:
+    async with accepting(injector) as port:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as old:
             short = asyncio.ensure_future(method(old, "Sleep")(b"0.2"))
             long = asyncio.ensure_future(method(old, "Sleep")(b"30"))
@@ -221,8 +225,6 @@ async def test_drain_finishes_short_cancels_long_and_spares_later(
                 await drained
                 assert await later_call == b"slept 1.5"
                 assert await method(later, "Unary")(b"still") == b"still"
-    finally:
-        await acceptor.close()
 
 
 async def test_drain_rejects_negative_grace(server: fastinject.Server) -> None:
@@ -249,9 +251,7 @@ async def test_destroy_closes_connections_gracefully(
 ) -> None:
     """destroy() lets running calls finish and then closes the injector's connections."""
     injector = server.create_connection_injector(fastinject.ServerCredentials.insecure())
-    acceptor = Acceptor("socket", injector)
-    port = await acceptor.start()
-    try:
+    async with accepting(injector) as port:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             call = asyncio.ensure_future(method(channel, "Sleep")(b"0.3"))
             await asyncio.wait_for(recorder.started.wait(), 5)
@@ -259,8 +259,6 @@ async def test_destroy_closes_connections_gracefully(
             assert await call == b"slept 0.3"
             await asyncio.wait_for(done, 10)
             assert injector.connections == 0
-    finally:
-        await acceptor.close()
 
 
 async def test_stop_covers_injected_connections(recorder: Recorder) -> None:
@@ -268,9 +266,7 @@ async def test_stop_covers_injected_connections(recorder: Recorder) -> None:
     server = echo_server(recorder)
     await server.start()
     injector = server.create_connection_injector(fastinject.ServerCredentials.insecure())
-    acceptor = Acceptor("socket", injector)
-    port = await acceptor.start()
-    try:
+    async with accepting(injector) as port:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             call = asyncio.ensure_future(method(channel, "Sleep")(b"30"))
             await asyncio.wait_for(recorder.started.wait(), 5)
@@ -279,8 +275,6 @@ async def test_stop_covers_injected_connections(recorder: Recorder) -> None:
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await call
             assert info.value.code() == grpc.StatusCode.CANCELLED
-    finally:
-        await acceptor.close()
     assert injector.connections == 0
     ours, theirs = socket.socketpair()
     with pytest.raises(fastinject.ServerStoppedError):
@@ -308,13 +302,9 @@ async def test_injector_created_before_start(recorder: Recorder) -> None:
     server = echo_server(recorder)
     injector = server.create_connection_injector(fastinject.ServerCredentials.insecure())
     await server.start()
-    acceptor = Acceptor("pair", injector)
-    port = await acceptor.start()
-    try:
+    async with accepting(injector, "pair") as port:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             assert await method(channel, "Unary")(b"x") == b"x"
-    finally:
-        await acceptor.close()
         await server.stop(None)
 
 
@@ -331,16 +321,11 @@ async def test_per_injector_interceptors(server: fastinject.Server) -> None:
         fastinject.ServerCredentials.insecure(), interceptors=[Record()]
     )
     plain = server.create_connection_injector(fastinject.ServerCredentials.insecure())
-    first, second = Acceptor("socket", injector), Acceptor("socket", plain)
-    port1, port2 = await first.start(), await second.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port1}") as c1, \
-                grpc.aio.insecure_channel(f"127.0.0.1:{port2}") as c2:
-            await method(c1, "Unary")(b"a")
-            await method(c2, "Unary")(b"b")
-    finally:
-        await first.close()
-        await second.close()
+    async with accepting(injector) as port1, accepting(plain) as port2, \
+            grpc.aio.insecure_channel(f"127.0.0.1:{port1}") as c1, \
+            grpc.aio.insecure_channel(f"127.0.0.1:{port2}") as c2:
+        await method(c1, "Unary")(b"a")
+        await method(c2, "Unary")(b"b")
     assert seen == ["/test.Echo/Unary"]
 
 
@@ -348,10 +333,8 @@ async def test_certificate_rotation(server: fastinject.Server, tls: TlsMaterial)
     """After update(), new handshakes get the new certificate; open connections keep working."""
     creds = credentials("tls", tls)
     injector = server.create_connection_injector(creds)
-    acceptor = Acceptor("socket", injector)
-    port = await acceptor.start()
 
-    def served_common_name() -> str:
+    def served_common_name(port: int) -> str:
         context = ssl.create_default_context(cadata=tls.ca_pem.decode())
         context.set_alpn_protocols(["h2"])
         with socket.create_connection(("127.0.0.1", port)) as raw, \
@@ -360,15 +343,12 @@ async def test_certificate_rotation(server: fastinject.Server, tls: TlsMaterial)
         return dict(x[0] for x in cert["subject"])["commonName"]  # type: ignore[index,arg-type]
 
     loop = asyncio.get_running_loop()
-    try:
-        async with channel_for("tls", port, tls) as channel:
-            assert await method(channel, "Unary")(b"before") == b"before"
-            assert await loop.run_in_executor(None, served_common_name) == "localhost"
-            creds.update([(tls.rotated_server_key_pem, tls.rotated_server_cert_pem)])
-            assert await loop.run_in_executor(None, served_common_name) == "rotated.localhost"
-            assert await method(channel, "Unary")(b"after") == b"after"
-    finally:
-        await acceptor.close()
+    async with accepting(injector) as port, channel_for("tls", port, tls) as channel:
+        assert await method(channel, "Unary")(b"before") == b"before"
+        assert await loop.run_in_executor(None, served_common_name, port) == "localhost"
+        creds.update([(tls.rotated_server_key_pem, tls.rotated_server_cert_pem)])
+        assert await loop.run_in_executor(None, served_common_name, port) == "rotated.localhost"
+        assert await method(channel, "Unary")(b"after") == b"after"
 
 
 async def test_unbind_frees_address_and_keeps_other_ports(recorder: Recorder) -> None:
