@@ -32,6 +32,10 @@ from .options import ServerSettings
 from .status import StatusCode
 
 MAX_STREAM_ID = 2**31 - 1
+_CLIENT_PREFACE_LENGTH = len(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+# An HTTP/2 frame header: 24-bit length (high byte, low 16 bits), type, flags, stream id
+# (the reserved top bit of a client's stream id is always clear: h2 rejects it otherwise).
+_FRAME_HEADER = struct.Struct(">BHBBI")
 _GOAWAY_FRAME_TYPE = 0x7
 _H2_CONFIG = h2.config.H2Configuration(
     client_side=False,
@@ -171,6 +175,8 @@ class ServerProtocol:
         self.highest_stream_id = 0
         self.closed = False
         self._pending_raw = b""
+        self._inbound = b""  # the start of a frame not yet received whole
+        self._preface_left = _CLIENT_PREFACE_LENGTH
         self._early_credit: dict[int, int] = {}
         # DATA handed to send_data() and not yet given to h2: consecutive small messages of a
         # stream leave as one DATA frame per flush instead of one h2 frame each.
@@ -196,17 +202,62 @@ class ServerProtocol:
 
     def receive(self, data: bytes) -> list[Event]:
         """Process received bytes and return the gRPC events they produced."""
+        events: list[Event] = []
+        self._early_credit = {}
         try:
-            h2_events = self._h2.receive_data(data)
+            self._receive_frames(data, events)
         except h2.exceptions.ProtocolError as exc:
             self.closed = True
             code = getattr(exc, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR)
             return [ConnectionClosedByPeer(int(code), f"HTTP/2 protocol error: {exc}")]
-        events: list[Event] = []
-        self._early_credit = {}
-        for event in h2_events:
+        for stream_id, size in self._early_credit.items():
+            self._h2.acknowledge_received_data(size, stream_id)
+        return events
+
+    def _receive_frames(self, data: bytes, events: list[Event]) -> None:
+        """Split ``data`` into whole frames: DATA for a live call is deframed here, the rest
+        goes to h2 in runs of consecutive frames, in order.
+
+        An incomplete frame waits for more bytes (an overlong one goes to h2 at once, which
+        rejects it); the client preface is h2's to check.
+        """
+        buf = self._inbound + data if self._inbound else data
+        end = len(buf)
+        view = memoryview(buf)
+        pos = min(end, self._preface_left)
+        self._preface_left -= pos
+        handed = 0  # bytes before this offset went to h2 or were deframed
+        streams = self._streams
+        unpack_header = _FRAME_HEADER.unpack_from
+        while end - pos >= 9:
+            length_high, length_low, frame_type, flags, stream_id = unpack_header(buf, pos)
+            length = length_high << 16 | length_low
+            frame_end = pos + 9 + length
+            if frame_end > end:
+                if length > self._h2.max_inbound_frame_size:
+                    pos = end
+                break
+            if frame_type == 0 and flags == 0 and stream_id in streams:
+                if handed < pos:
+                    self._feed_h2(view[handed:pos], events)
+                    handed = pos
+                state = streams.get(stream_id)
+                if (state is not None and not state.failed
+                        and self._h2.accept_data(stream_id, length)):
+                    self._on_data(stream_id, state, view[pos + 9 : frame_end], length, events)
+                    handed = frame_end
+            pos = frame_end
+        if handed < pos:
+            self._feed_h2(view[handed:pos], events)
+        self._inbound = bytes(view[pos:]) if pos < end else b""
+
+    def _feed_h2(self, frames: memoryview, events: list[Event]) -> None:
+        for event in self._h2.receive_data(frames):
             if isinstance(event, h2.events.DataReceived):
-                self._on_data(event, events)
+                stream_id = event.stream_id
+                data = event.data or b""
+                self._on_data(stream_id, self._streams.get(stream_id), data,
+                              event.flow_controlled_length or 0, events)
             elif isinstance(event, h2.events.RequestReceived):
                 self._on_request(event, events)
             elif isinstance(event, h2.events.StreamEnded):
@@ -230,9 +281,6 @@ class ServerProtocol:
             elif isinstance(event, h2.events.TrailersReceived):
                 self._fail(event.stream_id, StatusCode.INTERNAL, "unexpected request trailers",
                            events)
-        for stream_id, size in self._early_credit.items():
-            self._h2.acknowledge_received_data(size, stream_id)
-        return events
 
     def _on_request(self, event: h2.events.RequestReceived, events: list[Event]) -> None:
         stream_id = event.stream_id
@@ -297,13 +345,17 @@ class ServerProtocol:
             authority.decode("utf-8", "replace") if authority else None,
         )
 
-    def _on_data(self, event: h2.events.DataReceived, events: list[Event]) -> None:
-        stream_id = event.stream_id
-        data = event.data or b""
-        padding = (event.flow_controlled_length or 0) - len(data)
+    def _on_data(
+        self,
+        stream_id: int,
+        state: _StreamState | None,
+        data: bytes | memoryview,
+        flow_controlled_length: int,
+        events: list[Event],
+    ) -> None:
+        padding = flow_controlled_length - len(data)
         if padding:
             self._credit_now(padding, stream_id)
-        state = self._streams.get(stream_id)
         if state is None or state.failed:
             # Nobody will consume these bytes: give the credit back at once.
             if data:
@@ -420,17 +472,13 @@ class ServerProtocol:
         try:
             # The window can only have shrunk since queueing if the peer lowered
             # INITIAL_WINDOW_SIZE; what no longer fits stays queued for a later flush.
-            window = min(len(data), self._h2.local_flow_control_window(stream_id))
-            limit = self._h2.max_outbound_frame_size
-            view = memoryview(data)
-            for offset in range(0, window, limit):
-                self._h2.send_data(stream_id, view[offset : min(offset + limit, window)])
-        except h2.exceptions.ProtocolError:
+            sent = self._h2.send_data_frames(stream_id, data)
+        except h2.exceptions.StreamClosedError:
             return  # the stream was reset meanwhile: nobody reads it
-        if window < len(data):
-            self._queued[stream_id] = [view[window:]]
-            self._queued_size[stream_id] = len(data) - window
-            self.queued_bytes += len(data) - window
+        if sent < len(data):
+            self._queued[stream_id] = [memoryview(data)[sent:]]
+            self._queued_size[stream_id] = len(data) - sent
+            self.queued_bytes += len(data) - sent
 
     def send_trailers(
         self,
