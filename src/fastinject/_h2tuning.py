@@ -22,10 +22,9 @@ through h2, which keeps its state exact.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 from typing import Any
-
-import struct
 
 import h2.connection
 import h2.errors
@@ -37,7 +36,7 @@ from h2.connection import ConnectionState
 from h2.stream import StreamState
 
 _CACHE_ENTRIES = 256
-# A DATA frame header without flags: 24-bit length (high byte, low 16 bits), type 0, flags 0, stream.
+# A DATA frame header without flags: length (high byte, low 16 bits), type 0, flags 0, stream.
 _DATA_HEADER = struct.Struct(">BHBBI")
 # Stream states in which a server may send DATA (the request side may still be open or not).
 _SENDING_STATES = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
@@ -173,6 +172,17 @@ class TunedH2Connection(h2.connection.H2Connection):
             raise
         stream._actual_content_length += length
         return True
+
+    def refuse_overlong_frame(self, length: int) -> None:
+        """Fail the connection for a frame declared longer than our maximum frame size.
+
+        Called from the frame header alone: h2 itself only checks once the whole body has
+        arrived, after buffering up to 16 MiB of it.  Queues GOAWAY FRAME_SIZE_ERROR and raises
+        :class:`h2.exceptions.FrameTooLargeError`.
+        """
+        self._terminate_connection(h2.errors.ErrorCodes.FRAME_SIZE_ERROR)
+        msg = f"{length}-byte frame exceeds the maximum frame size {self.max_inbound_frame_size}"
+        raise h2.exceptions.FrameTooLargeError(msg)
 
     def send_data_frames(self, stream_id: int, data: bytes | memoryview) -> int:
         """Queue as much of ``data`` as the send windows allow, as DATA frames without flags.

@@ -215,11 +215,11 @@ class ServerProtocol:
         return events
 
     def _receive_frames(self, data: bytes, events: list[Event]) -> None:
-        """Split ``data`` into whole frames: DATA for a live call is deframed here, the rest
-        goes to h2 in runs of consecutive frames, in order.
+        """Split ``data`` into whole frames, handled in order.
 
-        An incomplete frame waits for more bytes (an overlong one goes to h2 at once, which
-        rejects it); the client preface is h2's to check.
+        DATA for a live call is deframed here; the other frames go to h2 in runs.  An
+        incomplete frame waits for more bytes; an overlong one ends the connection from its
+        header; the client preface is h2's to check.
         """
         buf = self._inbound + data if self._inbound else data
         end = len(buf)
@@ -229,13 +229,19 @@ class ServerProtocol:
         handed = 0  # bytes before this offset went to h2 or were deframed
         streams = self._streams
         unpack_header = _FRAME_HEADER.unpack_from
+        max_length = self._h2.max_inbound_frame_size
         while end - pos >= 9:
             length_high, length_low, frame_type, flags, stream_id = unpack_header(buf, pos)
             length = length_high << 16 | length_low
+            if length > max_length:
+                if handed < pos:  # their SETTINGS acknowledgement may raise the limit
+                    self._feed_h2(view[handed:pos], events)
+                    handed = pos
+                    max_length = self._h2.max_inbound_frame_size
+                if length > max_length:
+                    self._h2.refuse_overlong_frame(length)
             frame_end = pos + 9 + length
             if frame_end > end:
-                if length > self._h2.max_inbound_frame_size:
-                    pos = end
                 break
             if frame_type == 0 and flags == 0 and stream_id in streams:
                 if handed < pos:

@@ -1,0 +1,189 @@
+"""DATA frames that bypass h2's frame objects behave exactly as the ones h2 parses.
+
+``ServerProtocol`` splits received bytes into frames itself and deframes DATA of live calls
+straight from the read buffer, and writes outbound DATA frames itself; h2 keeps the windows.
+These tests feed raw frames, chunked in every way, and check what h2 would enforce still is.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from fastinject.options import ServerSettings
+from fastinject.protocol import (
+    CallStarted,
+    ConnectionClosedByPeer,
+    Event,
+    MessagesReceived,
+    RequestEnded,
+    ServerProtocol,
+)
+from protocol.wire import (
+    DATA,
+    H2Client,
+    exchange,
+    grpc_frame,
+    raw_frame,
+    request_headers,
+)
+
+FLOW_CONTROL_ERROR = 0x3
+FRAME_SIZE_ERROR = 0x6
+PROTOCOL_ERROR = 0x1
+STREAM_CLOSED = 0x5
+HEADERS = 0x1
+
+
+def connected(**settings: object) -> tuple[H2Client, ServerProtocol]:
+    """A client and a sans-IO server that have exchanged their prefaces and SETTINGS."""
+    client = H2Client()
+    server = ServerProtocol(ServerSettings(**settings))  # type: ignore[arg-type]
+    exchange(client, server)
+    exchange(client, server)
+    return client, server
+
+
+def conversation() -> tuple[bytes, dict[int, bytes]]:
+    """Everything a client sends for three calls with multi-frame messages, and their bodies.
+
+    Returns the bytes (preface included) and, per stream, the request messages concatenated.
+    """
+    client = H2Client()
+    bodies: dict[int, bytes] = {}
+    for size in (30_000, 5, 20_000):  # within the default 64 KiB window
+        stream_id = client.start_call(end=False)
+        messages = [bytes([stream_id]) * size, b"tail"]
+        client.send(stream_id, b"".join(grpc_frame(m) for m in messages), end=True)
+        bodies[stream_id] = b"".join(messages)
+    client.ping(b"12345678")
+    return client.data_to_send(), bodies
+
+
+def summarise(events: list[Event]) -> tuple[dict[int, bytes], list[int], list[int]]:
+    """Messages per stream (concatenated), calls started and requests ended, in order."""
+    messages: dict[int, bytes] = {}
+    for event in events:
+        if isinstance(event, MessagesReceived):
+            messages[event.stream_id] = messages.get(event.stream_id, b"") + b"".join(
+                payload for payload, _ in event.messages
+            )
+    started = [e.head.stream_id for e in events if isinstance(e, CallStarted)]
+    ended = [e.stream_id for e in events if isinstance(e, RequestEnded)]
+    return messages, started, ended
+
+
+@pytest.mark.parametrize("chunk", [1, 8, 9, 10, 1000, 16_393, 1 << 20])
+def test_any_chunking_gives_the_same_calls_and_messages(chunk: int) -> None:
+    """However the bytes are cut, every call starts, every message arrives whole, in order."""
+    data, bodies = conversation()
+    server = ServerProtocol(ServerSettings())
+    events: list[Event] = []
+    for offset in range(0, len(data), chunk):
+        events += server.receive(data[offset : offset + chunk])
+    messages, started, ended = summarise(events)
+    assert messages == bodies
+    assert started == list(bodies)
+    assert ended == list(bodies)
+    assert not any(isinstance(e, ConnectionClosedByPeer) for e in events)
+
+
+def test_data_beyond_the_stream_window_is_a_flow_control_error() -> None:
+    """A client that overruns the stream window gets GOAWAY FLOW_CONTROL_ERROR."""
+    client, server = connected(initial_stream_window_size=1024)
+    stream_id = client.start_call(end=False)
+    exchange(client, server)
+    events = server.receive(raw_frame(DATA, 0, stream_id, b"\0" * 1025))
+    assert [(type(e), e.error_code) for e in events] == [  # type: ignore[union-attr]
+        (ConnectionClosedByPeer, FLOW_CONTROL_ERROR)
+    ]
+    client.receive(server.data_to_send())
+    assert [g.error_code for g in client.goaways] == [FLOW_CONTROL_ERROR]
+
+
+def test_body_longer_than_content_length_is_a_protocol_error() -> None:
+    """A declared content-length still binds the DATA that follows (RFC 9113 8.1.1)."""
+    client, server = connected()
+    headers = [*request_headers(), (b"content-length", b"10")]
+    stream_id = client.start_call(headers=headers, end=False)
+    exchange(client, server)
+    events = server.receive(raw_frame(DATA, 0, stream_id, grpc_frame(b"x" * 20)))
+    assert [type(e) for e in events] == [ConnectionClosedByPeer]
+    client.receive(server.data_to_send())
+    assert [g.error_code for g in client.goaways] == [PROTOCOL_ERROR]
+
+
+def test_data_after_the_client_half_closed_resets_that_stream_only() -> None:
+    """DATA on a stream the client ended is STREAM_CLOSED for the stream; the connection lives."""
+    client, server = connected()
+    stream_id = client.start_call(end=False)
+    client.send(stream_id, grpc_frame(b"ok"), end=True)
+    exchange(client, server)
+    events = server.receive(raw_frame(DATA, 0, stream_id, grpc_frame(b"late")))
+    assert not any(isinstance(e, ConnectionClosedByPeer) for e in events)
+    assert not any(isinstance(e, MessagesReceived) for e in events)
+    client.receive(server.data_to_send())
+    assert client.response(stream_id).reset == STREAM_CLOSED
+    assert client.goaways == []
+
+
+def test_overlong_frame_is_refused_from_its_header() -> None:
+    """A frame declared longer than our maximum frame size ends the connection at once."""
+    client, server = connected(max_frame_size=16_384)
+    stream_id = client.start_call(end=False)
+    exchange(client, server)
+    header = struct.pack(">I", 16_385)[1:] + bytes((DATA, 0)) + struct.pack(">I", stream_id)
+    events = server.receive(header + b"\0" * 100)  # the body is not even here yet
+    assert [(type(e), e.error_code) for e in events] == [  # type: ignore[union-attr]
+        (ConnectionClosedByPeer, FRAME_SIZE_ERROR)
+    ]
+
+
+def test_data_inside_a_header_block_is_a_protocol_error() -> None:
+    """DATA between HEADERS and its CONTINUATION breaks the header block rule (RFC 9113 6.10)."""
+    client, server = connected()
+    first = client.start_call(end=False)
+    exchange(client, server)
+    block = client.h2.encoder.encode(request_headers())
+    second = first + 2
+    events = server.receive(
+        raw_frame(HEADERS, 0, second, block) + raw_frame(DATA, 0, first, grpc_frame(b"x"))
+    )
+    assert [(type(e), e.error_code) for e in events] == [  # type: ignore[union-attr]
+        (ConnectionClosedByPeer, PROTOCOL_ERROR)
+    ]
+
+
+def test_large_response_is_cut_at_the_peer_frame_size_and_uses_the_windows() -> None:
+    """Outbound DATA respects the client's max frame size; both send windows shrink by it."""
+    client, server = connected()
+    stream_id = client.start_call(messages=[b"q"])
+    exchange(client, server)
+    server.send_headers(stream_id, [], None)
+    window = server.send_window(stream_id)
+    body = bytes(range(256)) * 200  # 51,200 bytes
+    server.send_data(stream_id, body)
+    client.receive(server.data_to_send())
+    frames = [len(f.payload) for f in client.frames_on(stream_id, DATA)]
+    assert frames == [16_384, 16_384, 16_384, 2_048]
+    assert client.response(stream_id).body == body
+    assert server.send_window(stream_id) == window - len(body)
+
+
+def test_response_beyond_the_window_waits_for_window_update() -> None:
+    """DATA past the client's window stays queued and leaves once the client gives credit."""
+    client = H2Client(initial_window_size=1000, auto_credit=False)
+    server = ServerProtocol(ServerSettings())
+    exchange(client, server)
+    exchange(client, server)
+    stream_id = client.start_call(messages=[b"q"])
+    exchange(client, server)
+    server.send_headers(stream_id, [], None)
+    server.send_data(stream_id, b"a" * 1500)  # more than the window: the caller's mistake
+    client.receive(server.data_to_send())
+    assert client.data_received(stream_id) == 1000
+    client.credit(stream_id, 1000)
+    exchange(client, server)
+    client.receive(server.data_to_send())
+    assert client.response(stream_id).body == b"a" * 1500
