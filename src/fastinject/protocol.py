@@ -36,6 +36,7 @@ _CLIENT_PREFACE_LENGTH = len(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 # An HTTP/2 frame header: 24-bit length (high byte, low 16 bits), type, flags, stream id
 # (the reserved top bit of a client's stream id is always clear: h2 rejects it otherwise).
 _FRAME_HEADER = struct.Struct(">BHBBI")
+_END_STREAM = 0x1
 _GOAWAY_FRAME_TYPE = 0x7
 _H2_CONFIG = h2.config.H2Configuration(
     client_side=False,
@@ -243,14 +244,17 @@ class ServerProtocol:
             frame_end = pos + 9 + length
             if frame_end > end:
                 break
-            if frame_type == 0 and flags == 0 and stream_id in streams:
+            if frame_type == 0 and flags & ~_END_STREAM == 0 and stream_id in streams:
                 if handed < pos:
                     self._feed_h2(view[handed:pos], events)
                     handed = pos
                 state = streams.get(stream_id)
+                end_stream = flags == _END_STREAM
                 if (state is not None and not state.failed
-                        and self._h2.accept_data(stream_id, length)):
+                        and self._h2.accept_data(stream_id, length, end_stream)):
                     self._on_data(stream_id, state, view[pos + 9 : frame_end], length, events)
+                    if end_stream:
+                        self._on_stream_ended(stream_id, events)
                     handed = frame_end
             pos = frame_end
         if handed < pos:
@@ -442,7 +446,7 @@ class ServerProtocol:
             headers.append((b"grpc-encoding", encoding.encode("ascii")))
         headers.extend(metadata)
         try:
-            self._h2.send_headers(stream_id, headers)
+            self._h2.send_header_block(stream_id, headers, end_stream=False)
         except h2.exceptions.ProtocolError as exc:
             raise StreamGone(stream_id) from exc
 
@@ -531,7 +535,7 @@ class ServerProtocol:
         self._streams.pop(stream_id, None)
         self._flush_stream(stream_id)
         try:
-            self._h2.send_headers(stream_id, headers, end_stream=True)
+            self._h2.send_header_block(stream_id, headers, end_stream=True)
         except h2.exceptions.ProtocolError:
             return
         self._reset_if_open(stream_id, h2.errors.ErrorCodes.NO_ERROR)

@@ -11,6 +11,7 @@ import struct
 
 import pytest
 
+from fastinject import StatusCode
 from fastinject.options import ServerSettings
 from fastinject.protocol import (
     CallStarted,
@@ -34,6 +35,7 @@ FRAME_SIZE_ERROR = 0x6
 PROTOCOL_ERROR = 0x1
 STREAM_CLOSED = 0x5
 HEADERS = 0x1
+CONTINUATION = 0x9
 
 
 def connected(**settings: object) -> tuple[H2Client, ServerProtocol]:
@@ -187,3 +189,19 @@ def test_response_beyond_the_window_waits_for_window_update() -> None:
     exchange(client, server)
     client.receive(server.data_to_send())
     assert client.response(stream_id).body == b"a" * 1500
+
+
+def test_header_block_over_the_frame_size_continues_in_continuation_frames() -> None:
+    """Trailers larger than the peer's frame size go out as HEADERS + CONTINUATION, intact."""
+    client, server = connected()
+    stream_id = client.start_call(messages=[b"q"])
+    exchange(client, server)
+    server.send_headers(stream_id, [], None)
+    metadata = [(f"x-big-{i}".encode(), bytes([97 + i]) * 10_000) for i in range(3)]
+    server.send_trailers(stream_id, StatusCode.OK, None, metadata)
+    client.receive(server.data_to_send())
+    kinds = [f.type for f in client.frames_on(stream_id) if f.type in (HEADERS, CONTINUATION)]
+    assert kinds == [HEADERS, HEADERS, CONTINUATION]
+    response = client.response(stream_id)
+    assert response.ended
+    assert [(k, v) for k, v in response.trailers if k.startswith(b"x-big-")] == metadata
