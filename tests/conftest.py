@@ -3,30 +3,49 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
+
+import fastinject
 from echo_service import Recorder
-from serving import Served, echo_server
+from serving import Serve, Served, echo_server
 from tls_material import TlsMaterial, tls_material
 
 
 @pytest.fixture
 def recorder() -> Recorder:
+    """What this test's test.Echo handlers saw (Sleep's starts, cancellations, callbacks)."""
     return Recorder()
 
 
 @pytest.fixture
-async def served(recorder: Recorder) -> AsyncIterator[Served]:
-    server = echo_server(recorder)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield Served(server, port, recorder)
-    await server.stop(None)
+async def serve(recorder: Recorder) -> AsyncIterator[Serve]:
+    """Start test.Echo servers on loopback ports with the given settings; stopped at teardown."""
+    servers: list[fastinject.Server] = []
+
+    async def start(**settings: Any) -> Served:
+        server = echo_server(recorder, **settings)
+        servers.append(server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return Served(server, port, recorder)
+
+    yield start
+    for server in servers:
+        await server.stop(None)
+
+
+@pytest.fixture
+async def served(serve: Serve) -> Served:
+    """A started test.Echo server on a loopback port, with default settings."""
+    return await serve()
 
 
 @pytest.fixture
 async def channel(served: Served) -> AsyncIterator[grpc.aio.Channel]:
+    """A grpcio cleartext channel to :func:`served`."""
     async with grpc.aio.insecure_channel(served.target) as channel:
         yield channel
 

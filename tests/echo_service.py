@@ -29,38 +29,45 @@ class Recorder:
 
 
 async def unary(request: bytes, context: Any) -> bytes:
+    """Unary: answer with the request unchanged."""
     return request
 
 
 def sync_unary(request: bytes, context: Any) -> bytes:
+    """SyncUnary (runs in the thread pool): answer ``sync:`` + the request."""
     return b"sync:" + request
 
 
 async def server_stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+    """ServerStream: yield ``0``, ``1``, ... up to the count in the request (default 3)."""
     for i in range(int(request or b"3")):
         yield str(i).encode()
 
 
 def sync_server_stream(request: bytes, context: Any) -> Iterator[bytes]:
+    """SyncServerStream: the thread-pool twin of :func:`server_stream`."""
     for i in range(int(request or b"3")):
         yield str(i).encode()
 
 
 async def client_stream(requests: AsyncIterator[bytes], context: Any) -> bytes:
+    """ClientStream: answer every request message joined with ``|``."""
     return b"|".join([r async for r in requests])
 
 
 def sync_client_stream(requests: Iterator[bytes], context: Any) -> bytes:
+    """SyncClientStream: the thread-pool twin of :func:`client_stream`."""
     return b"|".join(requests)
 
 
 async def bidi(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+    """Bidi: answer each request message as it arrives, upper-cased."""
     async for request in requests:
         yield request.upper()
 
 
 async def bidi_read_write(requests: Any, context: Any) -> None:
-    """grpc.aio style: context.read() / context.write() instead of iterators."""
+    """BidiReadWrite: answer each message reversed, grpc.aio style (context.read()/write())."""
     while True:
         request = await context.read()
         if request == fastinject.EOF:
@@ -69,22 +76,29 @@ async def bidi_read_write(requests: Any, context: Any) -> None:
 
 
 async def fail(request: bytes, context: Any) -> bytes:
+    """Fail: raise ``ValueError("boom")``, which the server must turn into UNKNOWN."""
     raise ValueError("boom")
 
 
 async def abort(request: bytes, context: Any) -> bytes:
+    """Abort: abort with the ``CODE:details`` named in the request and a ``why`` trailer."""
     code, _, details = request.decode().partition(":")
     await context.abort(StatusCode[code], details, trailing_metadata=(("why", "because"),))
     raise AssertionError("abort returned")
 
 
 async def set_code(request: bytes, context: Any) -> bytes:
+    """SetCode: set NOT_FOUND with details and return normally (the status still wins)."""
     context.set_code(StatusCode.NOT_FOUND)
     context.set_details("nothing here")
     return b"ignored"
 
 
 async def echo_metadata(request: bytes, context: Any) -> bytes:
+    """Metadata: answer the invocation metadata as JSON pairs (``-bin`` values in hex).
+
+    Also sends an initial ``initial-key`` and a trailing ``trailing-bin`` entry.
+    """
     received = [
         [key, value.hex() if isinstance(value, bytes) else value]
         for key, value in context.invocation_metadata()
@@ -95,6 +109,7 @@ async def echo_metadata(request: bytes, context: Any) -> bytes:
 
 
 async def peer(request: bytes, context: Any) -> bytes:
+    """Peer: answer JSON with the caller's ``peer``, ``auth`` context and ``identities``."""
     auth = {key: [v.decode("latin-1") for v in values]
             for key, values in context.auth_context().items()}
     identities = context.peer_identities()
@@ -106,6 +121,11 @@ async def peer(request: bytes, context: Any) -> bytes:
 
 
 def make_sleep(recorder: Recorder) -> Any:
+    """Sleep: a handler sleeping for the seconds in the request, reporting to ``recorder``.
+
+    It sets ``recorder.started``, records a cancellation or a finish, and counts its done
+    callbacks.
+    """
     async def sleep(request: bytes, context: Any) -> bytes:
         context.add_done_callback(lambda _ctx: _count_done(recorder))
         recorder.started.set()
@@ -125,16 +145,19 @@ def _count_done(recorder: Recorder) -> None:
 
 
 def sync_sleep(request: bytes, context: Any) -> bytes:
+    """SyncSleep: block a pool thread for the seconds in the request."""
     time.sleep(float(request))
     return b"done"
 
 
 async def time_remaining(request: bytes, context: Any) -> bytes:
+    """TimeRemaining: answer ``context.time_remaining()`` as text, ``none`` without a deadline."""
     remaining = context.time_remaining()
     return b"none" if remaining is None else str(remaining).encode()
 
 
 async def compressed(request: bytes, context: Any) -> bytes:
+    """Compressed: answer the request repeated 100 times, gzip-compressed."""
     context.set_compression(fastinject.Compression.Gzip)
     return request * 100
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-from benchmarks.e2e import h2load, report, runner
+from benchmarks.e2e import callgrind, h2load, instruction_report, instructions, report, runner
 from benchmarks.e2e.servers import (
     SERVER_ENTRIES,
     SERVER_ENTRIES_BY_NAME,
@@ -41,6 +41,8 @@ MODES = {
     "quick": Mode(rounds=2, duration_s=1.0, warmup_s=0.5),
     # One wave of calls per round and per warm-up: proves the plumbing, measures nothing.
     "self-check": Mode(rounds=1, duration_s=0.0, warmup_s=0.0),
+    # Samples of instructions per call: fixed batch sizes, so no duration or warm-up time.
+    "instructions": Mode(rounds=2, duration_s=0.0, warmup_s=0.0),
 }
 """Run modes; explicit ``--rounds``, ``--duration`` and ``--warmup`` override them."""
 
@@ -96,7 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="one wave of calls per server and workload: checks the plumbing only",
     )
-    parser.add_argument("--rounds", type=_positive_int, help="timed rounds per server (default 5)")
+    mode.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count server instructions per call under valgrind's callgrind instead of timing "
+        "(repeatable on a busy machine; about 12 minutes for 3 servers)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=_positive_int,
+        help="timed rounds per server (default 5); with --instructions, samples (default 2)",
+    )
     length = parser.add_mutually_exclusive_group()
     length.add_argument(
         "--duration",
@@ -157,7 +169,14 @@ def parse_options(argv: Sequence[str] | None = None) -> tuple[runner.Options, ar
         for workload in WORKLOADS:
             print(f"workload {workload.name:14} {workload.description}")
         raise SystemExit(0)
-    mode = MODES["quick" if args.quick else "self-check" if args.self_check else "default"]
+    chosen = (
+        ("quick", args.quick),
+        ("self-check", args.self_check),
+        ("instructions", args.instructions),
+    )
+    mode = MODES[next((name for name, on in chosen if on), "default")]
+    if args.instructions:
+        _check_instructions_mode(parser, args)
     workloads: list[Workload] = [
         WORKLOADS_BY_NAME[name] for name in args.workloads or [w.name for w in WORKLOADS]
     ]
@@ -184,7 +203,26 @@ def parse_options(argv: Sequence[str] | None = None) -> tuple[runner.Options, ar
         client_cpu=None if args.no_pin else args.client_cpu,
         h2load_path=args.h2load,
     )
-    return options, args
+    return (instructions.adapt(options) if args.instructions else options), args
+
+
+def _check_instructions_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    timing = [
+        option
+        for option, value in (
+            ("--duration", args.duration),
+            ("--requests", args.requests),
+            ("--warmup", args.warmup),
+        )
+        if value is not None
+    ]
+    if timing:
+        parser.error(
+            f"{', '.join(timing)} do not apply to --instructions (its batch sizes are fixed)"
+        )
+    missing = callgrind.missing_tools()
+    if missing:
+        parser.error(f"--instructions needs {', '.join(missing)} (Debian: apt install valgrind)")
 
 
 def environment(options: runner.Options) -> dict[str, Any]:
@@ -219,10 +257,9 @@ def environment(options: runner.Options) -> dict[str, Any]:
     }
 
 
-def _write_json(
-    path: Path, options: runner.Options, outcome: runner.Outcome, summaries: list[report.Summary]
-) -> None:
-    document = {
+def _common_document(options: runner.Options) -> dict[str, Any]:
+    """Return what every mode's JSON output holds: options, environment, workloads."""
+    return {
         "options": {
             "servers": [entry.name for entry in options.servers],
             "workloads": [workload.name for workload in options.workloads],
@@ -240,19 +277,94 @@ def _write_json(
                 "clients": w.clients,
                 "streams": w.streams,
                 "messages_per_call": w.messages_per_call,
+                "instruction_batches": list(w.instruction_batches),
                 "description": w.description,
             }
             for w in options.workloads
         },
-        "rounds": [asdict(measured) for measured in outcome.rounds],
-        "summaries": [asdict(summary) for summary in summaries],
+    }
+
+
+def _problems_document(
+    failures: dict[tuple[str, str], str], exit_codes: dict[str, int]
+) -> dict[str, Any]:
+    return {
         "failures": [
             {"workload": workload, "server": server, "reason": reason}
-            for (workload, server), reason in outcome.failures.items()
+            for (workload, server), reason in failures.items()
         ],
-        "server_exit_codes": outcome.exit_codes,
+        "server_exit_codes": exit_codes,
     }
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
     path.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"results written to {path}")
+
+
+def _report_problems(failures: dict[tuple[str, str], str], exit_codes: dict[str, int]) -> bool:
+    """Print every failure and unclean exit; return whether there was any."""
+    for (workload, server), reason in failures.items():
+        print(f"FAILED {workload} on {server}: {reason}")
+    bad_exits = {name: code for name, code in exit_codes.items() if code != 0}
+    for name, code in bad_exits.items():
+        print(f"server {name} exited with status {code} on SIGTERM (expected 0)")
+    return bool(failures or bad_exits)
+
+
+def _report_throughput(
+    options: runner.Options, args: argparse.Namespace, outcome: runner.Outcome
+) -> int:
+    summaries = report.summarise(
+        outcome.rounds, {w.name: w.messages_per_call for w in options.workloads}, args.baseline
+    )
+    streaming = {w.name for w in options.workloads if w.messages_per_call > 1}
+    print()
+    print(report.format_table(summaries, streaming, args.baseline))
+    failed = _report_problems(outcome.failures, outcome.exit_codes)
+    if args.json is not None:
+        document = _common_document(options)
+        document["rounds"] = [asdict(measured) for measured in outcome.rounds]
+        document["summaries"] = [asdict(summary) for summary in summaries]
+        document.update(_problems_document(outcome.failures, outcome.exit_codes))
+        _write_json(args.json, document)
+    if args.self_check and not failed:
+        print("self-check passed: every server answered every workload correctly")
+    return 1 if failed else 0
+
+
+def _report_instructions(
+    options: runner.Options, args: argparse.Namespace, outcome: instructions.InstructionOutcome
+) -> int:
+    summaries = instruction_report.summarise(
+        outcome.samples, {w.name: w.messages_per_call for w in options.workloads}, args.baseline
+    )
+    comparisons = instruction_report.compare(summaries)
+    settings = {
+        w.name: f"{w.clients}x{w.streams}, {w.instruction_batches[0]}/{w.instruction_batches[1]}"
+        for w in options.workloads
+    }
+    streaming = {w.name for w in options.workloads if w.messages_per_call > 1}
+    print()
+    print(
+        instruction_report.format_table(summaries, comparisons, settings, streaming, args.baseline)
+    )
+    failed = _report_problems(outcome.failures, outcome.exit_codes)
+    if args.json is not None:
+        document = _common_document(options)
+        document["mode"] = "instructions"
+        document["environment"]["valgrind"] = callgrind.version()
+        document["samples"] = [
+            {**asdict(sample), "per_call": sample.per_call, "per_batch": sample.per_batch}
+            for sample in outcome.samples
+        ]
+        document["summaries"] = [asdict(summary) for summary in summaries]
+        document["comparisons"] = [
+            {**asdict(comparison), "within": comparison.within} for comparison in comparisons
+        ]
+        document.update(_problems_document(outcome.failures, outcome.exit_codes))
+        _write_json(args.json, document)
+    return 1 if failed else 0
 
 
 class Interrupted(BaseException):
@@ -277,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Keep the harness, idle while h2load runs, off the servers' CPU too.
         os.sched_setaffinity(0, {options.client_cpu})
     try:
-        outcome = runner.run(options)
+        outcome = _measure(options, args)
     except (KeyboardInterrupt, Interrupted) as interruption:
         print("interrupted: every server and h2load were stopped", file=sys.stderr)
         return 128 + (
@@ -286,20 +398,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (runner.HarnessError, StubGenerationError, ServerStartError) as error:
         print(f"cannot run the benchmark: {error}", file=sys.stderr)
         return 2
-    summaries = report.summarise(
-        outcome.rounds, {w.name: w.messages_per_call for w in options.workloads}, args.baseline
-    )
-    streaming = {w.name for w in options.workloads if w.messages_per_call > 1}
-    print()
-    print(report.format_table(summaries, streaming, args.baseline))
-    for (workload, server), reason in outcome.failures.items():
-        print(f"FAILED {workload} on {server}: {reason}")
-    bad_exits = {name: code for name, code in outcome.exit_codes.items() if code != 0}
-    for name, code in bad_exits.items():
-        print(f"server {name} exited with status {code} on SIGTERM (expected 0)")
-    if args.json is not None:
-        _write_json(args.json, options, outcome, summaries)
-        print(f"results written to {args.json}")
-    if args.self_check and not outcome.failures and not bad_exits:
-        print("self-check passed: every server answered every workload correctly")
-    return 1 if outcome.failures or bad_exits else 0
+    if isinstance(outcome, instructions.InstructionOutcome):
+        return _report_instructions(options, args, outcome)
+    return _report_throughput(options, args, outcome)
+
+
+def _measure(
+    options: runner.Options, args: argparse.Namespace
+) -> runner.Outcome | instructions.InstructionOutcome:
+    return instructions.run(options) if args.instructions else runner.run(options)

@@ -18,14 +18,17 @@ CALL_TIMEOUT_S = 20.0
 """Deadline of the checking call; generous, because it is not timed."""
 
 
-def check_call(port: int, workload: Workload) -> str | None:
-    """Call ``workload``'s method on 127.0.0.1:``port``; return what was wrong, or None if OK."""
+def check_call(port: int, workload: Workload, timeout_s: float = CALL_TIMEOUT_S) -> str | None:
+    """Call ``workload``'s method on 127.0.0.1:``port``; return what was wrong, or None if OK.
+
+    The call's deadline is ``timeout_s`` seconds.
+    """
     requests = workload.requests()
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = test_pb2_grpc.TestServiceStub(channel)  # type: ignore[no-untyped-call]
         method = getattr(stub, workload.method)
         try:
-            responses = _call(method, workload, requests)
+            responses = _call(method, workload, requests, timeout_s)
         except grpc.RpcError as error:
             if isinstance(error, grpc.Call):
                 return f"{workload.method} failed: {error.code()} {error.details()}"
@@ -33,12 +36,14 @@ def check_call(port: int, workload: Workload) -> str | None:
     return workload.verify(responses)
 
 
-def _call(method: object, workload: Workload, requests: Sequence[Message]) -> list[Message]:
+def _call(
+    method: object, workload: Workload, requests: Sequence[Message], timeout_s: float
+) -> list[Message]:
     if not callable(method):
         raise TypeError(f"stub has no callable {workload.method}")
     argument: Message | Iterator[Message]
     argument = iter(requests) if workload.request_streaming else requests[0]
-    result = method(argument, timeout=CALL_TIMEOUT_S, wait_for_ready=True)
+    result = method(argument, timeout=timeout_s, wait_for_ready=True)
     if workload.response_streaming:
         return list(result)
     return [result]

@@ -1,9 +1,11 @@
 """The benchmark procedure: start the servers, check them, warm up, then alternate timed rounds.
 
-For every workload, each server is first warmed up (which also sizes a round so that it lasts
-about ``duration_s``), then the rounds visit the servers in turn (A B C A B C ...), so slow
-drifts of the machine spread evenly over all servers.  Each round posts a fixed number of calls
-with h2load, checks that every one succeeded, and reads the server's CPU time before and after.
+:func:`session` starts the servers and posts checked batches of calls; every mode builds on it
+(the ``--instructions`` mode in :mod:`benchmarks.e2e.instructions`).  For every workload, each
+server is first warmed up (which also sizes a round so that it lasts about ``duration_s``),
+then the rounds visit the servers in turn (A B C A B C ...), so slow drifts of the machine
+spread evenly over all servers.  Each round posts a fixed number of calls with h2load, checks
+that every one succeeded, and reads the server's CPU time before and after.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ import contextlib
 import math
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.e2e import h2load, procstat, stubs
-from benchmarks.e2e.grpcio_check import check_call
+from benchmarks.e2e.grpcio_check import CALL_TIMEOUT_S, check_call
 from benchmarks.e2e.report import Round, format_seconds
 from benchmarks.e2e.servers import ServerEntry, ServerProcess, child_environment
 from benchmarks.e2e.workloads import Workload
@@ -57,6 +59,10 @@ class Options:
     client_cpu: int | None
     h2load_path: str = h2load.H2LOAD
     ready_timeout_s: float = 60.0
+    stop_timeout_s: float = 10.0
+    check_timeout_s: float = CALL_TIMEOUT_S
+    server_prefix: Callable[[Path], list[str]] | None = None
+    """Command prefix of every server (e.g. valgrind), given the run's work directory."""
 
 
 @dataclass
@@ -87,7 +93,8 @@ class Load:
     steal: float | None = None
 
 
-def _stderr_log(message: str) -> None:
+def stderr_log(message: str) -> None:
+    """Print a progress message to stderr at once."""
     print(message, file=sys.stderr, flush=True)
 
 
@@ -113,42 +120,52 @@ def _placeholder_values(entries: tuple[ServerEntry, ...], work_dir: Path) -> dic
     return values
 
 
-class _Bench:
-    """One benchmark run over already started servers."""
+class Session:
+    """Started servers, a work directory and what went wrong so far: what every mode shares.
+
+    A (workload, server) pair that failed once is left out of everything that follows.
+    """
 
     def __init__(
         self, options: Options, servers: dict[str, ServerProcess], work_dir: Path, log: Log
     ) -> None:
+        """Wrap servers already started by :func:`session`."""
         self.options = options
         self.servers = servers
         self.work_dir = work_dir
         self.log = log
-        self.outcome = Outcome()
+        self.failures: dict[tuple[str, str], str] = {}
+        self.exit_codes: dict[str, int] = {}
 
-    def _fail(self, workload: Workload, server: str, reason: str) -> None:
-        self.outcome.failures[(workload.name, server)] = reason
+    def fail(self, workload: Workload, server: str, reason: str) -> None:
+        """Record that ``server`` failed ``workload``, and why."""
+        self.failures[(workload.name, server)] = reason
         self.log(f"  FAILED {workload.name} on {server}: {reason}")
 
-    def _active(self, workload: Workload) -> list[str]:
-        return [name for name in self.servers if (workload.name, name) not in self.outcome.failures]
+    def active(self, workload: Workload) -> list[str]:
+        """Return the servers that have not failed ``workload``, in start order."""
+        return [name for name in self.servers if (workload.name, name) not in self.failures]
 
     def check_all(self) -> None:
         """Make one grpcio call per workload against every server and check it."""
         for workload in self.options.workloads:
             for name, server in self.servers.items():
-                problem = check_call(server.port, workload)
+                problem = check_call(server.port, workload, self.options.check_timeout_s)
                 if problem is not None:
-                    self._fail(workload, name, f"grpcio check: {problem}")
+                    self.fail(workload, name, f"grpcio check: {problem}")
                 else:
                     self.log(f"  {workload.name} on {name}: grpcio call OK")
 
-    def _run(
-        self, workload: Workload, name: str, body: Path, calls: int, expected_s: float | None
-    ) -> tuple[h2load.H2loadResult, Load]:
-        """Post ``calls`` calls; return h2load's summary and the CPU it took."""
-        server = self.servers[name]
-        argv = h2load.command(
-            server.port,
+    def body(self, workload: Workload) -> Path:
+        """Write the request body of ``workload`` to a file and return its path."""
+        body = self.work_dir / f"{workload.name}.body"
+        body.write_bytes(workload.request_body())
+        return body
+
+    def h2load_argv(self, name: str, workload: Workload, body: Path, calls: int) -> list[str]:
+        """Return the h2load command that posts ``calls`` calls of ``workload`` to ``name``."""
+        return h2load.command(
+            self.servers[name].port,
             workload.path,
             body,
             calls,
@@ -157,6 +174,82 @@ class _Bench:
             h2load=self.options.h2load_path,
             cpu=self.options.client_cpu,
         )
+
+    def verify(
+        self, name: str, workload: Workload, result: h2load.H2loadResult, calls: int
+    ) -> None:
+        """Raise H2loadError unless all ``calls`` succeeded and ``name`` is still running."""
+        problems = h2load.problems(result, calls, workload.min_response_data())
+        server = self.servers[name]
+        if not server.alive():
+            problems.append(f"server exited with {server.process.returncode}")
+        if problems:
+            raise h2load.H2loadError("; ".join(problems))
+
+    def post(
+        self, name: str, workload: Workload, body: Path, calls: int, timeout_s: float
+    ) -> h2load.H2loadResult:
+        """Post ``calls`` calls to ``name`` and check they all succeeded (else H2loadError)."""
+        result = h2load.run(self.h2load_argv(name, workload, body, calls), timeout_s)
+        self.verify(name, workload, result, calls)
+        return result
+
+    def stop_all(self) -> None:
+        """Stop every server, recording its exit code; show the stderr of any that failed."""
+        failed = {server for _, server in self.failures}
+        for name, server in self.servers.items():
+            code = self.exit_codes[name] = server.stop()
+            if code != 0 or name in failed:
+                # The logs live in the temporary directory: show what may explain the failure.
+                self.log(
+                    f"{name} exited with {code}; the end of its stderr:\n{server.stderr_tail()}"
+                )
+
+
+@contextlib.contextmanager
+def session(options: Options, log: Log = stderr_log) -> Iterator[Session]:
+    """Start every server of ``options`` and yield them; all are stopped when this exits."""
+    with (
+        tempfile.TemporaryDirectory(prefix="fastinject-e2e-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        work_dir = Path(tmp)
+        values = _placeholder_values(options.servers, work_dir)
+        env = child_environment([str(package_root()), str(REPOSITORY)])
+        prefix = [] if options.server_prefix is None else options.server_prefix(work_dir)
+        servers: dict[str, ServerProcess] = {}
+        for entry in options.servers:
+            server = ServerProcess.start(
+                entry.name,
+                [*prefix, *entry.argv(sys.executable, values)],
+                log_dir=work_dir / "logs" / entry.name,
+                env={**env, **dict(entry.env)},
+                cpu=options.server_cpu,
+                ready_timeout_s=options.ready_timeout_s,
+                stop_timeout_s=options.stop_timeout_s,
+            )
+            stack.enter_context(server)
+            servers[entry.name] = server
+            log(f"started {entry.name} (pid {server.pid}) on 127.0.0.1:{server.port}")
+        opened = Session(options, servers, work_dir, log)
+        yield opened
+        opened.stop_all()
+
+
+class _Bench:
+    """The throughput procedure over one session's servers."""
+
+    def __init__(self, started: Session) -> None:
+        self.session = started
+        self.options = started.options
+        self.outcome = Outcome(failures=started.failures, exit_codes=started.exit_codes)
+
+    def _run(
+        self, workload: Workload, name: str, body: Path, calls: int, expected_s: float | None
+    ) -> tuple[h2load.H2loadResult, Load]:
+        """Post ``calls`` calls; return h2load's summary and the CPU it took."""
+        server = self.session.servers[name]
+        argv = self.session.h2load_argv(name, workload, body, calls)
         timeout = MIN_RUN_TIMEOUT_S
         if expected_s is not None:
             timeout = max(timeout, RUN_TIMEOUT_FACTOR * expected_s)
@@ -177,11 +270,7 @@ class _Bench:
         shares = procstat.interference(cores_before, procstat.sample_cores(cores), own)
         if shares is not None:
             load.others, load.steal = shares
-        problems = h2load.problems(result, calls, workload.min_response_data())
-        if not server.alive():
-            problems.append(f"server exited with {server.process.returncode}")
-        if problems:
-            raise h2load.H2loadError("; ".join(problems))
+        self.session.verify(name, workload, result, calls)
         return result, load
 
     def warm_up(self, workload: Workload, name: str, body: Path) -> tuple[int, float]:
@@ -203,26 +292,25 @@ class _Bench:
 
     def bench_workload(self, workload: Workload) -> None:
         """Warm every server up on ``workload``, then run the alternating timed rounds."""
-        body = self.work_dir / f"{workload.name}.body"
-        body.write_bytes(workload.request_body())
-        self.log(f"{workload.name}: {workload.description}")
-        for name in self._active(workload):
+        body = self.session.body(workload)
+        self.session.log(f"{workload.name}: {workload.description}")
+        for name in self.session.active(workload):
             try:
                 calls, rate = self.warm_up(workload, name, body)
             except h2load.H2loadError as error:
-                self._fail(workload, name, f"warm-up: {error}")
+                self.session.fail(workload, name, f"warm-up: {error}")
                 continue
             self.outcome.calls_per_round[(workload.name, name)] = calls
             self.outcome.warmup_rates[(workload.name, name)] = rate
-            self.log(f"  {name}: warmed up, {calls} calls per round")
+            self.session.log(f"  {name}: warmed up, {calls} calls per round")
         for index in range(self.options.rounds):
-            for name in self._active(workload):
+            for name in self.session.active(workload):
                 calls = self.outcome.calls_per_round[(workload.name, name)]
                 expected_s = calls / self.outcome.warmup_rates[(workload.name, name)]
                 try:
                     result, load = self._run(workload, name, body, calls, expected_s)
                 except h2load.H2loadError as error:
-                    self._fail(workload, name, f"round {index + 1}: {error}")
+                    self.session.fail(workload, name, f"round {index + 1}: {error}")
                     continue
                 measured = Round(
                     workload=workload.name,
@@ -235,7 +323,7 @@ class _Bench:
                     steal=load.steal,
                 )
                 self.outcome.rounds.append(measured)
-                self.log(
+                self.session.log(
                     f"  round {index + 1}/{self.options.rounds} {name}: "
                     f"{measured.rate:,.1f} calls/s, "
                     f"{format_seconds(measured.cpu_per_call)} CPU/call"
@@ -243,36 +331,11 @@ class _Bench:
                 )
 
 
-def run(options: Options, log: Log = _stderr_log) -> Outcome:
-    """Run the whole benchmark; every server started is stopped before this returns or raises."""
-    with (
-        tempfile.TemporaryDirectory(prefix="fastinject-e2e-") as tmp,
-        contextlib.ExitStack() as stack,
-    ):
-        work_dir = Path(tmp)
-        values = _placeholder_values(options.servers, work_dir)
-        env = child_environment([str(package_root()), str(REPOSITORY)])
-        servers: dict[str, ServerProcess] = {}
-        for entry in options.servers:
-            server = ServerProcess.start(
-                entry.name,
-                entry.argv(sys.executable, values),
-                log_dir=work_dir / "logs" / entry.name,
-                env={**env, **dict(entry.env)},
-                cpu=options.server_cpu,
-                ready_timeout_s=options.ready_timeout_s,
-            )
-            stack.enter_context(server)
-            servers[entry.name] = server
-            log(f"started {entry.name} (pid {server.pid}) on 127.0.0.1:{server.port}")
-        bench = _Bench(options, servers, work_dir, log)
-        bench.check_all()
+def run(options: Options, log: Log = stderr_log) -> Outcome:
+    """Run the throughput benchmark; every server started is stopped before this returns."""
+    with session(options, log) as started:
+        bench = _Bench(started)
+        started.check_all()
         for workload in options.workloads:
             bench.bench_workload(workload)
-        failed = {server for _, server in bench.outcome.failures}
-        for name, server in servers.items():
-            code = bench.outcome.exit_codes[name] = server.stop()
-            if code != 0 or name in failed:
-                # The logs live in the temporary directory: show what may explain the failure.
-                log(f"{name} exited with {code}; the end of its stderr:\n{server.stderr_tail()}")
-        return bench.outcome
+    return bench.outcome

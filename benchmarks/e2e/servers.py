@@ -130,11 +130,18 @@ class ServerProcess:
     Use as a context manager, or call :meth:`stop`; both are safe to repeat.
     """
 
-    def __init__(self, name: str, process: subprocess.Popen[bytes], log_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        process: subprocess.Popen[bytes],
+        log_dir: Path,
+        stop_timeout_s: float = 10.0,
+    ) -> None:
         """Wrap an already started ``process``; use :meth:`start` instead."""
         self.name = name
         self.process = process
         self.log_dir = log_dir
+        self.stop_timeout_s = stop_timeout_s
         self.port = 0
 
     @classmethod
@@ -147,11 +154,13 @@ class ServerProcess:
         env: Mapping[str, str],
         cpu: int | None,
         ready_timeout_s: float,
+        stop_timeout_s: float = 10.0,
     ) -> ServerProcess:
         """Start ``argv`` (pinned to ``cpu`` with taskset) and wait until it announces its port.
 
         Raises ServerStartError, with the tail of its stderr, if it exits or stays silent for
-        ``ready_timeout_s`` seconds; the process is stopped first.
+        ``ready_timeout_s`` seconds; the process is stopped first.  :meth:`stop` waits up to
+        ``stop_timeout_s`` for it to exit before killing it.
         """
         log_dir.mkdir(parents=True, exist_ok=True)
         command = ["taskset", "-c", str(cpu), *argv] if cpu is not None else argv
@@ -166,7 +175,7 @@ class ServerProcess:
                 env=dict(env),
                 start_new_session=True,
             )
-        server = cls(name, process, log_dir)
+        server = cls(name, process, log_dir, stop_timeout_s)
         try:
             server.port = server._wait_for_port(ready_timeout_s)
         except BaseException:
@@ -211,12 +220,12 @@ class ServerProcess:
         except FileNotFoundError:
             return ""
 
-    def stop(self, timeout_s: float = 10.0) -> int:
-        """Send SIGTERM, wait up to ``timeout_s``, then SIGKILL; return the exit code."""
+    def stop(self) -> int:
+        """Send SIGTERM, wait up to the stop timeout, then SIGKILL; return the exit code."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout_s)
+                self.process.wait(self.stop_timeout_s)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()

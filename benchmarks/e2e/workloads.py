@@ -45,7 +45,9 @@ class Workload:
 
     ``clients`` x ``streams`` is the number of calls in flight (h2load ``-c`` and ``-m``);
     ``messages_per_call`` is how many messages one call carries in its streaming direction
-    (1 for unary), used to report messages per second.
+    (1 for unary), used to report messages per second.  ``instruction_batches`` are the call
+    counts of the small and the large batch of the ``--instructions`` mode: whole waves of
+    calls, kept small because a server under callgrind runs 50-100 times slower.
     """
 
     name: str
@@ -54,6 +56,7 @@ class Workload:
     clients: int
     streams: int
     messages_per_call: int
+    instruction_batches: tuple[int, int]
     requests: Callable[[], Sequence[Message]]
     responses: Callable[[], Sequence[Message]]
     verify: Callable[[Sequence[Message]], str | None]
@@ -111,14 +114,21 @@ def _verify_stream(responses: Sequence[Message]) -> str | None:
     return None
 
 
-def _unary(name: str, size: int, clients: int, streams: int, description: str) -> Workload:
+def _unary(
+    name: str,
+    size: int,
+    in_flight: tuple[int, int],
+    instruction_batches: tuple[int, int],
+    description: str,
+) -> Workload:
     return Workload(
         name=name,
         method="UnaryCall",
         description=description,
-        clients=clients,
-        streams=streams,
+        clients=in_flight[0],
+        streams=in_flight[1],
         messages_per_call=1,
+        instruction_batches=instruction_batches,
         requests=lambda: [
             pb.SimpleRequest(
                 response_type=pb.COMPRESSABLE, response_size=size, payload=_payload(size)
@@ -139,8 +149,16 @@ def _unary(name: str, size: int, clients: int, streams: int, description: str) -
 # * streaming: 1 connection x 2 calls, so the next call's messages are already queued while the
 #   server finishes the previous one; more would only queue.
 WORKLOADS: tuple[Workload, ...] = (
-    _unary("unary-100B", SMALL, 4, 64, "UnaryCall, 100-byte request and response, 256 in flight"),
-    _unary("unary-1MiB", LARGE, 1, 8, "UnaryCall, 1 MiB request and response, 8 in flight"),
+    _unary(
+        "unary-100B",
+        SMALL,
+        (4, 64),
+        (256, 1024),
+        "UnaryCall, 100-byte request and response, 256 in flight",
+    ),
+    _unary(
+        "unary-1MiB", LARGE, (1, 8), (16, 48), "UnaryCall, 1 MiB request and response, 8 in flight"
+    ),
     Workload(
         name="client-stream",
         method="StreamingInputCall",
@@ -148,6 +166,7 @@ WORKLOADS: tuple[Workload, ...] = (
         clients=1,
         streams=2,
         messages_per_call=STREAM_LENGTH,
+        instruction_batches=(2, 6),
         requests=lambda: [pb.StreamingInputCallRequest(payload=_payload(SMALL))] * STREAM_LENGTH,
         responses=lambda: [
             pb.StreamingInputCallResponse(aggregated_payload_size=SMALL * STREAM_LENGTH)
@@ -161,6 +180,7 @@ WORKLOADS: tuple[Workload, ...] = (
         clients=1,
         streams=2,
         messages_per_call=STREAM_LENGTH,
+        instruction_batches=(2, 6),
         requests=lambda: [
             pb.StreamingOutputCallRequest(
                 response_type=pb.COMPRESSABLE,

@@ -244,7 +244,10 @@ class ServerProtocol:
             frame_end = pos + 9 + length
             if frame_end > end:
                 break
-            if frame_type == 0 and flags & ~_END_STREAM == 0 and stream_id in streams:
+            # A DATA frame's stream may be opened by HEADERS still waiting for h2 in this run.
+            if frame_type == 0 and flags & ~_END_STREAM == 0 and (
+                stream_id in streams or handed < pos
+            ):
                 if handed < pos:
                     self._feed_h2(view[handed:pos], events)
                     handed = pos

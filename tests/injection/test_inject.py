@@ -17,7 +17,7 @@ import pytest
 import fastinject
 from echo_service import Recorder
 from fastinject.duplex import StreamPairDuplex
-from serving import echo_server, method
+from serving import Serve, echo_server, eventually, method, sleeping
 from tls_material import TlsMaterial
 
 Inject = Callable[[fastinject.ConnectionInjector], Awaitable[str]]
@@ -40,6 +40,7 @@ class Acceptor:
         self._accept_task: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
+        """Listen on a loopback port and start injecting what it accepts; return the port."""
         if self.kind == "socket":
             self._listener = socket.create_server(("127.0.0.1", 0))
             self._listener.setblocking(False)
@@ -62,6 +63,7 @@ class Acceptor:
             self.injector.inject_connection(SocketDuplex(reader, writer))
 
     async def close(self) -> None:
+        """Stop listening; connections already injected are the injector's to close."""
         if self._accept_task is not None:
             self._accept_task.cancel()
         if self._listener is not None:
@@ -83,7 +85,18 @@ async def accepting(
         await acceptor.close()
 
 
+@contextlib.asynccontextmanager
+async def injected_channel(
+    injector: fastinject.ConnectionInjector, kind: str = "socket"
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A cleartext grpcio channel whose connections are accepted and given to ``injector``."""
+    async with accepting(injector, kind) as port, \
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield channel
+
+
 def credentials(mode: str, tls: TlsMaterial) -> fastinject.ServerCredentials:
+    """Server credentials for ``mode``: ``insecure``, ``tls`` or ``mtls`` (client certificate)."""
     if mode == "insecure":
         return fastinject.ServerCredentials.insecure()
     return fastinject.ServerCredentials.ssl(
@@ -94,6 +107,10 @@ def credentials(mode: str, tls: TlsMaterial) -> fastinject.ServerCredentials:
 
 
 def channel_for(mode: str, port: int, tls: TlsMaterial, *, client_cert: bool = True) -> Any:
+    """A grpcio channel to ``localhost:port`` for ``mode``, trusting the test CA.
+
+    In ``mtls`` mode it presents the test client certificate unless ``client_cert`` is false.
+    """
     target = f"localhost:{port}"
     if mode == "insecure":
         return grpc.aio.insecure_channel(target)
@@ -108,10 +125,17 @@ def channel_for(mode: str, port: int, tls: TlsMaterial, *, client_cert: bool = T
 
 @pytest.fixture
 async def server(recorder: Recorder) -> AsyncIterator[fastinject.Server]:
+    """A started test.Echo server with no ports, whose TLS handshakes time out after 0.5 s."""
     server = echo_server(recorder, handshake_timeout=0.5)
     await server.start()
     yield server
     await server.stop(None)
+
+
+@pytest.fixture
+def injector(server: fastinject.Server) -> fastinject.ConnectionInjector:
+    """A cleartext injector of :func:`server`."""
+    return server.create_connection_injector(fastinject.ServerCredentials.insecure())
 
 
 @pytest.mark.parametrize("mode", ["insecure", "tls", "mtls"])
@@ -121,11 +145,10 @@ async def test_each_connection_kind_and_security(
 ) -> None:
     """Every kind of stream is served like a port connection, under the injector's TLS mode."""
     injector = server.create_connection_injector(credentials(mode, tls))
-    async with accepting(injector, kind) as port:
-        async with channel_for(mode, port, tls) as channel:
-            assert await method(channel, "Unary")(b"injected") == b"injected"
-            info = json.loads(await method(channel, "Peer")(b""))
-            assert injector.connections == 1
+    async with accepting(injector, kind) as port, channel_for(mode, port, tls) as channel:
+        assert await method(channel, "Unary")(b"injected") == b"injected"
+        info = json.loads(await method(channel, "Peer")(b""))
+        assert injector.connections == 1
     if kind == "duplex":
         assert info["peer"] == "tunnel:test"
     else:
@@ -137,9 +160,8 @@ async def test_each_connection_kind_and_security(
         assert info["auth"]["transport_security_type"] == ["ssl"]
 
 
-async def test_initial_data_is_served_first(server: fastinject.Server) -> None:
+async def test_initial_data_is_served_first(injector: fastinject.ConnectionInjector) -> None:
     """Bytes the caller already read (sniffing) are processed before the rest of the stream."""
-    injector = server.create_connection_injector(fastinject.ServerCredentials.insecure())
     listener = socket.create_server(("127.0.0.1", 0))
     listener.setblocking(False)
     port = listener.getsockname()[1]
@@ -165,11 +187,11 @@ async def test_mtls_without_client_certificate_is_refused(
 ) -> None:
     """An mTLS injector refuses a client that presents no certificate."""
     injector = server.create_connection_injector(credentials("mtls", tls))
-    async with accepting(injector) as port:
-        async with channel_for("mtls", port, tls, client_cert=False) as channel:
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await method(channel, "Unary")(b"x", timeout=5)
-            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    async with accepting(injector) as port, \
+            channel_for("mtls", port, tls, client_cert=False) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await method(channel, "Unary")(b"x", timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 async def test_silent_connection_closed_at_handshake_timeout(
@@ -186,9 +208,10 @@ async def test_silent_connection_closed_at_handshake_timeout(
     assert injector.connections == 0
 
 
-async def test_garbage_does_not_raise_into_caller(server: fastinject.Server) -> None:
+async def test_garbage_does_not_raise_into_caller(
+    injector: fastinject.ConnectionInjector,
+) -> None:
     """Garbage instead of HTTP/2 closes that connection; the caller sees no exception."""
-    injector = server.create_connection_injector(fastinject.ServerCredentials.insecure())
     ours, theirs = socket.socketpair()
     await injector.inject_connection(ours)
     theirs.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 4)
@@ -202,41 +225,39 @@ async def test_garbage_does_not_raise_into_caller(server: fastinject.Server) -> 
 
 
 async def test_drain_finishes_short_cancels_long_and_spares_later(
-    server: fastinject.Server, recorder: Recorder
+    injector: fastinject.ConnectionInjector, recorder: Recorder
 ) -> None:
     """drain(grace) lets short calls finish, cancels long ones, and leaves later injections be."""
-    injector = server.create_connection_injector(fastinject.ServerCredentials.insecure())
-    async with accepting(injector) as port:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as old:
-            short = asyncio.ensure_future(method(old, "Sleep")(b"0.2"))
-            long = asyncio.ensure_future(method(old, "Sleep")(b"30"))
-            await asyncio.wait_for(recorder.started.wait(), 5)
-            await asyncio.sleep(0.05)
-            drained = injector.drain(1000)
-            # A connection injected after the drain call is not part of it.
-            async with grpc.aio.insecure_channel(
-                f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
-            ) as later:
-                later_call = asyncio.ensure_future(method(later, "Sleep")(b"1.5"))
-                assert await short == b"slept 0.2"
-                with pytest.raises(grpc.aio.AioRpcError) as info:
-                    await long
-                assert info.value.code() == grpc.StatusCode.CANCELLED
-                await drained
-                assert await later_call == b"slept 1.5"
-                assert await method(later, "Unary")(b"still") == b"still"
+    async with accepting(injector) as port, \
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as old:
+        short = await sleeping(old, recorder, b"0.2")
+        long = method(old, "Sleep")(b"30")
+        await asyncio.sleep(0.05)
+        drained = injector.drain(1000)
+        # A connection injected after the drain call is not part of it.
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        ) as later:
+            later_call = method(later, "Sleep")(b"1.5")
+            assert await short == b"slept 0.2"
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await long
+            assert info.value.code() == grpc.StatusCode.CANCELLED
+            await drained
+            assert await later_call == b"slept 1.5"
+            assert await method(later, "Unary")(b"still") == b"still"
 
 
-async def test_drain_rejects_negative_grace(server: fastinject.Server) -> None:
+async def test_drain_rejects_negative_grace(injector: fastinject.ConnectionInjector) -> None:
     """A negative grace time is a ValueError."""
-    injector = server.create_connection_injector(fastinject.ServerCredentials.insecure())
     with pytest.raises(ValueError, match="grace"):
         injector.drain(-1)
 
 
-async def test_destroy_is_idempotent_and_refuses_injections(server: fastinject.Server) -> None:
+async def test_destroy_is_idempotent_and_refuses_injections(
+    injector: fastinject.ConnectionInjector,
+) -> None:
     """destroy() twice is fine; injecting afterwards closes the stream and raises."""
-    injector = server.create_connection_injector(fastinject.ServerCredentials.insecure())
     await injector.destroy()
     await injector.destroy()
     ours, theirs = socket.socketpair()
@@ -247,34 +268,28 @@ async def test_destroy_is_idempotent_and_refuses_injections(server: fastinject.S
 
 
 async def test_destroy_closes_connections_gracefully(
-    server: fastinject.Server, recorder: Recorder
+    injector: fastinject.ConnectionInjector, recorder: Recorder
 ) -> None:
     """destroy() lets running calls finish and then closes the injector's connections."""
-    injector = server.create_connection_injector(fastinject.ServerCredentials.insecure())
-    async with accepting(injector) as port:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call = asyncio.ensure_future(method(channel, "Sleep")(b"0.3"))
-            await asyncio.wait_for(recorder.started.wait(), 5)
-            done = injector.destroy()
-            assert await call == b"slept 0.3"
-            await asyncio.wait_for(done, 10)
-            assert injector.connections == 0
+    async with injected_channel(injector) as channel:
+        call = await sleeping(channel, recorder, b"0.3")
+        done = injector.destroy()
+        assert await call == b"slept 0.3"
+        await asyncio.wait_for(done, 10)
+        assert injector.connections == 0
 
 
-async def test_stop_covers_injected_connections(recorder: Recorder) -> None:
+async def test_stop_covers_injected_connections(
+    server: fastinject.Server, injector: fastinject.ConnectionInjector, recorder: Recorder
+) -> None:
     """stop() cancels calls on injected connections, drained or not, and then refuses more."""
-    server = echo_server(recorder)
-    await server.start()
-    injector = server.create_connection_injector(fastinject.ServerCredentials.insecure())
-    async with accepting(injector) as port:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call = asyncio.ensure_future(method(channel, "Sleep")(b"30"))
-            await asyncio.wait_for(recorder.started.wait(), 5)
-            injector.drain(60_000)
-            await asyncio.wait_for(server.stop(0.2), 10)
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await call
-            assert info.value.code() == grpc.StatusCode.CANCELLED
+    async with injected_channel(injector) as channel:
+        call = await sleeping(channel, recorder, b"30")
+        injector.drain(60_000)
+        await asyncio.wait_for(server.stop(0.2), 10)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.CANCELLED
     assert injector.connections == 0
     ours, theirs = socket.socketpair()
     with pytest.raises(fastinject.ServerStoppedError):
@@ -302,13 +317,14 @@ async def test_injector_created_before_start(recorder: Recorder) -> None:
     server = echo_server(recorder)
     injector = server.create_connection_injector(fastinject.ServerCredentials.insecure())
     await server.start()
-    async with accepting(injector, "pair") as port:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            assert await method(channel, "Unary")(b"x") == b"x"
-        await server.stop(None)
+    async with injected_channel(injector, "pair") as channel:
+        assert await method(channel, "Unary")(b"x") == b"x"
+    await server.stop(None)
 
 
-async def test_per_injector_interceptors(server: fastinject.Server) -> None:
+async def test_per_injector_interceptors(
+    server: fastinject.Server, injector: fastinject.ConnectionInjector
+) -> None:
     """Interceptors given to one injector apply to its connections only."""
     seen: list[str] = []
 
@@ -317,13 +333,10 @@ async def test_per_injector_interceptors(server: fastinject.Server) -> None:
             seen.append(details.method)
             return await continuation(details)
 
-    injector = server.create_connection_injector(
+    recording = server.create_connection_injector(
         fastinject.ServerCredentials.insecure(), interceptors=[Record()]
     )
-    plain = server.create_connection_injector(fastinject.ServerCredentials.insecure())
-    async with accepting(injector) as port1, accepting(plain) as port2, \
-            grpc.aio.insecure_channel(f"127.0.0.1:{port1}") as c1, \
-            grpc.aio.insecure_channel(f"127.0.0.1:{port2}") as c2:
+    async with injected_channel(recording) as c1, injected_channel(injector) as c2:
         await method(c1, "Unary")(b"a")
         await method(c2, "Unary")(b"b")
     assert seen == ["/test.Echo/Unary"]
@@ -377,30 +390,25 @@ async def test_unbind_frees_address_and_keeps_other_ports(recorder: Recorder) ->
         await server.stop(None)
 
 
-async def test_server_drain_port_keeps_listening(recorder: Recorder) -> None:
+async def test_server_drain_port_keeps_listening(serve: Serve, recorder: Recorder) -> None:
     """Server.drain(port) closes that port's connections gracefully and keeps accepting."""
-    server = echo_server(recorder)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call = asyncio.ensure_future(method(channel, "Sleep")(b"0.2"))
-            await asyncio.wait_for(recorder.started.wait(), 5)
-            await asyncio.wait_for(server.drain(port, 5000), 10)
-            assert await call == b"slept 0.2"
-            # The channel reconnects to the still-listening port.
-            assert await method(channel, "Unary")(b"again") == b"again"
-    finally:
-        await server.stop(None)
+    served = await serve()
+    async with grpc.aio.insecure_channel(served.target) as channel:
+        call = await sleeping(channel, recorder, b"0.2")
+        await asyncio.wait_for(served.server.drain(served.port, 5000), 10)
+        assert await call == b"slept 0.2"
+        # The channel reconnects to the still-listening port.
+        assert await method(channel, "Unary")(b"again") == b"again"
 
 
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-async def test_no_leaks_after_many_inject_close_cycles(server: fastinject.Server) -> None:
+async def test_no_leaks_after_many_inject_close_cycles(
+    injector: fastinject.ConnectionInjector,
+) -> None:
     """1,000 inject/close cycles leave no file descriptors, connections or tasks behind."""
-    injector = server.create_connection_injector(fastinject.ServerCredentials.insecure())
     loop = asyncio.get_running_loop()
 
     async def cycle() -> None:
@@ -415,10 +423,7 @@ async def test_no_leaks_after_many_inject_close_cycles(server: fastinject.Server
     fds, tasks = _open_fds(), len(asyncio.all_tasks())
     for _ in range(1000):
         await cycle()
-    for _ in range(200):
-        if injector.connections == 0:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: injector.connections == 0)
     await asyncio.sleep(0.05)
     assert injector.connections == 0
     assert _open_fds() <= fds

@@ -8,6 +8,10 @@ are bounded and only the order and content of frames are checked.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
 
 from echo_service import Recorder
 from fastinject import StatusCode
@@ -27,6 +31,48 @@ from protocol.wire import (
     Wire,
     eventually,
 )
+
+WireTo = Callable[..., Awaitable[Wire]]
+"""The ``wire_to`` fixture: a :class:`Wire` to a new server with the given settings."""
+
+PINGS_WITHOUT_CALLS: dict[str, Any] = {
+    "max_ping_strikes": 2,
+    "keepalive_permit_without_calls": True,
+}
+"""Server settings of the ping-interval tests: pings are allowed without calls, 2 strikes."""
+
+
+@pytest.fixture
+def wire_to(start_server: StartServer, open_wire: OpenWire) -> WireTo:
+    """Start a server with the given settings and open a :class:`Wire` to it.
+
+    ``auto_ack_pings`` and ``wait_settings`` configure the wire; every other keyword is a
+    server setting.  Both are closed at teardown.
+    """
+    async def connect(
+        *, auto_ack_pings: bool = True, wait_settings: bool = True, **settings: Any
+    ) -> Wire:
+        served = await start_server(**settings)
+        return await open_wire(
+            served.port, auto_ack_pings=auto_ack_pings, wait_settings=wait_settings
+        )
+
+    return connect
+
+
+async def start_sleep(wire: Wire, recorder: Recorder) -> int:
+    """Open a test.Echo/Sleep call of 30 s; return its stream once the handler runs."""
+    stream_id = wire.client.start_call(b"/test.Echo/Sleep", [b"30"])
+    await wire.flush()
+    async with asyncio.timeout(10):
+        await recorder.started.wait()
+    return stream_id
+
+
+async def assert_sleep_cancelled(recorder: Recorder) -> None:
+    """The 30 s Sleep handler was cancelled and its done callback ran."""
+    await eventually(lambda: recorder.done_callbacks == 1, "the done callback")
+    assert recorder.cancelled == ["30"]
 
 
 def goaway_then_ping(wire: Wire) -> bool:
@@ -80,14 +126,10 @@ async def test_client_reset_cancels_the_handler(wire: Wire, recorder: Recorder) 
 
     Nothing more is sent on that stream, and the connection keeps serving other calls.
     """
-    stream_id = wire.client.start_call(b"/test.Echo/Sleep", [b"30"])
-    await wire.flush()
-    async with asyncio.timeout(10):
-        await recorder.started.wait()
+    stream_id = await start_sleep(wire, recorder)
     wire.client.reset(stream_id, CANCEL)
     await wire.flush()
-    await eventually(lambda: recorder.done_callbacks == 1, "the done callback")
-    assert recorder.cancelled == ["30"]
+    await assert_sleep_cancelled(recorder)
     assert recorder.finished == []
 
     after = await wire.call(b"/test.Echo/Unary", b"after")
@@ -115,26 +157,19 @@ async def test_client_goaway_with_an_error_cancels_calls_and_closes(
     wire: Wire, recorder: Recorder
 ) -> None:
     """A client's GOAWAY with an error code ends the connection: running handlers are cancelled."""
-    wire.client.start_call(b"/test.Echo/Sleep", [b"30"])
-    await wire.flush()
-    async with asyncio.timeout(10):
-        await recorder.started.wait()
+    await start_sleep(wire, recorder)
     wire.client.goaway(PROTOCOL_ERROR)
     await wire.wait_closed()
-    await eventually(lambda: recorder.done_callbacks == 1, "the done callback")
-    assert recorder.cancelled == ["30"]
+    await assert_sleep_cancelled(recorder)
 
 
-async def test_too_many_pings_without_calls_get_enhance_your_calm(
-    start_server: StartServer, open_wire: OpenWire
-) -> None:
+async def test_too_many_pings_without_calls_get_enhance_your_calm(wire_to: WireTo) -> None:
     """With max_ping_strikes=2, the 3rd strike gets GOAWAY ENHANCE_YOUR_CALM "too_many_pings".
 
     Without calls and without keepalive_permit_without_calls every ping after the first is a
     strike, so the 4th ping ends the connection.
     """
-    served = await start_server(max_ping_strikes=2, keepalive_permit_without_calls=False)
-    wire = await open_wire(served.port)
+    wire = await wire_to(max_ping_strikes=2, keepalive_permit_without_calls=False)
     for index in range(3):
         await wire.round_trip(b"ping-%03d" % index)
     assert wire.client.goaways == []
@@ -146,16 +181,9 @@ async def test_too_many_pings_without_calls_get_enhance_your_calm(
     assert goaway.debug == b"too_many_pings"
 
 
-async def test_permit_without_calls_still_polices_the_ping_interval(
-    start_server: StartServer, open_wire: OpenWire
-) -> None:
+async def test_permit_without_calls_still_polices_the_ping_interval(wire_to: WireTo) -> None:
     """keepalive_permit_without_calls still polices min_ping_interval_without_data."""
-    served = await start_server(
-        max_ping_strikes=2,
-        keepalive_permit_without_calls=True,
-        min_ping_interval_without_data=300.0,
-    )
-    wire = await open_wire(served.port)
+    wire = await wire_to(**PINGS_WITHOUT_CALLS, min_ping_interval_without_data=300.0)
     for index in range(4):
         wire.client.ping(b"ping-%03d" % index)
     await wire.wait_closed()
@@ -164,16 +192,9 @@ async def test_permit_without_calls_still_polices_the_ping_interval(
     ]
 
 
-async def test_pings_spaced_by_the_minimum_interval_are_fine(
-    start_server: StartServer, open_wire: OpenWire
-) -> None:
+async def test_pings_spaced_by_the_minimum_interval_are_fine(wire_to: WireTo) -> None:
     """Pings spaced wider than min_ping_interval_without_data never count as strikes."""
-    served = await start_server(
-        max_ping_strikes=2,
-        keepalive_permit_without_calls=True,
-        min_ping_interval_without_data=0.05,
-    )
-    wire = await open_wire(served.port)
+    wire = await wire_to(**PINGS_WITHOUT_CALLS, min_ping_interval_without_data=0.05)
     for index in range(5):
         if index:
             await asyncio.sleep(0.25)  # spacing only; nothing is asserted about durations
@@ -183,35 +204,26 @@ async def test_pings_spaced_by_the_minimum_interval_are_fine(
     assert response.status == StatusCode.OK.number
 
 
-async def test_keepalive_ping_not_acknowledged_closes_the_connection(
-    start_server: StartServer, open_wire: OpenWire
-) -> None:
+async def test_keepalive_ping_not_acknowledged_closes_the_connection(wire_to: WireTo) -> None:
     """The server pings after keepalive_time; a client that never acknowledges is disconnected."""
-    served = await start_server(keepalive_time=0.2, keepalive_timeout=0.3)
-    wire = await open_wire(served.port, auto_ack_pings=False)
+    wire = await wire_to(keepalive_time=0.2, keepalive_timeout=0.3, auto_ack_pings=False)
     await wire.wait_for(lambda: bool(wire.client.pings), "a keepalive PING")
     await wire.wait_closed()
     assert len(wire.client.pings) == 1  # no second ping: it gave up on the first
 
 
-async def test_keepalive_ping_acknowledged_keeps_the_connection(
-    start_server: StartServer, open_wire: OpenWire
-) -> None:
+async def test_keepalive_ping_acknowledged_keeps_the_connection(wire_to: WireTo) -> None:
     """A client that acknowledges keepalive pings keeps getting them and stays connected."""
-    served = await start_server(keepalive_time=0.1, keepalive_timeout=0.3)
-    wire = await open_wire(served.port)
+    wire = await wire_to(keepalive_time=0.1, keepalive_timeout=0.3)
     await wire.wait_for(lambda: len(wire.client.pings) >= 4, "several keepalive PINGs")
     assert wire.client.goaways == []
     response = await wire.call(b"/test.Echo/Unary", b"alive")
     assert response.status == StatusCode.OK.number
 
 
-async def test_idle_connection_gets_a_graceful_goaway(
-    start_server: StartServer, open_wire: OpenWire
-) -> None:
+async def test_idle_connection_gets_a_graceful_goaway(wire_to: WireTo) -> None:
     """A connection without calls for max_connection_idle is closed with the two-phase GOAWAY."""
-    served = await start_server(max_connection_idle=0.2)
-    wire = await open_wire(served.port)
+    wire = await wire_to(max_connection_idle=0.2)
     await wire.wait_closed()
     assert wire.client.goaways == [
         GoAway(MAX_STREAM_ID, NO_ERROR, b""),
@@ -221,14 +233,13 @@ async def test_idle_connection_gets_a_graceful_goaway(
 
 
 async def test_max_connection_age_goaway_then_cancel_after_grace(
-    start_server: StartServer, open_wire: OpenWire, recorder: Recorder
+    wire_to: WireTo, recorder: Recorder
 ) -> None:
     """At max_connection_age comes a graceful GOAWAY; after the grace, calls are cancelled.
 
     The cancelled call gets RST_STREAM(CANCEL), its done callbacks run, the connection closes.
     """
-    served = await start_server(max_connection_age=0.5, max_connection_age_grace=0.3)
-    wire = await open_wire(served.port)
+    wire = await wire_to(max_connection_age=0.5, max_connection_age_grace=0.3)
     stream_id = wire.client.start_call(b"/test.Echo/Sleep", [b"30"])
     await wire.wait_for(lambda: len(wire.client.goaways) == 2, "both GOAWAYs")
     assert wire.client.goaways == [
@@ -239,12 +250,11 @@ async def test_max_connection_age_goaway_then_cancel_after_grace(
     assert response.reset == CANCEL
     assert response.headers is None
     await wire.wait_closed()
-    await eventually(lambda: recorder.done_callbacks == 1, "the done callback")
-    assert recorder.cancelled == ["30"]
+    await assert_sleep_cancelled(recorder)
 
 
 async def test_streams_beyond_max_concurrent_streams_do_not_kill_the_connection(
-    start_server: StartServer, open_wire: OpenWire, probe: Probe
+    wire_to: WireTo, probe: Probe
 ) -> None:
     """Exceeding SETTINGS_MAX_CONCURRENT_STREAMS is a stream error, not a connection error.
 
@@ -252,9 +262,8 @@ async def test_streams_beyond_max_concurrent_streams_do_not_kill_the_connection(
     the client had not yet seen the limit: grpc core enforces only acknowledged settings), but
     the calls already running are never lost with the connection.
     """
-    served = await start_server(max_concurrent_streams=2)
     # The client has not seen our SETTINGS yet, so h2 lets it open a third stream.
-    wire = await open_wire(served.port, wait_settings=False)
+    wire = await wire_to(max_concurrent_streams=2, wait_settings=False)
     running = [wire.client.start_call(b"/test.Probe/Gate", [b"%d" % i]) for i in range(2)]
     extra = wire.client.start_call(b"/test.Probe/Gate", [b"extra"])
     await wire.wait_for(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import pytest
@@ -11,18 +11,15 @@ from cryptography import x509
 import fastinject
 from echo_service import Recorder
 from fastinject.injector import ConnectionInjector
-from fastinject.router import ConnectionRouter
+from fastinject.router import ConnectionRouter, Rule
 from serving import echo_server
-from tls_material import TlsMaterial, issue_certificate, tls_material
+from tls_material import TlsMaterial, issue_certificate
 
 EXAMPLE_NAMES = ("api.example.test", "*.example.test")
 """DNS names of the second server certificate, which SNI rules choose instead of localhost's."""
 
-
-@pytest.fixture(scope="session")
-def tls() -> TlsMaterial:
-    """The shared test TLS material: its CA, localhost server and client certificates."""
-    return tls_material()
+StartRouter = Callable[..., Awaitable[int]]
+"""The ``start_router`` fixture: ``await start_router(router, address="127.0.0.1:0")``."""
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +42,12 @@ async def server(recorder: Recorder) -> AsyncIterator[fastinject.Server]:
 @pytest.fixture
 def plaintext(server: fastinject.Server) -> ConnectionInjector:
     """An injector serving cleartext HTTP/2."""
+    return server.create_connection_injector(fastinject.ServerCredentials.insecure())
+
+
+@pytest.fixture
+def replacement(server: fastinject.Server) -> ConnectionInjector:
+    """A second cleartext injector, for tests that swap the table's injector for another."""
     return server.create_connection_injector(fastinject.ServerCredentials.insecure())
 
 
@@ -75,12 +78,30 @@ def mtls(server: fastinject.Server, tls: TlsMaterial) -> ConnectionInjector:
 
 
 @pytest.fixture
-async def routers() -> AsyncIterator[list[ConnectionRouter]]:
-    """Routers a test starts; each is closed at the end."""
-    made: list[ConnectionRouter] = []
-    yield made
-    for router in made:
+async def start_router() -> AsyncIterator[StartRouter]:
+    """Start a router on an address (a loopback port by default); return its port.
+
+    Every router started this way is closed at teardown.
+    """
+    started: list[ConnectionRouter] = []
+
+    async def start(router: ConnectionRouter, address: str = "127.0.0.1:0") -> int:
+        started.append(router)
+        return await router.start(address)
+
+    yield start
+    for router in started:
         await router.close()
+
+
+@pytest.fixture
+async def plaintext_router(
+    start_router: StartRouter, plaintext: ConnectionInjector
+) -> ConnectionRouter:
+    """A router on a loopback port whose table sends every connection to ``plaintext``."""
+    router = ConnectionRouter([Rule(plaintext)])
+    await start_router(router)
+    return router
 
 
 class TlsChannelFactory:

@@ -7,7 +7,7 @@ import contextlib
 import ipaddress
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -19,13 +19,13 @@ from fastinject.errors import ServerStateError
 from fastinject.injector import ConnectionInjector
 from fastinject.router import ConnectionInfo, ConnectionRouter, Rule
 from fastinject.sniff import HTTP2_PREFACE, sniff
-from serving import method
+from serving import TIMEOUT, eventually, method, sleeping
 from tls_material import CLIENT_DNS_NAME
 
 TlsChannelFactory = Callable[..., grpc.aio.Channel]  # the tls_channel fixture (conftest.py)
+StartRouter = Callable[..., Awaitable[int]]  # the start_router fixture (conftest.py)
 SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an empty HTTP/2 SETTINGS frame
 PING = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"router!!"  # an HTTP/2 PING frame
-TIMEOUT = 10.0  # bounds every wait, so a broken router fails the test instead of hanging it
 
 
 # Each channel gets its own connections (grpcio shares them between channels by default), so
@@ -38,19 +38,17 @@ def insecure_channel(target: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(target, options=[OWN_CONNECTIONS])
 
 
-async def started(routers: list[ConnectionRouter], router: ConnectionRouter,
-                  address: str = "127.0.0.1:0") -> int:
-    """Start ``router`` on ``address`` (closed at teardown); return its port."""
-    routers.append(router)
-    return await router.start(address)
+async def unary(channel: grpc.aio.Channel, payload: bytes) -> bytes:
+    """The answer of test.Echo/Unary to ``payload`` (bounded by TIMEOUT)."""
+    answer: bytes = await method(channel, "Unary")(payload, timeout=TIMEOUT)
+    return answer
 
 
-async def eventually(predicate: Callable[[], bool]) -> None:
-    """Wait until ``predicate()`` holds (bounded by TIMEOUT)."""
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.01)
-    await asyncio.wait_for(poll(), TIMEOUT)
+async def assert_unavailable(channel: grpc.aio.Channel) -> None:
+    """A call on ``channel`` fails UNAVAILABLE: its connection was never served."""
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await unary(channel, b"x")
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 async def received_until_closed(reader: asyncio.StreamReader) -> bytes:
@@ -65,6 +63,24 @@ async def received_until_closed(reader: asyncio.StreamReader) -> bytes:
     return received
 
 
+async def answer_to(port: int, start: bytes) -> bytes:
+    """Everything the router's port sends to a raw client that sends ``start``, until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(start)
+    received = await received_until_closed(reader)
+    writer.close()
+    return received
+
+
+async def sniffed_connection(
+    router: ConnectionRouter,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw connection to ``router`` that sends nothing, once the router is sniffing it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+    await eventually(lambda: router.pending == 1)
+    return reader, writer
+
+
 async def peer_of_call(channel: grpc.aio.Channel) -> dict[str, Any]:
     """What the server saw of the caller (test.Echo/Peer)."""
     result: dict[str, Any] = json.loads(await method(channel, "Peer")(b"", timeout=TIMEOUT))
@@ -72,69 +88,65 @@ async def peer_of_call(channel: grpc.aio.Channel) -> dict[str, Any]:
 
 
 async def test_plaintext_and_tls_clients_share_one_port(
-    routers: list[ConnectionRouter], plaintext: ConnectionInjector,
+    start_router: StartRouter, plaintext: ConnectionInjector,
     tls_localhost: ConnectionInjector, tls_channel: TlsChannelFactory,
 ) -> None:
     """Cleartext clients go to the plaintext injector and TLS clients to the TLS one, same port."""
     router = ConnectionRouter([Rule(plaintext, transport="plaintext"),
                                Rule(tls_localhost, transport="tls")])
-    port = await started(routers, router)
+    port = await start_router(router)
     async with insecure_channel(f"127.0.0.1:{port}") as channel:
-        assert await method(channel, "Unary")(b"clear", timeout=TIMEOUT) == b"clear"
+        assert await unary(channel, b"clear") == b"clear"
         assert (plaintext.connections, tls_localhost.connections) == (1, 0)
     async with tls_channel(f"localhost:{port}") as channel:
-        assert await method(channel, "Unary")(b"secret", timeout=TIMEOUT) == b"secret"
+        assert await unary(channel, b"secret") == b"secret"
         seen = await peer_of_call(channel)
         assert seen["auth"]["transport_security_type"] == ["ssl"]
         assert tls_localhost.connections == 1
 
 
 async def test_mtls_rule_requires_client_certificate(
-    routers: list[ConnectionRouter], plaintext: ConnectionInjector, mtls: ConnectionInjector,
+    start_router: StartRouter, plaintext: ConnectionInjector, mtls: ConnectionInjector,
     tls_channel: TlsChannelFactory,
 ) -> None:
     """TLS connections routed to an mTLS injector are served only with a client certificate."""
     router = ConnectionRouter([Rule(plaintext, source="127.0.0.0/8", transport="plaintext"),
                                Rule(mtls, transport="tls")])
-    port = await started(routers, router)
+    port = await start_router(router)
     async with tls_channel(f"localhost:{port}", client_cert=True) as channel:
         seen = await peer_of_call(channel)
         assert seen["identities"] == [CLIENT_DNS_NAME]
     async with tls_channel(f"localhost:{port}") as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as error:
-            await method(channel, "Unary")(b"x", timeout=TIMEOUT)
-        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        await assert_unavailable(channel)
 
 
 async def test_sni_chooses_the_certificate(
-    routers: list[ConnectionRouter], tls_localhost: ConnectionInjector,
+    start_router: StartRouter, tls_localhost: ConnectionInjector,
     tls_example: ConnectionInjector, tls_channel: TlsChannelFactory,
 ) -> None:
     """The SNI name picks the injector, so each client gets the certificate for its name."""
     router = ConnectionRouter([Rule(tls_localhost, server_name="localhost"),
                                Rule(tls_example, server_name="*.example.test")])
-    port = await started(routers, router)
+    port = await start_router(router)
     target = f"127.0.0.1:{port}"
     # Each client checks the certificate against its SNI name: success proves the right one.
     async with tls_channel(target, server_name="api.example.test") as channel:
-        assert await method(channel, "Unary")(b"e", timeout=TIMEOUT) == b"e"
+        assert await unary(channel, b"e") == b"e"
         assert (tls_localhost.connections, tls_example.connections) == (0, 1)
     async with tls_channel(target, server_name="localhost") as channel:
-        assert await method(channel, "Unary")(b"l", timeout=TIMEOUT) == b"l"
+        assert await unary(channel, b"l") == b"l"
         assert tls_localhost.connections == 1
     async with tls_channel(target, server_name="other.invalid") as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as error:
-            await method(channel, "Unary")(b"x", timeout=TIMEOUT)
-        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        await assert_unavailable(channel)
 
 
 async def test_source_cidr_rules(
-    server: fastinject.Server, routers: list[ConnectionRouter], plaintext: ConnectionInjector,
+    server: fastinject.Server, start_router: StartRouter, plaintext: ConnectionInjector,
 ) -> None:
     """Source CIDR rules route IPv4 and IPv6 loopback clients of one port to different injectors."""
     v6 = server.create_connection_injector(fastinject.ServerCredentials.insecure())
     router = ConnectionRouter([Rule(plaintext, source="127.0.0.0/8"), Rule(v6, source="::1/128")])
-    port = await started(routers, router, "[::]:0")  # dual-stack: both families, one port
+    port = await start_router(router, "[::]:0")  # dual-stack: both families, one port
     async with insecure_channel(f"127.0.0.1:{port}") as channel:
         assert "127.0.0.1" in (await peer_of_call(channel))["peer"]
         assert (plaintext.connections, v6.connections) == (1, 0)
@@ -144,38 +156,31 @@ async def test_source_cidr_rules(
 
 
 async def test_destination_cidr_rule(
-    routers: list[ConnectionRouter], plaintext: ConnectionInjector,
+    start_router: StartRouter, plaintext: ConnectionInjector,
 ) -> None:
     """A destination rule matches the local address the client connected to."""
     router = ConnectionRouter([Rule(plaintext, destination="::1/128")])
-    port = await started(routers, router, "[::]:0")  # dual-stack: both families, one port
+    port = await start_router(router, "[::]:0")  # dual-stack: both families, one port
     async with insecure_channel(f"[::1]:{port}") as channel:
-        assert await method(channel, "Unary")(b"v6", timeout=TIMEOUT) == b"v6"
+        assert await unary(channel, b"v6") == b"v6"
     async with insecure_channel(f"127.0.0.1:{port}") as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as error:
-            await method(channel, "Unary")(b"v4", timeout=TIMEOUT)
-        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        await assert_unavailable(channel)
 
 
 async def test_unmatched_connection_is_closed_without_a_byte(
-    routers: list[ConnectionRouter], tls_localhost: ConnectionInjector,
+    start_router: StartRouter, tls_localhost: ConnectionInjector,
 ) -> None:
     """With no matching rule the client fails UNAVAILABLE and the server sends nothing at all."""
     router = ConnectionRouter([Rule(tls_localhost, transport="tls")])
-    port = await started(routers, router)
+    port = await start_router(router)
     async with insecure_channel(f"127.0.0.1:{port}") as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as error:
-            await method(channel, "Unary")(b"x", timeout=TIMEOUT)
-        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(HTTP2_PREFACE + SETTINGS)
-    assert await received_until_closed(reader) == b""
-    writer.close()
+        await assert_unavailable(channel)
+    assert await answer_to(port, HTTP2_PREFACE + SETTINGS) == b""
     assert tls_localhost.connections == 0
 
 
 async def test_choose_function_sees_connection_info(
-    routers: list[ConnectionRouter], plaintext: ConnectionInjector,
+    start_router: StartRouter, plaintext: ConnectionInjector,
     tls_localhost: ConnectionInjector, tls_channel: TlsChannelFactory,
 ) -> None:
     """With no rule matching, choose() gets addresses, kind, SNI and ALPN and its pick serves."""
@@ -186,11 +191,11 @@ async def test_choose_function_sees_connection_info(
         return tls_localhost if info.kind == "tls" else plaintext
 
     router = ConnectionRouter(choose=choose)
-    port = await started(routers, router, "[::]:0")  # dual-stack: IPv4 peers come mapped
+    port = await start_router(router, "[::]:0")  # dual-stack: IPv4 peers come mapped
     async with tls_channel(f"127.0.0.1:{port}", server_name="localhost") as channel:
-        assert await method(channel, "Unary")(b"t", timeout=TIMEOUT) == b"t"
+        assert await unary(channel, b"t") == b"t"
     async with insecure_channel(f"127.0.0.1:{port}") as channel:
-        assert await method(channel, "Unary")(b"p", timeout=TIMEOUT) == b"p"
+        assert await unary(channel, b"p") == b"p"
     loopback = ipaddress.ip_address("127.0.0.1")
     assert [(i.kind, i.server_name, i.source, i.destination, i.destination_port)
             for i in infos] == [("tls", "localhost", loopback, loopback, port),
@@ -201,7 +206,7 @@ async def test_choose_function_sees_connection_info(
 
 @pytest.mark.parametrize("outcome", ["raises", "returns a string"])
 async def test_faulty_choose_closes_the_connection(
-    routers: list[ConnectionRouter], plaintext: ConnectionInjector, outcome: str,
+    start_router: StartRouter, plaintext: ConnectionInjector, outcome: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A choose() that raises or returns a non-injector closes the connection and is logged."""
@@ -211,43 +216,36 @@ async def test_faulty_choose_closes_the_connection(
         return "not an injector"
 
     router = ConnectionRouter(choose=choose, default=plaintext)
-    port = await started(routers, router)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(HTTP2_PREFACE + SETTINGS)
-    assert await received_until_closed(reader) == b""
-    writer.close()
+    port = await start_router(router)
+    assert await answer_to(port, HTTP2_PREFACE + SETTINGS) == b""
     assert any(record.name == "fastinject.router" and record.levelname == "ERROR"
                for record in caplog.records)
 
 
 async def test_default_serves_what_no_rule_or_choose_claims(
-    routers: list[ConnectionRouter], plaintext: ConnectionInjector,
+    start_router: StartRouter, plaintext: ConnectionInjector,
     tls_localhost: ConnectionInjector,
 ) -> None:
     """choose() returning None falls through to the default injector."""
     router = ConnectionRouter([Rule(tls_localhost, transport="tls")],
                               choose=lambda info: None, default=plaintext)
-    port = await started(routers, router)
+    port = await start_router(router)
     async with insecure_channel(f"127.0.0.1:{port}") as channel:
-        assert await method(channel, "Unary")(b"d", timeout=TIMEOUT) == b"d"
+        assert await unary(channel, b"d") == b"d"
     assert router.default is plaintext
 
 
 async def test_set_rules_routes_new_connections_and_drains_old_injector(
-    server: fastinject.Server, recorder: Recorder, routers: list[ConnectionRouter],
-    plaintext: ConnectionInjector,
+    plaintext_router: ConnectionRouter, plaintext: ConnectionInjector,
+    replacement: ConnectionInjector, recorder: Recorder,
 ) -> None:
     """After set_rules new connections use the new table; old calls finish, then it is destroyed."""
-    replacement = server.create_connection_injector(fastinject.ServerCredentials.insecure())
-    router = ConnectionRouter([Rule(plaintext)])
-    port = await started(routers, router)
-    target = f"127.0.0.1:{port}"
+    target = f"127.0.0.1:{plaintext_router.port}"
     async with insecure_channel(target) as old, insecure_channel(target) as new:
-        in_flight = asyncio.ensure_future(method(old, "Sleep")(b"1.0", timeout=TIMEOUT))
-        await asyncio.wait_for(recorder.started.wait(), TIMEOUT)
-        router.set_rules([Rule(replacement)], retire_grace_ms=TIMEOUT * 1000)
-        assert router.rules == (Rule(replacement),)
-        assert await method(new, "Unary")(b"new", timeout=TIMEOUT) == b"new"
+        in_flight = await sleeping(old, recorder, b"1.0", timeout=TIMEOUT)
+        plaintext_router.set_rules([Rule(replacement)], retire_grace_ms=TIMEOUT * 1000)
+        assert plaintext_router.rules == (Rule(replacement),)
+        assert await unary(new, b"new") == b"new"
         assert (plaintext.connections, replacement.connections) == (1, 1)
         assert not plaintext.destroyed  # still draining its in-flight call
         assert await in_flight == b"slept 1.0"
@@ -255,22 +253,18 @@ async def test_set_rules_routes_new_connections_and_drains_old_injector(
         assert plaintext.connections == 0
         assert recorder.cancelled == []
         # The old channel's next call reconnects, through the new table.
-        assert await method(old, "Unary")(b"again", timeout=TIMEOUT) == b"again"
+        assert await unary(old, b"again") == b"again"
         assert replacement.connections == 2
 
 
 async def test_retired_injector_calls_are_cancelled_after_the_grace(
-    server: fastinject.Server, recorder: Recorder, routers: list[ConnectionRouter],
-    plaintext: ConnectionInjector,
+    plaintext_router: ConnectionRouter, plaintext: ConnectionInjector,
+    replacement: ConnectionInjector, recorder: Recorder,
 ) -> None:
     """A call still running on a retired injector when the grace ends is cancelled."""
-    replacement = server.create_connection_injector(fastinject.ServerCredentials.insecure())
-    router = ConnectionRouter([Rule(plaintext)])
-    port = await started(routers, router)
-    async with insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = method(channel, "Sleep")(b"60", timeout=TIMEOUT * 3)
-        await asyncio.wait_for(recorder.started.wait(), TIMEOUT)
-        router.set_rules([Rule(replacement)], retire_grace_ms=50)
+    async with insecure_channel(f"127.0.0.1:{plaintext_router.port}") as channel:
+        call = await sleeping(channel, recorder, b"60", timeout=TIMEOUT * 3)
+        plaintext_router.set_rules([Rule(replacement)], retire_grace_ms=50)
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await call
         assert error.value.code() != grpc.StatusCode.OK
@@ -279,81 +273,71 @@ async def test_retired_injector_calls_are_cancelled_after_the_grace(
 
 
 async def test_close_destroys_retiring_injectors_and_calls_still_finish(
-    server: fastinject.Server, recorder: Recorder, plaintext: ConnectionInjector,
+    plaintext_router: ConnectionRouter, plaintext: ConnectionInjector,
+    replacement: ConnectionInjector, recorder: Recorder,
 ) -> None:
     """close() destroys injectors being retired at once; their running calls still finish."""
-    replacement = server.create_connection_injector(fastinject.ServerCredentials.insecure())
-    router = ConnectionRouter([Rule(plaintext)])
-    port = await router.start("127.0.0.1:0")
-    async with insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = method(channel, "Sleep")(b"0.5", timeout=TIMEOUT)
-        await asyncio.wait_for(recorder.started.wait(), TIMEOUT)
-        router.set_rules([Rule(replacement)], retire_grace_ms=60_000)
-        await router.close()
+    async with insecure_channel(f"127.0.0.1:{plaintext_router.port}") as channel:
+        call = await sleeping(channel, recorder, b"0.5", timeout=TIMEOUT)
+        plaintext_router.set_rules([Rule(replacement)], retire_grace_ms=60_000)
+        await plaintext_router.close()
         assert plaintext.destroyed
         assert not replacement.destroyed  # the current table's injectors are the user's
         assert await call == b"slept 0.5"
 
 
 async def test_injector_back_in_the_table_is_not_destroyed(
-    server: fastinject.Server, routers: list[ConnectionRouter], plaintext: ConnectionInjector,
+    plaintext_router: ConnectionRouter, plaintext: ConnectionInjector,
+    replacement: ConnectionInjector,
 ) -> None:
     """An injector retired and then put back before its drain ends keeps serving."""
-    other = server.create_connection_injector(fastinject.ServerCredentials.insecure())
-    router = ConnectionRouter([Rule(plaintext)])
-    port = await started(routers, router)
-    async with insecure_channel(f"127.0.0.1:{port}") as channel:
-        assert await method(channel, "Unary")(b"1", timeout=TIMEOUT) == b"1"
-        router.set_rules([], default=other, retire_grace_ms=60_000)
-        router.set_rules([Rule(plaintext)], retire_grace_ms=60_000)
+    async with insecure_channel(f"127.0.0.1:{plaintext_router.port}") as channel:
+        assert await unary(channel, b"1") == b"1"
+        plaintext_router.set_rules([], default=replacement, retire_grace_ms=60_000)
+        plaintext_router.set_rules([Rule(plaintext)], retire_grace_ms=60_000)
         # The first connection drains and closes; the channel reconnects to plaintext again.
         await eventually(lambda: plaintext.connections == 0)
-        assert await method(channel, "Unary")(b"2", timeout=TIMEOUT) == b"2"
+        assert await unary(channel, b"2") == b"2"
         assert not plaintext.destroyed
         assert plaintext.connections == 1
-        await eventually(lambda: other.destroyed)  # `other` left the table with no connections
+        await eventually(lambda: replacement.destroyed)  # it left the table with no connections
 
 
 async def test_silent_peer_is_closed_at_the_sniff_timeout(
-    routers: list[ConnectionRouter], plaintext: ConnectionInjector,
+    start_router: StartRouter, plaintext: ConnectionInjector,
 ) -> None:
     """A peer that never sends a byte is closed once sniff_timeout passes."""
     router = ConnectionRouter([Rule(plaintext)], sniff_timeout=0.2)
-    port = await started(routers, router)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    await eventually(lambda: router.pending == 1)
+    await start_router(router)
+    reader, writer = await sniffed_connection(router)
     assert await received_until_closed(reader) == b""
     assert router.pending == 0
     writer.close()
 
 
 async def test_peer_closing_early_frees_its_slot(
-    routers: list[ConnectionRouter], plaintext: ConnectionInjector,
+    start_router: StartRouter, plaintext: ConnectionInjector,
 ) -> None:
     """A peer that closes before it can be classified is dropped at once, not at the timeout."""
     router = ConnectionRouter([Rule(plaintext)], sniff_timeout=3600)
-    port = await started(routers, router)
-    _, writer = await asyncio.open_connection("127.0.0.1", port)
-    await eventually(lambda: router.pending == 1)
+    await start_router(router)
+    _, writer = await sniffed_connection(router)
     writer.close()
     await eventually(lambda: router.pending == 0)
 
 
 async def test_unknown_bytes_are_not_routed_to_plaintext(
-    routers: list[ConnectionRouter], plaintext: ConnectionInjector,
+    start_router: StartRouter, plaintext: ConnectionInjector,
 ) -> None:
     """transport="plaintext" wants the HTTP/2 preface: an HTTP/1.1 request is closed silently."""
     router = ConnectionRouter([Rule(plaintext, transport="plaintext")])
-    port = await started(routers, router)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert await received_until_closed(reader) == b""
-    writer.close()
+    port = await start_router(router)
+    assert await answer_to(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == b""
 
 
 @pytest.mark.parametrize("family", ["tcp", "unix"])
 async def test_dribbled_preface_is_waited_for_without_spinning(
-    routers: list[ConnectionRouter], plaintext: ConnectionInjector,
+    start_router: StartRouter, plaintext: ConnectionInjector,
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any, family: str,
 ) -> None:
     """A start arriving in pieces is routed when complete, with few peeks, and stays responsive."""
@@ -367,11 +351,11 @@ async def test_dribbled_preface_is_waited_for_without_spinning(
     monkeypatch.setattr("fastinject.router.sniff", counting_sniff)
     router = ConnectionRouter([Rule(plaintext)])
     if family == "tcp":
-        port = await started(routers, router)
+        port = await start_router(router)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
     else:
         path = str(tmp_path / "r.sock")
-        await started(routers, router, f"unix:{path}")
+        await start_router(router, f"unix:{path}")
         reader, writer = await asyncio.open_unix_connection(path)
     for piece in (HTTP2_PREFACE[:5], HTTP2_PREFACE[5:23], HTTP2_PREFACE[23:] + SETTINGS):
         writer.write(piece)
@@ -404,13 +388,12 @@ async def ping_ack(reader: asyncio.StreamReader) -> bytes:
 
 
 async def test_max_pending_holds_further_connections_in_the_backlog(
-    routers: list[ConnectionRouter], plaintext: ConnectionInjector,
+    start_router: StartRouter, plaintext: ConnectionInjector,
 ) -> None:
     """With max_pending connections being sniffed, the next one waits until a slot frees up."""
     router = ConnectionRouter([Rule(plaintext)], max_pending=1, sniff_timeout=3600)
-    port = await started(routers, router)
-    _, silent = await asyncio.open_connection("127.0.0.1", port)
-    await eventually(lambda: router.pending == 1)
+    port = await start_router(router)
+    _, silent = await sniffed_connection(router)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(HTTP2_PREFACE + SETTINGS)
     with pytest.raises(TimeoutError):
@@ -456,11 +439,11 @@ async def test_close_drops_pending_connections_and_leaks_nothing(
 
 
 async def test_start_twice_is_refused(
-    routers: list[ConnectionRouter], plaintext: ConnectionInjector,
+    start_router: StartRouter, plaintext: ConnectionInjector,
 ) -> None:
     """A router listens on one address: a second start raises ServerStateError."""
     router = ConnectionRouter([Rule(plaintext)])
-    port = await started(routers, router)
+    port = await start_router(router)
     assert router.port == port
     with pytest.raises(ServerStateError):
         await router.start("127.0.0.1:0")

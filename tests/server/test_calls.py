@@ -8,10 +8,10 @@ import json
 
 import grpc
 import pytest
-from echo_service import Recorder
-from serving import Served, echo_server, method
 
 import fastinject
+from echo_service import Recorder
+from serving import Serve, Served, echo_server, eventually, method, sleeping
 
 
 async def test_unary_async_and_sync_handlers(channel: grpc.aio.Channel) -> None:
@@ -104,7 +104,7 @@ async def test_metadata_both_ways(channel: grpc.aio.Channel) -> None:
     call = method(channel, "Metadata")(
         b"", metadata=(("custom-key", "custom value"), ("blob-bin", b"\x00\xfe"))
     )
-    received = dict((k, v) for k, v in json.loads(await call))
+    received = dict(json.loads(await call))
     assert received["custom-key"] == "custom value"
     assert received["blob-bin"] == "00fe"
     assert not any(k.startswith(":") or k in ("content-type", "te", "grpc-accept-encoding")
@@ -118,10 +118,7 @@ async def test_deadline_cancels_handler(channel: grpc.aio.Channel, recorder: Rec
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await method(channel, "Sleep")(b"30", timeout=0.3)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    for _ in range(100):
-        if recorder.cancelled:
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: bool(recorder.cancelled))
     assert recorder.cancelled == ["30"]
     assert recorder.done_callbacks == 1
 
@@ -137,22 +134,17 @@ async def test_client_cancel_cancels_handler(
     channel: grpc.aio.Channel, recorder: Recorder
 ) -> None:
     """Cancelling a call on the client cancels the handler and runs its done-callbacks."""
-    call = method(channel, "Sleep")(b"30")
-    await asyncio.wait_for(recorder.started.wait(), 5)
+    call = await sleeping(channel, recorder, b"30")
     call.cancel()
-    for _ in range(100):
-        if recorder.cancelled:
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: bool(recorder.cancelled))
     assert recorder.cancelled == ["30"]
     assert recorder.done_callbacks == 1
 
 
-async def test_oversized_request_is_resource_exhausted(recorder: Recorder) -> None:
+async def test_oversized_request_is_resource_exhausted(serve: Serve) -> None:
     """A request above max_receive_message_length fails RESOURCE_EXHAUSTED; the connection lives."""
-    server = echo_server(recorder, max_receive_message_length=1024)
-    port = server.add_insecure_port("127.0.0.1:0")
-    async with server, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    served = await serve(max_receive_message_length=1024)
+    async with grpc.aio.insecure_channel(served.target) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await method(channel, "Unary")(b"x" * 5000)
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -160,11 +152,10 @@ async def test_oversized_request_is_resource_exhausted(recorder: Recorder) -> No
         assert await method(channel, "Unary")(b"small") == b"small"
 
 
-async def test_grpcio_option_tuples_apply(recorder: Recorder) -> None:
-    """grpcio option tuples set the same limits as keyword settings."""
-    server = echo_server(recorder, options=[("grpc.max_receive_message_length", 100)])
-    port = server.add_insecure_port("127.0.0.1:0")
-    async with server, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+async def test_grpcio_option_tuples_apply(serve: Serve) -> None:
+    """Option tuples in grpcio's form set the same limits as keyword settings."""
+    served = await serve(options=[("grpc.max_receive_message_length", 100)])
+    async with grpc.aio.insecure_channel(served.target) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await method(channel, "Unary")(b"x" * 101)
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -178,13 +169,12 @@ async def test_compressed_requests_are_decompressed(served: Served) -> None:
             assert await method(channel, "Unary")(payload) == payload
 
 
-async def test_decompression_bomb_is_refused(recorder: Recorder) -> None:
+async def test_decompression_bomb_is_refused(serve: Serve) -> None:
     """A compressed request inflating past the limit fails RESOURCE_EXHAUSTED."""
-    server = echo_server(recorder, max_receive_message_length=64 * 1024)
-    port = server.add_insecure_port("127.0.0.1:0")
+    served = await serve(max_receive_message_length=64 * 1024)
     assert len(gzip.compress(b"\0" * (1 << 20))) < 64 * 1024
-    async with server, grpc.aio.insecure_channel(
-        f"127.0.0.1:{port}", compression=grpc.Compression.Gzip
+    async with grpc.aio.insecure_channel(
+        served.target, compression=grpc.Compression.Gzip
     ) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await method(channel, "Unary")(b"\0" * (1 << 20))
@@ -218,7 +208,7 @@ async def test_ipv6_and_unix_ports(recorder: Recorder, tmp_path: object) -> None
             assert info["peer"].startswith("unix:")
 
 
-async def test_interceptors_wrap_every_call(recorder: Recorder) -> None:
+async def test_interceptors_wrap_every_call(serve: Serve) -> None:
     """Server interceptors see each call's method and metadata and may replace the handler."""
     seen: list[str] = []
 
@@ -231,9 +221,8 @@ async def test_interceptors_wrap_every_call(recorder: Recorder) -> None:
                 return fastinject.unary_unary_rpc_method_handler(deny)
             return await continuation(details)
 
-    server = echo_server(recorder, interceptors=[Deny()])
-    port = server.add_insecure_port("127.0.0.1:0")
-    async with server, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    served = await serve(interceptors=[Deny()])
+    async with grpc.aio.insecure_channel(served.target) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await method(channel, "Unary")(b"x")
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -241,15 +230,15 @@ async def test_interceptors_wrap_every_call(recorder: Recorder) -> None:
     assert seen == ["/test.Echo/Unary", "/test.Echo/Unary"]
 
 
-async def test_stop_lets_short_calls_finish_and_cancels_long_ones(recorder: Recorder) -> None:
+async def test_stop_lets_short_calls_finish_and_cancels_long_ones(
+    serve: Serve, recorder: Recorder
+) -> None:
     """stop(grace) finishes calls shorter than the grace and cancels the rest (CANCELLED)."""
-    server = echo_server(recorder)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        short = asyncio.ensure_future(method(channel, "Sleep")(b"0.2"))
-        long = asyncio.ensure_future(method(channel, "Sleep")(b"30"))
-        await asyncio.wait_for(recorder.started.wait(), 5)
+    served = await serve()
+    server = served.server
+    async with grpc.aio.insecure_channel(served.target) as channel:
+        short = await sleeping(channel, recorder, b"0.2")
+        long = method(channel, "Sleep")(b"30")
         await asyncio.sleep(0.05)
         await server.stop(1.0)
         assert await short == b"slept 0.2"
@@ -263,14 +252,12 @@ async def test_stop_lets_short_calls_finish_and_cancels_long_ones(recorder: Reco
     await server.stop(0)  # idempotent
 
 
-async def test_shortest_grace_wins(recorder: Recorder) -> None:
+async def test_shortest_grace_wins(serve: Serve, recorder: Recorder) -> None:
     """A second stop() with a shorter grace cuts the first one's wait short."""
-    server = echo_server(recorder)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        long = asyncio.ensure_future(method(channel, "Sleep")(b"30"))
-        await asyncio.wait_for(recorder.started.wait(), 5)
+    served = await serve()
+    server = served.server
+    async with grpc.aio.insecure_channel(served.target) as channel:
+        long = await sleeping(channel, recorder, b"30")
         first = asyncio.ensure_future(server.stop(60))
         await asyncio.sleep(0.1)
         await server.stop(0)

@@ -312,6 +312,13 @@ async def test_tls_auth_context_matches_grpcio(material: TlsMaterial) -> None:
     assert peer_identities(ours) == seen["identities"] is None
 
 
+def rdn(*attributes: tuple[x509.ObjectIdentifier, str]) -> x509.RelativeDistinguishedName:
+    """One relative distinguished name of ``(oid, value)`` attributes."""
+    return x509.RelativeDistinguishedName(
+        [x509.NameAttribute(oid, value) for oid, value in attributes]
+    )
+
+
 @pytest.mark.parametrize(
     ("subject", "sans"),
     [
@@ -323,33 +330,14 @@ async def test_tls_auth_context_matches_grpcio(material: TlsMaterial) -> None:
         pytest.param(
             x509.Name(
                 [
-                    x509.RelativeDistinguishedName(
-                        [
-                            x509.NameAttribute(NameOID.COMMON_NAME, "multi"),
-                            x509.NameAttribute(NameOID.USER_ID, "u1"),
-                        ]
-                    ),
-                    x509.RelativeDistinguishedName(
-                        [x509.NameAttribute(NameOID.COUNTRY_NAME, "US")]
-                    ),
-                    x509.RelativeDistinguishedName(
-                        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, 'Org, "Inc" <x>;+=\\')]
-                    ),
-                    x509.RelativeDistinguishedName(
-                        [x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "\u00dcnit \u00e9")]
-                    ),
-                    x509.RelativeDistinguishedName(
-                        [x509.NameAttribute(NameOID.DOMAIN_COMPONENT, "example")]
-                    ),
-                    x509.RelativeDistinguishedName(
-                        [x509.NameAttribute(NameOID.EMAIL_ADDRESS, "a@b.c")]
-                    ),
-                    x509.RelativeDistinguishedName(
-                        [x509.NameAttribute(NameOID.COMMON_NAME, "#lead trail ")]
-                    ),
-                    x509.RelativeDistinguishedName(
-                        [x509.NameAttribute(x509.ObjectIdentifier("1.2.3.4"), "odd")]
-                    ),
+                    rdn((NameOID.COMMON_NAME, "multi"), (NameOID.USER_ID, "u1")),
+                    rdn((NameOID.COUNTRY_NAME, "US")),
+                    rdn((NameOID.ORGANIZATION_NAME, 'Org, "Inc" <x>;+=\\')),
+                    rdn((NameOID.ORGANIZATIONAL_UNIT_NAME, "\u00dcnit \u00e9")),
+                    rdn((NameOID.DOMAIN_COMPONENT, "example")),
+                    rdn((NameOID.EMAIL_ADDRESS, "a@b.c")),
+                    rdn((NameOID.COMMON_NAME, "#lead trail ")),
+                    rdn((x509.ObjectIdentifier("1.2.3.4"), "odd")),
                 ]
             ),
             [
