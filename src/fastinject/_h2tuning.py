@@ -20,6 +20,8 @@ on h2's own counters and state machines and let the caller handle the bytes.  Li
 :meth:`TunedH2Connection.send_header_block` writes response headers and trailers after the
 same state transitions h2 makes, without h2's frame objects (a third of a small unary call's
 CPU went there).  Every other frame still goes through h2, which keeps its state exact.
+Large DATA payloads are not copied into h2's output buffer:
+:meth:`TunedH2Connection.buffers_to_send` hands them to the transport as views, in order.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from h2.stream import StreamInputs, StreamState
 _CACHE_ENTRIES = 256
 # A frame header: length (high byte, low 16 bits), type, flags, stream id.
 _FRAME_HEADER = struct.Struct(">BHBBI")
+# DATA payload slices at least this long are written from the caller's buffer, not copied.
+_KEEP_APART = 4096
 _HEADERS_TYPE = 0x1
 _CONTINUATION_TYPE = 0x9
 _END_STREAM = 0x1
@@ -129,6 +133,8 @@ class TunedH2Connection(h2.connection.H2Connection):
         self.decoder = CachingDecoder()
         self.decoder.max_header_list_size = self.DEFAULT_MAX_HEADER_LIST_SIZE
         self._frame_dispatch_table[_QuietDataFrame] = self._receive_data_frame
+        # Output that precedes ``_data_to_send``: large payload views and the bytes before them.
+        self._buffers: list[bytes | memoryview] = []
 
     def _receive_goaway_frame(self, frame: Any) -> Any:
         """Report a client's GOAWAY without closing h2's side of the connection.
@@ -249,16 +255,44 @@ class TunedH2Connection(h2.connection.H2Connection):
         if size <= 0:
             return 0
         limit = self.max_outbound_frame_size
-        out = self._data_to_send
         pack = _FRAME_HEADER.pack
         view = memoryview(data)
         for offset in range(0, size, limit):
             length = min(limit, size - offset)
-            out += pack(length >> 16, length & 0xFFFF, 0, 0, stream_id)
-            out += view[offset : offset + length]
+            self._data_to_send += pack(length >> 16, length & 0xFFFF, 0, 0, stream_id)
+            if length < _KEEP_APART:
+                self._data_to_send += view[offset : offset + length]
+            else:
+                self._buffers.append(bytes(self._data_to_send))
+                self._buffers.append(view[offset : offset + length])
+                self._data_to_send = bytearray()
         self.outbound_flow_control_window -= size
         stream.outbound_flow_control_window -= size
         return size
+
+    def send_raw_frame(self, frame: bytes) -> None:
+        """Queue a frame built by the caller, after everything queued so far."""
+        self._data_to_send += frame
+
+    def buffers_to_send(self) -> list[bytes | memoryview]:
+        """Everything queued for the wire, in order, as buffers for ``writelines``."""
+        buffers, self._buffers = self._buffers, []
+        if self._data_to_send:
+            buffers.append(bytes(self._data_to_send))
+            self._data_to_send = bytearray()
+        return buffers
+
+    def data_to_send(self, amount: int | None = None) -> bytes:
+        """Like h2's: up to ``amount`` queued bytes (all if None), large payloads included."""
+        if self._buffers:
+            self._data_to_send[:0] = b"".join(self._buffers)
+            self._buffers = []
+        return super().data_to_send(amount)
+
+    def clear_outbound_data_buffer(self) -> None:
+        """Drop everything queued (h2 does before its GOAWAY when the connection fails)."""
+        self._buffers = []
+        super().clear_outbound_data_buffer()
 
     @property
     def open_inbound_streams(self) -> int:

@@ -263,9 +263,9 @@ class Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        data = self.protocol.data_to_send()
-        if data and self._transport is not None:
-            self._transport.write(data)
+        buffers = self.protocol.buffers_to_send()
+        if buffers and self._transport is not None:
+            self._transport.writelines(buffers)
 
     async def send_data(self, stream_id: int, data: bytes) -> None:
         """Send DATA for a call, waiting for flow-control window and transport room."""

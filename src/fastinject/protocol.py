@@ -175,7 +175,6 @@ class ServerProtocol:
         self._goaway_last_stream_id = MAX_STREAM_ID
         self.highest_stream_id = 0
         self.closed = False
-        self._pending_raw = b""
         self._inbound = b""  # the start of a frame not yet received whole
         self._preface_left = _CLIENT_PREFACE_LENGTH
         self._early_credit: dict[int, int] = {}
@@ -216,13 +215,44 @@ class ServerProtocol:
         return events
 
     def _receive_frames(self, data: bytes, events: list[Event]) -> None:
-        """Split ``data`` into whole frames, handled in order.
+        """Handle the frames completed by ``data``, in order; keep an incomplete one for later.
 
-        DATA for a live call is deframed here; the other frames go to h2 in runs.  An
-        incomplete frame waits for more bytes; an overlong one ends the connection from its
-        header; the client preface is h2's to check.
+        A frame carried over from the last read is completed with just the bytes it lacks,
+        so a large read is never copied to join it.
         """
-        buf = self._inbound + data if self._inbound else data
+        view = memoryview(data)
+        if self._inbound:
+            carried = self._inbound
+            missing = self._missing(carried, view)
+            if missing > len(view):
+                self._inbound = carried + data
+                return
+            self._inbound = b""
+            self._scan(carried + view[:missing], events)
+            view = view[missing:]
+        tail = self._scan(view, events)
+        self._inbound = bytes(view[tail:]) if tail < len(view) else b""
+
+    def _missing(self, carried: bytes, more: memoryview) -> int:
+        """How many bytes of ``more`` complete the frame that ``carried`` starts.
+
+        When ``carried`` lacks part of the frame header, the header is completed from ``more``
+        (or, if ``more`` is too short for that, more than ``len(more)`` is returned).
+        """
+        header = bytes(carried[:9]) if len(carried) >= 9 else carried + more[: 9 - len(carried)]
+        if len(header) < 9:
+            return 9 - len(carried)  # more than ``more`` holds
+        length = header[0] << 16 | header[1] << 8 | header[2]
+        if length > self._h2.max_inbound_frame_size:
+            self._h2.refuse_overlong_frame(length)
+        return 9 + length - len(carried)
+
+    def _scan(self, buf: bytes | memoryview, events: list[Event]) -> int:
+        """Handle the whole frames in ``buf``; return where the incomplete rest starts.
+
+        DATA for a live call is deframed here; the other frames go to h2 in runs.  An overlong
+        frame ends the connection from its header; the client preface is h2's to check.
+        """
         end = len(buf)
         view = memoryview(buf)
         pos = min(end, self._preface_left)
@@ -262,7 +292,7 @@ class ServerProtocol:
             pos = frame_end
         if handed < pos:
             self._feed_h2(view[handed:pos], events)
-        self._inbound = bytes(view[pos:]) if pos < end else b""
+        return pos
 
     def _feed_h2(self, frames: memoryview, events: list[Event]) -> None:
         for event in self._h2.receive_data(frames):
@@ -575,17 +605,17 @@ class ServerProtocol:
         header = struct.pack(">I", len(payload))[1:] + bytes((_GOAWAY_FRAME_TYPE, 0)) + b"\0" * 4
         # The frame goes after whatever is queued, preserving order on the wire.
         self._flush_queued()
-        self._pending_raw += self._h2.data_to_send() + header + payload
+        self._h2.send_raw_frame(header + payload)
 
+    def buffers_to_send(self) -> list[bytes | memoryview]:
+        """What to write to the transport now, in order (for ``writelines``)."""
+        if self._queued:
+            self._flush_queued()
+        return self._h2.buffers_to_send()
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the transport now."""
-        if self._queued:
-            self._flush_queued()
-        data = self._h2.data_to_send()
-        if self._pending_raw:
-            data, self._pending_raw = self._pending_raw + data, b""
-        return data
+        return b"".join(self.buffers_to_send())
 
 
 class StreamGone(Exception):
