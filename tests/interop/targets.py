@@ -18,10 +18,13 @@ import fastinject.interop
 from tls_material import tls_material
 
 FASTINJECT_TARGETS = (
-    "plaintext", "tls", "mtls", "plaintext-inject", "tls-inject", "mtls-inject"
+    "plaintext", "tls", "mtls", "plaintext-inject", "tls-inject", "mtls-inject",
+    # uvloop (in the test extra) exists everywhere but Windows.
+    *(() if sys.platform == "win32" else ("plaintext-uvloop", "mtls-inject-uvloop")),
 )
 """The subprocess targets, served by fastinject: on its own port, or (``-inject``) through a
-ConnectionInjector fed by the interop server's own listener (``--transport inject``)."""
+ConnectionInjector fed by the interop server's own listener (``--transport inject``); on the
+asyncio event loop, or (``-uvloop``) on uvloop."""
 
 ALL_TARGETS = ("grpcio", *FASTINJECT_TARGETS)
 """Every target: the grpcio reference and the fastinject subprocesses."""
@@ -140,10 +143,10 @@ class TlsFiles:
 
 def server_args(mode: str, files: TlsFiles) -> list[str]:
     """Command line arguments of the interop server for ``mode`` (a FASTINJECT_TARGETS name)."""
-    mode, _, transport = mode.partition("-")
-    args = ["--port", "0"]
-    if transport:
-        args += ["--transport", transport]
+    mode, *variants = mode.split("-")
+    args = ["--port", "0", "--loop", "uvloop" if "uvloop" in variants else "asyncio"]
+    if "inject" in variants:
+        args += ["--transport", "inject"]
     if mode in ("tls", "mtls"):
         # Both spellings interop runners use: "--use_tls=true" and a bare "--use_tls".
         use_tls = "--use_tls=true" if mode == "tls" else "--use_tls"
