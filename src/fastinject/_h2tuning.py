@@ -40,6 +40,8 @@ from h2.connection import ConnectionState
 from h2.stream import StreamInputs, StreamState
 
 _CACHE_ENTRIES = 256
+HARD_HEADER_LIST_FACTOR = 4
+"""A request header block over this many times ``max_header_list_size`` ends the connection."""
 # A frame header: length (high byte, low 16 bits), type, flags, stream id.
 _FRAME_HEADER = struct.Struct(">BHBBI")
 # DATA payload slices at least this long are written from the caller's buffer, not copied.
@@ -80,11 +82,27 @@ class _TableGenerationMixin:
 
 
 class CachingDecoder(_TableGenerationMixin, hpack.Decoder):
-    """An HPACK decoder that reuses the result for a repeated block that leaves the table as is."""
+    """An HPACK decoder that reuses the result for a repeated block that leaves the table as is.
+
+    h2 gives the decoder our advertised SETTINGS_MAX_HEADER_LIST_SIZE, and a block over the
+    decoder's limit ends the whole connection (the HPACK context cannot be trusted after a
+    half-decoded block).  gRPC fails only the call whose metadata is too large, so that limit
+    is checked per call by the protocol; the decoder stops only blocks over
+    :data:`HARD_HEADER_LIST_FACTOR` times it, which are not worth decoding at all.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._track_table()
+
+    @property  # type: ignore[override]
+    def max_header_list_size(self) -> int:
+        """The decoded size beyond which a header block ends the connection."""
+        return self._decoding_limit
+
+    @max_header_list_size.setter
+    def max_header_list_size(self, advertised: int) -> None:
+        self._decoding_limit = advertised * HARD_HEADER_LIST_FACTOR
 
     def decode(self, data: bytes, raw: bool = False) -> Any:
         key = (bytes(data), raw)

@@ -43,7 +43,10 @@ class ServerSettings:
         HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: RPCs one client connection may run at once.
     ``max_header_list_size`` = 16 KiB (``grpc.absolute_max_metadata_size``)
         HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE: the largest request header block (metadata
-        included).  ``grpc.max_metadata_size`` (grpc's "soft" limit) sets it too; the
+        included, sized as HTTP/2 does: 32 bytes more per field).  A larger one fails its call
+        with ``RESOURCE_EXHAUSTED`` (as grpc does; the connection lives on); one over four
+        times the limit is not even decoded and ends the connection with GOAWAY
+        ENHANCE_YOUR_CALM.  ``grpc.max_metadata_size`` (grpc's "soft" limit) sets it too; the
         absolute one wins when both are given.
     ``initial_stream_window_size`` = 1 MiB (``grpc.http2.lookahead_bytes``)
         HTTP/2 flow-control window of each stream: request bytes a client may send ahead of

@@ -350,7 +350,9 @@ class ServerProtocol:
         timeout: float | None = None
         encoding: str | None = None
         accept_encoding: bytes | None = None
+        size = 0
         for name, value in headers:  # type: ignore[attr-defined]
+            size += len(name) + len(value)
             if name[0] == 58:  # b":"
                 if name == b":path":
                     path = value
@@ -366,6 +368,13 @@ class ServerProtocol:
                 encoding = value.decode("ascii", "replace")
             elif name == b"grpc-accept-encoding":
                 accept_encoding = value
+        size += 32 * len(headers)  # type: ignore[arg-type]  # RFC 9113 6.5.2: 32 per field
+        if size > self.settings.max_header_list_size:
+            raise RpcError(
+                f"request metadata of {size} bytes exceeds the limit of "
+                f"{self.settings.max_header_list_size} (max_header_list_size)",
+                StatusCode.RESOURCE_EXHAUSTED,
+            )
         if content_type is None or not content_type.startswith(b"application/grpc"):
             raise _HttpRejection(415, f"content-type {content_type!r} is not application/grpc")
         if method != b"POST":

@@ -30,6 +30,7 @@ from protocol.wire import (
     request_headers,
 )
 
+ENHANCE_YOUR_CALM = 0xB
 FLOW_CONTROL_ERROR = 0x3
 FRAME_SIZE_ERROR = 0x6
 PROTOCOL_ERROR = 0x1
@@ -205,3 +206,16 @@ def test_header_block_over_the_frame_size_continues_in_continuation_frames() -> 
     response = client.response(stream_id)
     assert response.ended
     assert [(k, v) for k, v in response.trailers if k.startswith(b"x-big-")] == metadata
+
+
+def test_header_block_far_over_the_limit_is_not_decoded() -> None:
+    """A header block over four times max_header_list_size ends the connection (ENHANCE_YOUR_CALM).
+
+    Smaller excesses fail only their call (tests/server); this one is not worth decoding.
+    """
+    client, server = connected(max_header_list_size=1024)
+    client.start_call(extra=[(b"x-huge", b"v" * 5000)])
+    events = server.receive(client.data_to_send())
+    assert [(type(e), e.error_code) for e in events] == [  # type: ignore[union-attr]
+        (ConnectionClosedByPeer, ENHANCE_YOUR_CALM)
+    ]

@@ -152,6 +152,23 @@ async def test_oversized_request_is_resource_exhausted(serve: Serve) -> None:
         assert await method(channel, "Unary")(b"small") == b"small"
 
 
+async def test_oversized_metadata_fails_only_its_call(serve: Serve, recorder: Recorder) -> None:
+    """Request metadata over max_header_list_size is RESOURCE_EXHAUSTED for that call alone.
+
+    A call already running on the same connection finishes, and the next call works (grpc
+    core answers the same; h2 alone would end the connection).
+    """
+    served = await serve(max_header_list_size=4096)
+    async with grpc.aio.insecure_channel(served.target) as channel:
+        running = await sleeping(channel, recorder, b"0.3")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await method(channel, "Unary")(b"x", metadata=(("x-big", "v" * 5000),))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "4096" in (info.value.details() or "")
+        assert await running == b"slept 0.3"
+        assert await method(channel, "Unary")(b"after") == b"after"
+
+
 async def test_grpcio_option_tuples_apply(serve: Serve) -> None:
     """Option tuples in grpcio's form set the same limits as keyword settings."""
     served = await serve(options=[("grpc.max_receive_message_length", 100)])
