@@ -95,7 +95,7 @@ class CachingDecoder(_TableGenerationMixin, hpack.Decoder):
         super().__init__(*args, **kwargs)
         self._track_table()
 
-    @property  # type: ignore[override]
+    @property
     def max_header_list_size(self) -> int:
         """The decoded size beyond which a header block ends the connection."""
         return self._decoding_limit
