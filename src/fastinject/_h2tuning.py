@@ -208,6 +208,24 @@ class TunedH2Connection(h2.connection.H2Connection):
             stream.state_machine.process_input(StreamInputs.RECV_END_STREAM)
         return True
 
+    def return_credit(self, credit: dict[int, int]) -> None:
+        """Acknowledge received bytes, ``{stream_id: size}``, as h2's acknowledge_received_data.
+
+        Batched: the connection window is credited once for the total (one WINDOW_UPDATE at
+        most); streams closed or forgotten meanwhile only count towards the connection.
+        """
+        frames: list[Any] = []
+        increment = self._inbound_flow_control_window_manager.process_bytes(sum(credit.values()))
+        if increment:
+            update = hyperframe.frame.WindowUpdateFrame(0)
+            update.window_increment = increment
+            frames.append(update)
+        for stream_id, size in credit.items():
+            stream = self.streams.get(stream_id)
+            if stream is not None and stream.open:
+                frames.extend(stream.acknowledge_received_data(size))
+        self._prepare_for_sending(frames)
+
     def refuse_overlong_frame(self, length: int) -> None:
         """Fail the connection for a frame declared longer than our maximum frame size.
 

@@ -177,7 +177,9 @@ class ServerProtocol:
         self.closed = False
         self._inbound = b""  # the start of a frame not yet received whole
         self._preface_left = _CLIENT_PREFACE_LENGTH
-        self._early_credit: dict[int, int] = {}
+        # Flow-control credit to return at the next data_to_send(), per stream: one h2 call
+        # (and at most one WINDOW_UPDATE) per stream per flush, not one per message.
+        self._credit_due: dict[int, int] = {}
         # DATA handed to send_data() and not yet given to h2: consecutive small messages of a
         # stream leave as one DATA frame per flush instead of one h2 frame each.
         self._queued: dict[int, list[bytes | memoryview]] = {}
@@ -203,15 +205,12 @@ class ServerProtocol:
     def receive(self, data: bytes) -> list[Event]:
         """Process received bytes and return the gRPC events they produced."""
         events: list[Event] = []
-        self._early_credit = {}
         try:
             self._receive_frames(data, events)
         except h2.exceptions.ProtocolError as exc:
             self.closed = True
             code = getattr(exc, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR)
             return [ConnectionClosedByPeer(int(code), f"HTTP/2 protocol error: {exc}")]
-        for stream_id, size in self._early_credit.items():
-            self._h2.acknowledge_received_data(size, stream_id)
         return events
 
     def _receive_frames(self, data: bytes, events: list[Event]) -> None:
@@ -407,16 +406,16 @@ class ServerProtocol:
     ) -> None:
         padding = flow_controlled_length - len(data)
         if padding:
-            self._credit_now(padding, stream_id)
+            self._return_credit(stream_id, padding)
         if state is None or state.failed:
             # Nobody will consume these bytes: give the credit back at once.
             if data:
-                self._credit_now(len(data), stream_id)
+                self._return_credit(stream_id, len(data))
             return
         try:
             messages = state.deframer.feed(data)
         except FramingError as exc:
-            self._credit_now(len(data), stream_id)
+            self._return_credit(stream_id, len(data))
             self._fail(stream_id, exc.status, str(exc), events)
             return
         if messages:
@@ -424,7 +423,7 @@ class ServerProtocol:
             state.prepaid = 0
         advance = state.deframer.buffered - state.prepaid
         if advance > 0:
-            self._credit_now(advance, stream_id)
+            self._return_credit(stream_id, advance)
             state.prepaid += advance
 
     def _on_stream_ended(self, stream_id: int, events: list[Event]) -> None:
@@ -444,16 +443,16 @@ class ServerProtocol:
             state.failed = True
         events.append(CallFailed(stream_id, status, details))
 
-    def _credit_now(self, size: int, stream_id: int) -> None:
-        """Return credit for bytes nobody has to consume; sent once per :meth:`receive`."""
-        credit = self._early_credit
-        credit[stream_id] = credit.get(stream_id, 0) + size
-
     # -- flow control -----------------------------------------------------------------------
 
     def consumed(self, stream_id: int, size: int) -> None:
         """The application took a message of ``size`` wire bytes: return that credit."""
-        self._h2.acknowledge_received_data(size, stream_id)
+        self._return_credit(stream_id, size)
+
+    def _return_credit(self, stream_id: int, size: int) -> None:
+        """Give ``size`` bytes of window back to the client at the next flush."""
+        due = self._credit_due
+        due[stream_id] = due.get(stream_id, 0) + size
 
     def send_window(self, stream_id: int) -> int:
         """Bytes that may be sent on ``stream_id`` now, or -1 when the stream is gone.
@@ -618,6 +617,9 @@ class ServerProtocol:
 
     def buffers_to_send(self) -> list[bytes | memoryview]:
         """What to write to the transport now, in order (for ``writelines``)."""
+        if self._credit_due:
+            self._h2.return_credit(self._credit_due)
+            self._credit_due = {}
         if self._queued:
             self._flush_queued()
         return self._h2.buffers_to_send()

@@ -265,3 +265,30 @@ def test_message_larger_than_the_window_still_arrives() -> None:
     server.consumed(stream_id, 10245 - prepaid)
     client.receive(server.data_to_send())
     assert client.window(stream_id) == 4096
+
+
+def test_credit_of_many_messages_leaves_in_one_window_update_per_flush() -> None:
+    """Consuming messages one by one returns their credit together, at the next flush."""
+    client, server = connected(initial_stream_window_size=4096)
+    stream_id = client.start_call(end=False)
+    client.send(stream_id, b"".join(grpc_frame(b"m" * 95) for _ in range(30)))
+    exchange(client, server)
+    for _ in range(30):
+        server.consumed(stream_id, 100)
+    client.receive(server.data_to_send())
+    updates = [u for u in client.window_updates if u[0] == stream_id]
+    assert updates == [(stream_id, 3000)]
+    assert client.window(stream_id) == 4096
+
+
+def test_credit_for_a_finished_call_still_reopens_the_connection_window() -> None:
+    """A message consumed after its call ended gives its bytes back to the connection."""
+    client, server = connected(initial_connection_window_size=65535)
+    stream_id = client.start_call(messages=[b"z" * 10_000])  # one frame: nothing prepaid
+    exchange(client, server)
+    server.send_trailers_only(stream_id, StatusCode.OK, None, ())
+    client.receive(server.data_to_send())
+    assert client.h2.outbound_flow_control_window == 65535 - 10_005
+    server.consumed(stream_id, 10_005)
+    client.receive(server.data_to_send())
+    assert client.h2.outbound_flow_control_window == 65535
