@@ -283,12 +283,13 @@ def test_credit_of_many_messages_leaves_in_one_window_update_per_flush() -> None
 
 def test_credit_for_a_finished_call_still_reopens_the_connection_window() -> None:
     """A message consumed after its call ended gives its bytes back to the connection."""
-    client, server = connected(initial_connection_window_size=65535)
-    stream_id = client.start_call(messages=[b"z" * 10_000])  # one frame: nothing prepaid
+    client, server = connected(initial_connection_window_size=65535, max_frame_size=65536)
+    # One frame (nothing prepaid), over half the window (h2 updates windows past half).
+    stream_id = client.start_call(messages=[b"z" * 40_000])
     exchange(client, server)
     server.send_trailers_only(stream_id, StatusCode.OK, None, ())
     client.receive(server.data_to_send())
-    assert client.h2.outbound_flow_control_window == 65535 - 10_005
-    server.consumed(stream_id, 10_005)
+    assert client.h2.outbound_flow_control_window == 65535 - 40_005
+    server.consumed(stream_id, 40_005)
     client.receive(server.data_to_send())
     assert client.h2.outbound_flow_control_window == 65535
