@@ -35,6 +35,16 @@ logger = logging.getLogger(__name__)
 
 Injectable = socket.socket | tuple[asyncio.StreamReader, asyncio.StreamWriter] | Duplex
 
+# Tasks started here and possibly not awaited by anyone: the event loop keeps only weak
+# references to tasks, so they are held until they finish.
+_running: set[asyncio.Task[None]] = set()
+
+
+def _keep(task: asyncio.Task[None]) -> asyncio.Task[None]:
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+    return task
+
 
 class ConnectionInjector:
     """Serves injected connections with one set of credentials (gRFC L114)."""
@@ -91,7 +101,7 @@ class ConnectionInjector:
         )
         if kind == "socket":
             assert isinstance(connection, socket.socket)
-            return loop.create_task(self._attach_socket(loop, connection, protocol))
+            return _keep(loop.create_task(self._attach_socket(loop, connection, protocol)))
         duplex = StreamPairDuplex(*connection) if kind == "pair" else connection  # type: ignore[misc]
         extra = {"peername": getattr(duplex, "peername", None),
                  "socket": getattr(duplex, "socket", None)}
@@ -193,4 +203,4 @@ def _close_now(connection: Any, loop: asyncio.AbstractEventLoop) -> None:
     elif isinstance(connection, tuple) and len(connection) == 2:
         connection[1].close()
     elif isinstance(connection, Duplex):
-        loop.create_task(connection.close())
+        _keep(loop.create_task(connection.close()))
