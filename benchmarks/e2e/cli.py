@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--instructions",
         action="store_true",
         help="count server instructions per call under valgrind's callgrind instead of timing "
-        "(repeatable on a busy machine; about 12 minutes for 3 servers)",
+        "(repeatable on a busy machine; 8-10 minutes for 3 servers)",
     )
     parser.add_argument(
         "--rounds",
@@ -217,9 +217,7 @@ def _check_instructions_mode(parser: argparse.ArgumentParser, args: argparse.Nam
         if value is not None
     ]
     if timing:
-        parser.error(
-            f"{', '.join(timing)} do not apply to --instructions (its batch sizes are fixed)"
-        )
+        parser.error(f"--instructions takes no {', '.join(timing)} (its batch sizes are fixed)")
     missing = callgrind.missing_tools()
     if missing:
         parser.error(f"--instructions needs {', '.join(missing)} (Debian: apt install valgrind)")
@@ -264,9 +262,6 @@ def _common_document(options: runner.Options) -> dict[str, Any]:
             "servers": [entry.name for entry in options.servers],
             "workloads": [workload.name for workload in options.workloads],
             "rounds": options.rounds,
-            "duration_s": options.duration_s,
-            "requests": options.requests,
-            "warmup_s": options.warmup_s,
             "server_cpu": options.server_cpu,
             "client_cpu": options.client_cpu,
         },
@@ -277,7 +272,7 @@ def _common_document(options: runner.Options) -> dict[str, Any]:
                 "clients": w.clients,
                 "streams": w.streams,
                 "messages_per_call": w.messages_per_call,
-                "instruction_batches": list(w.instruction_batches),
+                "instructions": asdict(w.instructions),
                 "description": w.description,
             }
             for w in options.workloads
@@ -324,6 +319,9 @@ def _report_throughput(
     failed = _report_problems(outcome.failures, outcome.exit_codes)
     if args.json is not None:
         document = _common_document(options)
+        document["options"].update(
+            duration_s=options.duration_s, requests=options.requests, warmup_s=options.warmup_s
+        )
         document["rounds"] = [asdict(measured) for measured in outcome.rounds]
         document["summaries"] = [asdict(summary) for summary in summaries]
         document.update(_problems_document(outcome.failures, outcome.exit_codes))
@@ -340,10 +338,7 @@ def _report_instructions(
         outcome.samples, {w.name: w.messages_per_call for w in options.workloads}, args.baseline
     )
     comparisons = instruction_report.compare(summaries)
-    settings = {
-        w.name: f"{w.clients}x{w.streams}, {w.instruction_batches[0]}/{w.instruction_batches[1]}"
-        for w in options.workloads
-    }
+    settings = {w.name: w.instructions.describe() for w in options.workloads}
     streaming = {w.name for w in options.workloads if w.messages_per_call > 1}
     print()
     print(

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from benchmarks.e2e import h2load, procstat, report, runner
+from benchmarks.e2e import callgrind, cli, h2load, instruction_report, procstat, report, runner
 from benchmarks.e2e.grpcio_check import check_call
 from benchmarks.e2e.servers import (
     SERVER_ENTRIES_BY_NAME,
@@ -49,6 +49,34 @@ H2LOAD_OUTPUT = "\n".join(
 
 needs_h2load = pytest.mark.skipif(
     shutil.which(h2load.H2LOAD) is None, reason="h2load (nghttp2-client) is not installed"
+)
+
+needs_valgrind = pytest.mark.skipif(
+    bool(callgrind.missing_tools()), reason="valgrind (callgrind_control) is not installed"
+)
+
+# The header of a dump callgrind 3.19 wrote on `callgrind_control --dump` for a running server.
+CALLGRIND_DUMP = "\n".join(
+    [
+        "# callgrind format",
+        "version: 1",
+        "creator: callgrind-3.19.0",
+        "pid: 8235",
+        "cmd:  python -m fastinject.interop.server --port 0",
+        "part: 2",
+        "",
+        "desc: I1 cache: ",
+        "desc: Timerange: Basic block 194710531 - 228113221",
+        "desc: Trigger: dump",
+        "",
+        "positions: line",
+        "events: Ir",
+        "summary: 166122605",
+        "",
+        "ob=(1) /usr/lib/x86_64-linux-gnu/libc.so.6",
+        "fn=(1) 0x0000000000027200",
+        "0 14",
+    ]
 )
 
 
@@ -236,3 +264,156 @@ def test_self_check_passes_against_the_reference_servers() -> None:
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "self-check passed" in completed.stdout
+
+
+def test_parse_summary_reads_the_instruction_total_of_a_dump() -> None:
+    """The instructions of a dump are its header's summary line, not a cost line."""
+    assert callgrind.parse_summary(CALLGRIND_DUMP) == 166122605
+
+
+def test_parse_summary_rejects_a_dump_without_a_summary() -> None:
+    """A dump without a summary line is a CallgrindError, not zero instructions."""
+    with pytest.raises(callgrind.CallgrindError, match="summary"):
+        callgrind.parse_summary(CALLGRIND_DUMP.replace("summary:", "totals:"))
+
+
+def _sample(
+    server: str, per_call: int, fixed: int = 5_000_000, index: int = 0, lump: int = 0
+) -> instruction_report.Sample:
+    """A sample costing ``per_call`` per call and ``fixed`` per batch, ``lump`` more in one."""
+    return instruction_report.Sample(
+        workload="w",
+        server=server,
+        index=index,
+        small_calls=100,
+        small_instructions=fixed + 100 * per_call + lump,
+        large_calls=400,
+        large_instructions=fixed + 400 * per_call,
+    )
+
+
+def test_a_sample_cancels_the_fixed_cost_of_a_batch() -> None:
+    """Instructions per call exclude each batch's fixed cost, which is reported apart."""
+    sample = _sample("s", per_call=600_000, fixed=7_000_000)
+    assert sample.per_call == pytest.approx(600_000)
+    assert sample.per_batch == pytest.approx(7_000_000)
+
+
+def test_instruction_summaries_compare_with_the_baseline() -> None:
+    """A summary has instructions per call and per message, the spread and the baseline ratio."""
+    samples = [
+        _sample("base", 500_000),
+        _sample("base", 500_000, index=1),
+        _sample("other", 250_000),
+        _sample("other", 260_000, index=1),
+    ]
+    base, other = instruction_report.summarise(samples, {"w": 10}, baseline="base")
+    assert other.per_call == pytest.approx(250_000)
+    assert other.per_message == pytest.approx(25_000)
+    assert other.spread == pytest.approx(10_000 / 250_000)
+    assert other.ratio == pytest.approx(0.5)
+    assert base.ratio == pytest.approx(1.0)
+    assert (base.spread, base.samples) == (0.0, 2)
+
+
+def test_a_garbage_collection_in_one_batch_does_not_move_the_summary() -> None:
+    """Each batch size's least count is used: a lump in one sample's batch is passed over."""
+    lump = 15_000_000
+    samples = [_sample("s", 400_000), _sample("s", 400_000, index=1, lump=lump)]
+    assert samples[1].per_call == pytest.approx(400_000 - lump / 300)
+    (summary,) = instruction_report.summarise(samples, {"w": 1}, baseline="s")
+    assert summary.per_call == pytest.approx(400_000)
+    assert summary.per_batch == pytest.approx(5_000_000)
+    assert summary.spread == pytest.approx(lump / 300 / 400_000)
+
+
+@pytest.mark.parametrize(("inject", "within"), [(520_000, True), (530_000, False)])
+def test_injected_connections_are_compared_with_the_listening_port(
+    inject: int, within: bool
+) -> None:
+    """fastinject-inject is compared with fastinject; more than 5% apart is flagged."""
+    samples = [_sample("fastinject", 500_000), _sample("fastinject-inject", inject)]
+    summaries = instruction_report.summarise(samples, {"w": 1}, baseline="grpc.aio")
+    (comparison,) = instruction_report.compare(summaries)
+    assert (comparison.server, comparison.reference) == ("fastinject-inject", "fastinject")
+    assert comparison.difference == pytest.approx(inject / 500_000 - 1)
+    assert comparison.within is within
+    table = instruction_report.format_table(summaries, [comparison], {"w": "1x2, 2/6"}, set(), "x")
+    assert ("within 5%" if within else "OUTSIDE 5%") in table
+
+
+def test_a_pair_is_not_compared_when_one_side_did_not_run() -> None:
+    """Without fastinject's own figures there is no comparison to print."""
+    summaries = instruction_report.summarise(
+        [_sample("fastinject-inject", 1)], {"w": 1}, baseline="grpc.aio"
+    )
+    assert instruction_report.compare(summaries) == []
+
+
+@pytest.mark.parametrize(
+    ("count", "text"),
+    [(999, "999"), (401_234, "401k"), (16_834_000, "16.8M"), (1_234_000_000, "1.23G")],
+)
+def test_instruction_counts_are_printed_with_three_significant_digits(
+    count: int, text: str
+) -> None:
+    """Counts are shown with three significant digits and a k/M/G unit."""
+    assert instruction_report.format_count(count) == text
+
+
+@needs_h2load
+@needs_valgrind
+def test_instructions_mode_starts_servers_under_callgrind() -> None:
+    """--instructions runs every server under callgrind, two samples by default."""
+    options, _ = cli.parse_options(["--instructions", "--servers", "grpc.aio"])
+    assert options.rounds == 2
+    assert options.server_prefix is not None
+    prefix = options.server_prefix(Path("/tmp/x"))
+    assert "--tool=callgrind" in prefix
+    assert "--callgrind-out-file=/tmp/x/callgrind.out.%p" in prefix
+
+
+@needs_h2load
+@needs_valgrind
+def test_instructions_mode_rejects_timing_options(capsys: pytest.CaptureFixture[str]) -> None:
+    """Durations and call counts are a usage error with --instructions, not silently ignored."""
+    with pytest.raises(SystemExit) as exited:
+        cli.parse_options(["--instructions", "--duration", "3"])
+    assert exited.value.code == 2
+    assert "--instructions takes no --duration" in capsys.readouterr().err
+
+
+@needs_valgrind
+def test_a_counter_reads_what_the_process_executed_since_the_last_read(tmp_path: Path) -> None:
+    """Each read counts the instructions since the previous one: work shows, idle does not."""
+    # The child burns a loop each time it reads a line, and says when it is done.
+    script = "import sys\nfor line in sys.stdin:\n    sum(range(200_000))\n    print(flush=True)\n"
+    argv = [*callgrind.command_prefix(tmp_path), sys.executable, "-c", script]
+    with subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    ) as child:
+        stdin, stdout = child.stdin, child.stdout
+        assert stdin is not None
+        assert stdout is not None
+
+        def loop(times: int) -> None:
+            for _ in range(times):
+                stdin.write("\n")
+                stdin.flush()
+                stdout.readline()
+
+        try:
+            # One loop first: it warms up, and proves callgrind is up and listening to commands.
+            loop(1)
+            counter = callgrind.Counter(child.pid, tmp_path)
+
+            def counted(times: int) -> int:
+                counter.read()
+                loop(times)
+                return counter.read()
+
+            idle, once, thrice = counted(0), counted(1), counted(3)
+        finally:
+            child.kill()
+    assert idle < once / 100
+    assert (thrice - once) / 2 == pytest.approx(once, rel=0.05)

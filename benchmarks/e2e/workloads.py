@@ -40,14 +40,32 @@ def _payload(size: int) -> pb.Payload:
 
 
 @dataclass(frozen=True)
+class InstructionPlan:
+    """How the ``--instructions`` mode drives a workload: fixed concurrency, two batch sizes.
+
+    ``clients`` x ``streams`` calls are in flight (h2load ``-c`` and ``-m``); ``small`` and
+    ``large`` are the call counts of the two batches of a sample, whole waves of calls, kept
+    small because a server under callgrind runs 50-100 times slower.
+    """
+
+    clients: int
+    streams: int
+    small: int
+    large: int
+
+    def describe(self) -> str:
+        """Return e.g. ``4x64, 256/1024``: concurrency, then the two batch sizes."""
+        return f"{self.clients}x{self.streams}, {self.small}/{self.large}"
+
+
+@dataclass(frozen=True)
 class Workload:
     """One call shape: method, request messages, expected responses and h2load concurrency.
 
     ``clients`` x ``streams`` is the number of calls in flight (h2load ``-c`` and ``-m``);
     ``messages_per_call`` is how many messages one call carries in its streaming direction
-    (1 for unary), used to report messages per second.  ``instruction_batches`` are the call
-    counts of the small and the large batch of the ``--instructions`` mode: whole waves of
-    calls, kept small because a server under callgrind runs 50-100 times slower.
+    (1 for unary), used to report messages per second; ``instructions`` is how the
+    ``--instructions`` mode drives it.
     """
 
     name: str
@@ -56,7 +74,7 @@ class Workload:
     clients: int
     streams: int
     messages_per_call: int
-    instruction_batches: tuple[int, int]
+    instructions: InstructionPlan
     requests: Callable[[], Sequence[Message]]
     responses: Callable[[], Sequence[Message]]
     verify: Callable[[Sequence[Message]], str | None]
@@ -118,7 +136,7 @@ def _unary(
     name: str,
     size: int,
     in_flight: tuple[int, int],
-    instruction_batches: tuple[int, int],
+    instructions: InstructionPlan,
     description: str,
 ) -> Workload:
     return Workload(
@@ -128,7 +146,7 @@ def _unary(
         clients=in_flight[0],
         streams=in_flight[1],
         messages_per_call=1,
-        instruction_batches=instruction_batches,
+        instructions=instructions,
         requests=lambda: [
             pb.SimpleRequest(
                 response_type=pb.COMPRESSABLE, response_size=size, payload=_payload(size)
@@ -148,16 +166,23 @@ def _unary(
 #   hundreds of MiB in flight on a 2-core machine.
 # * streaming: 1 connection x 2 calls, so the next call's messages are already queued while the
 #   server finishes the previous one; more would only queue.
+# Under callgrind one call of a streaming workload takes 2-20 s: the --instructions mode posts
+# them one at a time (the difference of one call is still 10,000 messages).
+_STREAM_INSTRUCTIONS = InstructionPlan(clients=1, streams=1, small=1, large=2)
 WORKLOADS: tuple[Workload, ...] = (
     _unary(
         "unary-100B",
         SMALL,
         (4, 64),
-        (256, 1024),
+        InstructionPlan(clients=4, streams=64, small=256, large=1024),
         "UnaryCall, 100-byte request and response, 256 in flight",
     ),
     _unary(
-        "unary-1MiB", LARGE, (1, 8), (16, 48), "UnaryCall, 1 MiB request and response, 8 in flight"
+        "unary-1MiB",
+        LARGE,
+        (1, 8),
+        InstructionPlan(clients=1, streams=8, small=8, large=24),
+        "UnaryCall, 1 MiB request and response, 8 in flight",
     ),
     Workload(
         name="client-stream",
@@ -166,7 +191,7 @@ WORKLOADS: tuple[Workload, ...] = (
         clients=1,
         streams=2,
         messages_per_call=STREAM_LENGTH,
-        instruction_batches=(2, 6),
+        instructions=_STREAM_INSTRUCTIONS,
         requests=lambda: [pb.StreamingInputCallRequest(payload=_payload(SMALL))] * STREAM_LENGTH,
         responses=lambda: [
             pb.StreamingInputCallResponse(aggregated_payload_size=SMALL * STREAM_LENGTH)
@@ -180,7 +205,7 @@ WORKLOADS: tuple[Workload, ...] = (
         clients=1,
         streams=2,
         messages_per_call=STREAM_LENGTH,
-        instruction_batches=(2, 6),
+        instructions=_STREAM_INSTRUCTIONS,
         requests=lambda: [
             pb.StreamingOutputCallRequest(
                 response_type=pb.COMPRESSABLE,
