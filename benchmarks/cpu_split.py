@@ -14,8 +14,9 @@ import argparse
 import pstats
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from benchmarks.e2e import h2load
 from benchmarks.e2e.runner import REPOSITORY, package_root
@@ -41,10 +42,14 @@ DEFAULT_CALLS = {"unary-100B": 30_000, "unary-1MiB": 400, "client-stream": 20, "
 """Calls per workload: enough for a few seconds of profiled work each."""
 
 
-def categorise(stats: pstats.Stats) -> dict[str, float]:
+ProfileEntries = Mapping[tuple[str, int, str], tuple[Any, ...]]
+"""``pstats.Stats.stats``: ``(file, line, function)`` -> ``(calls, primitive, tottime, ...)``."""
+
+
+def categorise(entries: ProfileEntries) -> dict[str, float]:
     """Seconds of own time (tottime) per report row, idle waiting excluded."""
     totals: dict[str, float] = {}
-    for (filename, _, function), row in stats.stats.items():  # type: ignore[attr-defined]
+    for (filename, _, function), row in entries.items():
         where = f"{filename} {function}"
         if any(marker in where for marker in IDLE):
             continue
@@ -73,7 +78,7 @@ def profile_workload(workload: Workload, calls: int, work_dir: Path) -> dict[str
         failures = h2load.problems(result, calls, workload.min_response_data())
         if failures:
             raise SystemExit(f"{workload.name}: {'; '.join(failures)}")
-    return categorise(pstats.Stats(str(profile)))
+    return categorise(pstats.Stats(str(profile)).stats)  # type: ignore[attr-defined]
 
 
 def per_call_split(workload: Workload, calls: int, work_dir: Path) -> dict[str, float]:
