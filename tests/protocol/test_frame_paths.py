@@ -10,6 +10,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastinject import StatusCode
 from fastinject.options import ServerSettings
@@ -219,3 +221,54 @@ def test_header_block_far_over_the_limit_is_not_decoded() -> None:
     assert [(type(e), e.error_code) for e in events] == [  # type: ignore[union-attr]
         (ConnectionClosedByPeer, ENHANCE_YOUR_CALM)
     ]
+
+
+def serve_bytes(data: bytes, chunks: list[int], *, fast: bool) -> tuple[list[object], bytes]:
+    """Feed ``data`` cut at ``chunks`` to a fresh server; return a summary of events and output.
+
+    With ``fast`` off, every DATA frame goes through h2 (``accept_data`` declines them all).
+    """
+    server = ServerProtocol(ServerSettings(initial_stream_window_size=32_768))
+    if not fast:
+        server._h2.accept_data = lambda *args: False  # type: ignore[method-assign]
+    summary: list[object] = []
+    output = b""
+    offset = 0
+    for size in [*chunks, len(data)]:
+        piece, offset = data[offset : offset + size], offset + size
+        if not piece:
+            continue
+        for event in server.receive(piece):
+            if isinstance(event, MessagesReceived):
+                summary.append(("messages", event.stream_id, event.messages))
+                for payload, _ in event.messages:
+                    server.consumed(event.stream_id, len(payload) + 5 - event.prepaid)
+                    event.prepaid = 0
+            elif isinstance(event, CallStarted):
+                summary.append(("started", event.head.stream_id))
+            else:
+                summary.append(event)
+        output += server.data_to_send()
+    return summary, output
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 40_000), min_size=1, max_size=4),
+    half_close=st.lists(st.booleans(), min_size=4, max_size=4),
+    chunks=st.lists(st.integers(1, 20_000), max_size=30),
+)
+def test_fast_path_answers_exactly_as_h2_alone(
+    sizes: list[int], half_close: list[bool], chunks: list[int]
+) -> None:
+    """Whatever the calls and however the bytes are cut, the server's events and every byte it
+    sends (window updates included) are those of the same server with h2 parsing all DATA."""
+    client = H2Client()
+    for size, end in zip(sizes, half_close, strict=False):
+        stream_id = client.start_call(end=False)
+        body = grpc_frame(b"s" * size) + grpc_frame(b"t")
+        sent = body[: client.window(stream_id)]  # the client may not exceed our windows
+        client.send(stream_id, sent, end=end and sent == body)
+    client.ping(b"pingpong")
+    data = client.data_to_send()
+    assert serve_bytes(data, chunks, fast=True) == serve_bytes(data, chunks, fast=False)
