@@ -261,8 +261,11 @@ def serve_bytes(data: bytes, chunks: list[int], *, fast: bool) -> tuple[list[obj
 def test_fast_path_answers_exactly_as_h2_alone(
     sizes: list[int], half_close: list[bool], chunks: list[int]
 ) -> None:
-    """Whatever the calls and however the bytes are cut, the server's events and every byte it
-    sends (window updates included) are those of the same server with h2 parsing all DATA."""
+    """The fast path changes nothing a client can see, for any calls and any cut of the bytes.
+
+    The server's events and every byte it sends (window updates included) are those of the
+    same server with h2 parsing all DATA.
+    """
     client = H2Client()
     for size, end in zip(sizes, half_close, strict=False):
         stream_id = client.start_call(end=False)
