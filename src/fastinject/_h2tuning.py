@@ -214,6 +214,8 @@ class TunedH2Connection(h2.connection.H2Connection):
         Batched: the connection window is credited once for the total (one WINDOW_UPDATE at
         most); streams closed or forgotten meanwhile only count towards the connection.
         """
+        if self.state_machine.state is ConnectionState.CLOSED:
+            return  # the connection failed: nothing more is sent after our GOAWAY
         frames: list[Any] = []
         increment = self._inbound_flow_control_window_manager.process_bytes(sum(credit.values()))
         if increment:
@@ -250,6 +252,8 @@ class TunedH2Connection(h2.connection.H2Connection):
         if stream is None or self.state_machine.state is ConnectionState.CLOSED:
             raise h2.exceptions.StreamClosedError(stream_id)
         stream.state_machine.process_input(StreamInputs.SEND_HEADERS)
+        if stream.state_machine.trailers_sent and not end_stream:
+            raise h2.exceptions.ProtocolError("trailers must end the stream")
         if end_stream:
             stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
         block = self.encoder.encode(headers)

@@ -175,7 +175,7 @@ class ServerProtocol:
         self._goaway_last_stream_id = MAX_STREAM_ID
         self.highest_stream_id = 0
         self.closed = False
-        self._inbound = b""  # the start of a frame not yet received whole
+        self._inbound = bytearray()  # the start of a frame not yet received whole
         self._preface_left = _CLIENT_PREFACE_LENGTH
         # Flow-control credit to return at the next data_to_send(), per stream: one h2 call
         # (and at most one WINDOW_UPDATE) per stream per flush, not one per message.
@@ -224,21 +224,23 @@ class ServerProtocol:
             carried = self._inbound
             missing = self._missing(carried, view)
             if missing > len(view):
-                self._inbound = carried + data
+                carried += view  # a large frame arriving in many reads is appended, not re-joined
                 return
-            self._inbound = b""
-            self._scan(carried + view[:missing], events)
+            carried += view[:missing]
+            self._inbound = bytearray()
+            self._scan(carried, events)
             view = view[missing:]
         tail = self._scan(view, events)
-        self._inbound = bytes(view[tail:]) if tail < len(view) else b""
+        if tail < len(view):
+            self._inbound = bytearray(view[tail:])
 
-    def _missing(self, carried: bytes, more: memoryview) -> int:
+    def _missing(self, carried: bytearray, more: memoryview) -> int:
         """How many bytes of ``more`` complete the frame that ``carried`` starts.
 
         When ``carried`` lacks part of the frame header, the header is completed from ``more``
         (or, if ``more`` is too short for that, more than ``len(more)`` is returned).
         """
-        header = bytes(carried[:9]) if len(carried) >= 9 else carried + more[: 9 - len(carried)]
+        header = carried[:9] if len(carried) >= 9 else carried + more[: 9 - len(carried)]
         if len(header) < 9:
             return 9 - len(carried)  # more than ``more`` holds
         length = header[0] << 16 | header[1] << 8 | header[2]
@@ -246,7 +248,7 @@ class ServerProtocol:
             self._h2.refuse_overlong_frame(length)
         return 9 + length - len(carried)
 
-    def _scan(self, buf: bytes | memoryview, events: list[Event]) -> int:
+    def _scan(self, buf: bytes | bytearray | memoryview, events: list[Event]) -> int:
         """Handle the whole frames in ``buf``; return where the incomplete rest starts.
 
         DATA for a live call is deframed here; the other frames go to h2 in runs.  An overlong
@@ -264,10 +266,11 @@ class ServerProtocol:
             length_high, length_low, frame_type, flags, stream_id = unpack_header(buf, pos)
             length = length_high << 16 | length_low
             if length > max_length:
-                if handed < pos:  # their SETTINGS acknowledgement may raise the limit
+                if handed < pos:
                     self._feed_h2(view[handed:pos], events)
                     handed = pos
-                    max_length = self._h2.max_inbound_frame_size
+                # Their SETTINGS acknowledgement, handed to h2 in this scan, may raise the limit.
+                max_length = self._h2.max_inbound_frame_size
                 if length > max_length:
                     self._h2.refuse_overlong_frame(length)
             frame_end = pos + 9 + length

@@ -22,9 +22,12 @@ from fastinject.protocol import (
     MessagesReceived,
     RequestEnded,
     ServerProtocol,
+    StreamGone,
 )
 from protocol.wire import (
     DATA,
+    END_STREAM,
+    GOAWAY,
     H2Client,
     exchange,
     grpc_frame,
@@ -275,3 +278,59 @@ def test_fast_path_answers_exactly_as_h2_alone(
     client.ping(b"pingpong")
     data = client.data_to_send()
     assert serve_bytes(data, chunks, fast=True) == serve_bytes(data, chunks, fast=False)
+
+
+def test_large_frame_in_many_small_reads_arrives_whole() -> None:
+    """A frame much larger than each read is assembled across reads and delivered once."""
+    client, server = connected(max_frame_size=1 << 20, initial_stream_window_size=1 << 20)
+    stream_id = client.start_call(end=False)
+    exchange(client, server)
+    payload = bytes(range(256)) * 800  # 204,800 bytes in one DATA frame
+    wire = raw_frame(DATA, END_STREAM, stream_id, grpc_frame(payload))
+    events: list[Event] = []
+    for offset in range(0, len(wire), 1000):
+        events += server.receive(wire[offset : offset + 1000])
+    assert [m.messages for m in events if isinstance(m, MessagesReceived)] == [[(payload, False)]]
+    assert [e.stream_id for e in events if isinstance(e, RequestEnded)] == [stream_id]
+
+
+def test_frame_size_raised_by_an_acknowledgement_earlier_in_the_same_read() -> None:
+    """A frame over the old limit is accepted once the client acknowledged our larger one."""
+    client = H2Client()
+    server = ServerProtocol(ServerSettings(max_frame_size=65_536))
+    server.receive(client.data_to_send())
+    client.receive(server.data_to_send())  # the client now acknowledges 65,536
+    stream_id = client.start_call(end=False)
+    client.send(stream_id, grpc_frame(b"a" * 100))
+    client.send(stream_id, grpc_frame(b"b" * 30_000), end=True)  # one 30,005-byte frame
+    events = server.receive(client.data_to_send())
+    assert not any(isinstance(e, ConnectionClosedByPeer) for e in events)
+    received = [m for e in events if isinstance(e, MessagesReceived) for m in e.messages]
+    assert received == [(b"a" * 100, False), (b"b" * 30_000, False)]
+
+
+def test_nothing_follows_the_goaway_of_a_connection_error() -> None:
+    """Credit owed for earlier frames of the read is not sent after our error GOAWAY."""
+    client, server = connected(initial_stream_window_size=65_535)
+    stream_id = client.start_call(end=False)
+    exchange(client, server)
+    # Credited early (the message is still being assembled), over half the window: h2 would
+    # send a WINDOW_UPDATE for it.
+    partial = grpc_frame(b"p" * 60_000)[:48_000]
+    server.receive(b"".join(raw_frame(DATA, 0, stream_id, partial[i : i + 16_000])
+                            for i in range(0, 48_000, 16_000))
+                   + raw_frame(DATA, 0, 0, b"bad"))  # DATA on stream 0: PROTOCOL_ERROR
+    client.receive(server.data_to_send())
+    kinds = [f.type for f in client.frames]
+    assert kinds[-1] == GOAWAY
+    assert [g.error_code for g in client.goaways] == [PROTOCOL_ERROR]
+
+
+def test_second_response_headers_without_end_are_refused() -> None:
+    """Headers after the response headers are trailers and must end the stream."""
+    client, server = connected()
+    stream_id = client.start_call(messages=[b"q"])
+    exchange(client, server)
+    server.send_headers(stream_id, [], None)
+    with pytest.raises(StreamGone):
+        server.send_headers(stream_id, [], None)
