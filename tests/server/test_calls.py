@@ -126,7 +126,9 @@ async def test_deadline_cancels_handler(channel: grpc.aio.Channel, recorder: Rec
 async def test_time_remaining_reflects_timeout(channel: grpc.aio.Channel) -> None:
     """time_remaining() is near the client's timeout, and None without one."""
     remaining = float(await method(channel, "TimeRemaining")(b"", timeout=20))
-    assert 10 < remaining <= 20
+    # grpc core rounds the grpc-timeout it sends up to a coarser unit (computed from a cached
+    # clock), so a busy client may announce a little more than 20 s: never a whole second more.
+    assert 10 < remaining < 21
     assert await method(channel, "TimeRemaining")(b"") == b"none"
 
 
