@@ -17,6 +17,8 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from benchmarks.e2e.report import by_workload_and_server
+
 PAIRS: tuple[tuple[str, str], ...] = (("fastinject-inject", "fastinject"),)
 """(server, reference) pairs compared on their own: injected connections vs the listening port."""
 
@@ -102,9 +104,7 @@ def summarise(
     samples: Sequence[Sample], messages_per_call: Mapping[str, int], baseline: str
 ) -> list[InstructionSummary]:
     """Return one summary per (workload, server), in the order they were first measured."""
-    grouped: dict[tuple[str, str], list[Sample]] = {}
-    for sample in samples:
-        grouped.setdefault((sample.workload, sample.server), []).append(sample)
+    grouped = by_workload_and_server(samples)
     least = {key: least_counts(group) for key, group in grouped.items()}
     summaries = []
     for (workload, server), group in grouped.items():

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 
 @dataclass(frozen=True)
@@ -58,13 +59,31 @@ class Summary:
     cpu_ratio: float | None
 
 
+class _Measurement(Protocol):
+    @property
+    def workload(self) -> str: ...
+    @property
+    def server(self) -> str: ...
+
+
+MeasurementT = TypeVar("MeasurementT", bound=_Measurement)
+
+
+def by_workload_and_server(
+    measurements: Iterable[MeasurementT],
+) -> dict[tuple[str, str], list[MeasurementT]]:
+    """Group measurements by (workload, server), keeping the order each pair was first seen."""
+    grouped: dict[tuple[str, str], list[MeasurementT]] = {}
+    for measured in measurements:
+        grouped.setdefault((measured.workload, measured.server), []).append(measured)
+    return grouped
+
+
 def summarise(
     rounds: Sequence[Round], messages_per_call: Mapping[str, int], baseline: str
 ) -> list[Summary]:
     """Return one :class:`Summary` per (workload, server), in the order they first ran."""
-    grouped: dict[tuple[str, str], list[Round]] = {}
-    for measured in rounds:
-        grouped.setdefault((measured.workload, measured.server), []).append(measured)
+    grouped = by_workload_and_server(rounds)
     medians = {
         key: (
             statistics.median(r.rate for r in group),

@@ -29,6 +29,7 @@ from protocol.wire import (
     END_STREAM,
     GOAWAY,
     H2Client,
+    connected,
     exchange,
     grpc_frame,
     raw_frame,
@@ -42,15 +43,6 @@ PROTOCOL_ERROR = 0x1
 STREAM_CLOSED = 0x5
 HEADERS = 0x1
 CONTINUATION = 0x9
-
-
-def connected(**settings: object) -> tuple[H2Client, ServerProtocol]:
-    """A client and a sans-IO server that have exchanged their prefaces and SETTINGS."""
-    client = H2Client()
-    server = ServerProtocol(ServerSettings(**settings))  # type: ignore[arg-type]
-    exchange(client, server)
-    exchange(client, server)
-    return client, server
 
 
 def conversation() -> tuple[bytes, dict[int, bytes]]:

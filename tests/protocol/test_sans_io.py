@@ -11,25 +11,14 @@ from collections.abc import Sequence
 import pytest
 
 from fastinject import StatusCode
-from fastinject.options import ServerSettings
 from fastinject.protocol import (
     CallFailed,
     CallStarted,
     Event,
     MessagesReceived,
     RequestEnded,
-    ServerProtocol,
 )
-from protocol.wire import WINDOW_UPDATE, H2Client, exchange, grpc_frame, request_headers
-
-
-def connected(**settings: object) -> tuple[H2Client, ServerProtocol]:
-    """A client and a sans-IO server that have exchanged their prefaces and SETTINGS."""
-    client = H2Client()
-    server = ServerProtocol(ServerSettings(**settings))  # type: ignore[arg-type]
-    exchange(client, server)
-    exchange(client, server)  # SETTINGS acknowledgements
-    return client, server
+from protocol.wire import WINDOW_UPDATE, connected, exchange, grpc_frame, request_headers
 
 
 def without(name: bytes, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -25,6 +25,7 @@ import h2.events
 import h2.settings
 
 from fastinject.metadata import decode_grpc_message
+from fastinject.options import ServerSettings
 from fastinject.protocol import Event, ServerProtocol
 
 DATA = 0x0
@@ -342,6 +343,15 @@ def exchange(client: H2Client, server: ServerProtocol) -> list[Event]:
     events = server.receive(client.data_to_send())
     client.receive(server.data_to_send())
     return events
+
+
+def connected(**settings: object) -> tuple[H2Client, ServerProtocol]:
+    """A client and a sans-IO server (with ``settings``) that exchanged prefaces and SETTINGS."""
+    client = H2Client()
+    server = ServerProtocol(ServerSettings(**settings))  # type: ignore[arg-type]
+    exchange(client, server)
+    exchange(client, server)  # SETTINGS acknowledgements
+    return client, server
 
 
 class Wire:
