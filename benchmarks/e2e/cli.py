@@ -17,6 +17,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from benchmarks.e2e import callgrind, h2load, instruction_report, instructions, report, runner
+from benchmarks.e2e.nodejs import NodeSetupError
 from benchmarks.e2e.servers import (
     SERVER_ENTRIES,
     SERVER_ENTRIES_BY_NAME,
@@ -75,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the harness."""
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.e2e",
-        description="Benchmark fastinject, grpc.aio and grpclib serving the interop TestService, "
-        "driven by h2load (server pinned to one CPU, h2load to another).",
+        description="Benchmark fastinject, grpc.aio, grpclib and grpc-js serving the interop "
+        "TestService, driven by h2load (server pinned to one CPU, h2load to another).",
     )
     server_names = [entry.name for entry in SERVER_ENTRIES]
     workload_names = [workload.name for workload in WORKLOADS]
@@ -136,11 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _select_servers(parser: argparse.ArgumentParser, names: list[str] | None) -> list[ServerEntry]:
+def _why_not(entry: ServerEntry, counting: bool) -> str | None:
+    """Return why ``entry`` cannot run in this mode (``counting``: --instructions), or None."""
+    if counting and not entry.callgrind:
+        return "callgrind cannot count its instructions (--instructions)"
+    return entry.missing()
+
+
+def _select_servers(
+    parser: argparse.ArgumentParser, names: list[str] | None, counting: bool
+) -> list[ServerEntry]:
     if names is not None:
         entries = [SERVER_ENTRIES_BY_NAME[name] for name in names]
         for entry in entries:
-            reason = entry.missing()
+            reason = _why_not(entry, counting)
             if reason is not None:
                 parser.error(f"server {entry.name} cannot run: {reason}")
         return entries
@@ -148,7 +158,7 @@ def _select_servers(parser: argparse.ArgumentParser, names: list[str] | None) ->
     for entry in SERVER_ENTRIES:
         if not entry.default:
             continue
-        reason = entry.missing()
+        reason = _why_not(entry, counting)
         if reason is None:
             entries.append(entry)
         else:
@@ -193,7 +203,7 @@ def parse_options(argv: Sequence[str] | None = None) -> tuple[runner.Options, ar
     if shutil.which(args.h2load) is None:
         parser.error(f"h2load not found at {args.h2load} (Debian: apt install nghttp2-client)")
     options = runner.Options(
-        servers=tuple(_select_servers(parser, args.servers)),
+        servers=tuple(_select_servers(parser, args.servers, args.instructions)),
         workloads=tuple(workloads),
         rounds=args.rounds or mode.rounds,
         duration_s=mode.duration_s if args.duration is None else args.duration,
@@ -390,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + (
             interruption.signum if isinstance(interruption, Interrupted) else signal.SIGINT
         )
-    except (runner.HarnessError, StubGenerationError, ServerStartError) as error:
+    except (runner.HarnessError, StubGenerationError, NodeSetupError, ServerStartError) as error:
         print(f"cannot run the benchmark: {error}", file=sys.stderr)
         return 2
     if isinstance(outcome, instructions.InstructionOutcome):

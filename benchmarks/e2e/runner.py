@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.e2e import h2load, procstat, stubs
+from benchmarks.e2e import h2load, nodejs, procstat, stubs
 from benchmarks.e2e.grpcio_check import CALL_TIMEOUT_S, check_call
 from benchmarks.e2e.report import Round, format_seconds
 from benchmarks.e2e.servers import ServerEntry, ServerProcess, child_environment
@@ -114,6 +114,8 @@ def _placeholder_values(entries: tuple[ServerEntry, ...], work_dir: Path) -> dic
         values["grpclib_stubs"] = str(
             stubs.generate_grpclib(package_root(), work_dir / "grpclib_stubs")
         )
+    if "grpcjs_modules" in needed:
+        values["grpcjs_modules"] = str(nodejs.install_grpcjs())
     unknown = needed - values.keys()
     if unknown:
         raise HarnessError(f"no value for server argument placeholders {sorted(unknown)}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 import signal
 import string
 import subprocess
@@ -33,8 +34,10 @@ class ServerEntry:
 
     ``args`` may contain ``{name}`` placeholders that the harness fills in at start (for
     example ``{grpclib_stubs}``); ``env`` is added to the server's environment.  The entry is
-    available when module ``requires`` can be imported; a ``default`` entry runs when
-    ``--servers`` is not given, the others only when named.
+    available when module ``requires`` can be imported and every executable in ``programs`` is
+    on PATH; a ``default`` entry runs when ``--servers`` is not given, the others only when
+    named.  ``callgrind`` says whether the ``--instructions`` mode can count its instructions
+    (not for a server that execs another runtime, which callgrind would not follow).
     """
 
     name: str
@@ -44,6 +47,8 @@ class ServerEntry:
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     default: bool = True
+    programs: tuple[str, ...] = ()
+    callgrind: bool = True
 
     def placeholders(self) -> set[str]:
         """Return the placeholder names used in ``args``."""
@@ -65,7 +70,10 @@ class ServerEntry:
             found = importlib.util.find_spec(self.requires) is not None
         except ImportError as error:
             return f"module {self.requires} is not importable ({error})"
-        return None if found else f"module {self.requires} does not exist"
+        if not found:
+            return f"module {self.requires} does not exist"
+        absent = [program for program in self.programs if shutil.which(program) is None]
+        return f"{', '.join(absent)} not found on PATH" if absent else None
 
 
 SERVER_ENTRIES: tuple[ServerEntry, ...] = (
@@ -110,6 +118,15 @@ SERVER_ENTRIES: tuple[ServerEntry, ...] = (
         description="grpclib server with an equivalent servicer of the benchmarked methods",
         requires="grpclib",
         args=("--stubs", "{grpclib_stubs}"),
+    ),
+    ServerEntry(
+        name="grpc-js",
+        module="benchmarks.e2e.grpcjs_server",
+        description="grpc-js (Node) server of the benchmarked methods, installed by npm ci",
+        requires="benchmarks.e2e.grpcjs_server",
+        args=("--node-modules", "{grpcjs_modules}"),
+        programs=("node", "npm"),
+        callgrind=False,
     ),
 )
 """Every server the harness knows, in the order each round visits them.

@@ -15,7 +15,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from benchmarks.e2e import callgrind, cli, h2load, instruction_report, procstat, report, runner
+from benchmarks.e2e import (
+    callgrind,
+    cli,
+    h2load,
+    instruction_report,
+    nodejs,
+    procstat,
+    report,
+    runner,
+)
 from benchmarks.e2e.grpcio_check import check_call
 from benchmarks.e2e.servers import (
     SERVER_ENTRIES_BY_NAME,
@@ -49,6 +58,10 @@ H2LOAD_OUTPUT = "\n".join(
 
 needs_h2load = pytest.mark.skipif(
     shutil.which(h2load.H2LOAD) is None, reason="h2load (nghttp2-client) is not installed"
+)
+
+needs_node = pytest.mark.skipif(
+    SERVER_ENTRIES_BY_NAME["grpc-js"].missing() is not None, reason="node or npm is not installed"
 )
 
 needs_valgrind = pytest.mark.skipif(
@@ -417,3 +430,55 @@ def test_a_counter_reads_what_the_process_executed_since_the_last_read(tmp_path:
             child.kill()
     assert idle < once / 100
     assert (thrice - once) / 2 == pytest.approx(once, rel=0.05)
+
+
+def test_a_server_needing_a_missing_program_says_which() -> None:
+    """An entry whose executables are not on PATH is unavailable, naming the missing ones."""
+    absent = ServerEntry("x", "some.module", "test", "os", programs=("sh", "no-such-program-x"))
+    assert absent.missing() == "no-such-program-x not found on PATH"
+    present = ServerEntry("x", "some.module", "test", "os", programs=("sh",))
+    assert present.missing() is None
+
+
+@needs_h2load
+@needs_valgrind
+def test_instructions_mode_refuses_a_server_callgrind_cannot_count(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """grpc-js execs node, which callgrind would not follow: named, it is a usage error."""
+    with pytest.raises(SystemExit) as exited:
+        cli.parse_options(["--instructions", "--servers", "grpc.aio,grpc-js"])
+    assert exited.value.code == 2
+    assert "grpc-js cannot run: callgrind cannot count" in capsys.readouterr().err
+
+
+def test_grpcjs_install_is_reused_while_the_lock_file_is_unchanged(tmp_path: Path) -> None:
+    """A completed install is found by the hash of the manifests; a changed lock is a new one."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in nodejs.MANIFESTS:
+        (source / name).write_text("{}\n")
+    first = nodejs.lock_key(source)
+    installed = tmp_path / "cache" / f"grpcjs-{first}" / "node_modules"
+    installed.mkdir(parents=True)
+    (installed / nodejs.INSTALLED_MARKER).write_text("done\n")
+    # No npm runs: the marker says the install is complete.
+    assert nodejs.install_grpcjs(tmp_path / "cache", source) == installed
+    (source / "package-lock.json").write_text('{"lockfileVersion": 3}\n')
+    assert nodejs.lock_key(source) != first
+
+
+@needs_h2load
+@needs_node
+def test_self_check_passes_against_grpcjs() -> None:
+    """grpc-js is installed by npm ci on first use and answers every workload correctly."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.e2e", "--self-check", "--servers", "grpc-js"],
+        cwd=runner.REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "self-check passed" in completed.stdout
