@@ -3,7 +3,8 @@
 Runs the gRPC interop ``TestService`` (its generated code ships in ``fastinject.interop``) on a
 listening port *and* on a connection handed to a ``ConnectionInjector``, then calls every kind
 of method with grpcio's client and prints what came back.  Needs ``grpcio`` for the client:
-``pip install . grpcio && python examples/demo.py``.
+``pip install 'fastinject[interop]' grpcio && python examples/demo.py`` (the interop extra
+brings the protobuf runtime the generated code needs).
 """
 
 from __future__ import annotations
