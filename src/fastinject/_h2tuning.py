@@ -36,7 +36,7 @@ import h2.events
 import h2.exceptions
 import hpack
 import hyperframe.frame
-from h2.connection import ConnectionState
+from h2.connection import AllowedStreamIDs, ConnectionInputs, ConnectionState, _decode_headers
 from h2.stream import StreamInputs, StreamState
 
 _CACHE_ENTRIES = 256
@@ -173,6 +173,26 @@ class TunedH2Connection(h2.connection.H2Connection):
         if frame.__class__ is hyperframe.frame.DataFrame:
             frame.__class__ = _QuietDataFrame
         return super()._receive_frame(frame)
+
+    def _receive_headers_frame(self, frame: Any) -> Any:
+        """Refuse a stream beyond SETTINGS_MAX_CONCURRENT_STREAMS with RST_STREAM REFUSED_STREAM.
+
+        RFC 9113 section 5.1.2 makes it a stream error; h2 raises TooManyStreamsError, a
+        connection error that would end every call on the connection.  The header block is
+        decoded all the same (the HPACK table is shared by every stream) and the stream id is
+        used up, so later frames of the refused stream are answered as h2 answers frames of a
+        stream it reset.  grpc core's server refuses such streams the same way.  The call was
+        never processed: grpc-go, grpc-java and grpc-js retry it transparently; grpcio reports
+        UNAVAILABLE, which its retry policy may retry.
+        """
+        if (frame.stream_id in self.streams
+                or self.open_inbound_streams < self.local_settings.max_concurrent_streams):
+            return super()._receive_headers_frame(frame)
+        _decode_headers(self.decoder, frame.data)
+        events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        stream = self._begin_new_stream(frame.stream_id, AllowedStreamIDs.ODD)
+        stream.state_machine.process_input(StreamInputs.RECV_HEADERS)
+        return stream.reset_stream(h2.errors.ErrorCodes.REFUSED_STREAM), events
 
     def accept_data(self, stream_id: int, length: int, end_stream: bool) -> bool:
         """Account for a received unpadded DATA frame whose payload the caller handles.

@@ -23,6 +23,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+from h2.settings import SettingCodes
 
 from fastinject.metadata import decode_grpc_message
 from fastinject.options import ServerSettings
@@ -304,6 +305,11 @@ class H2Client:
             self.h2.send_data(stream_id, chunk, end_stream=end and index == len(chunks) - 1)
         if end and not chunks:
             self.h2.end_stream(stream_id)
+
+    def lift_stream_limit(self) -> None:
+        """Let this client open streams beyond the server's SETTINGS_MAX_CONCURRENT_STREAMS."""
+        self.h2.remote_settings[SettingCodes.MAX_CONCURRENT_STREAMS] = MAX_STREAM_ID
+        self.h2.remote_settings.acknowledge()
 
     def end(self, stream_id: int) -> None:
         """Half-close a stream."""
