@@ -5,7 +5,8 @@ Same API and behaviour as the pure-Python twin :mod:`fastinject._framing_py`; us
 
 A gRPC message on an HTTP/2 stream is a 5-byte header, one flags byte (0 = plain,
 1 = compressed) and the payload length as a 4-byte big-endian unsigned int, then the payload.
-Every received message costs exactly one copy; memory is bounded by the limit plus 5 bytes.
+Every received message is copied once from the fed buffers; memory held for a message being
+received follows the bytes that arrived (see :attr:`Deframer.held`), never just a header's claim.
 """
 
 from collections.abc import Iterable
@@ -30,9 +31,9 @@ class Deframer:
     failed as a whole).  Rejected input (not a buffer: ``TypeError``; not contiguous:
     ``BufferError``) consumes nothing and does not poison.
 
-    Memory: an accepted header makes the deframer allocate the body at its declared size
-    at once (then fill it in place), so a peer that sends only headers can make each
-    stream hold up to :attr:`max_message_length` bytes; bound the number of streams.
+    Memory (:attr:`held`): the body buffer grows with the bytes that arrive, to twice what is
+    here (at least 1 KiB), and takes the declared size only once half of the body is here; so a
+    header alone costs at most 1 KiB, and a partial message at most twice its received bytes.
     """
 
     def __init__(self, max_message_length: int = ...) -> None: ...
@@ -47,6 +48,13 @@ class Deframer:
     @property
     def buffered(self) -> int:
         """Bytes received and not yet returned inside a message (header bytes included)."""
+    @property
+    def held(self) -> int:
+        """Bytes held for the message being received: its header bytes and body buffer.
+
+        The body buffer is at most twice the body bytes received (at least 1 KiB) until half of
+        the body is here, then the declared length.
+        """
     def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[bytes, bool]]:
         """Consume ``data`` and return the messages it completes, in order.
 

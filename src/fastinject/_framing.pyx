@@ -8,16 +8,20 @@ Memory and copies: input buffers are taken with ``PyObject_GetBuffer`` and relea
 ``feed`` returns, so nothing refers to the caller's buffer afterwards.  Messages that lie whole
 inside one ``feed`` call are copied straight from the caller's buffer into their ``bytes``.
 The only leftovers are at most 4 bytes of a partial header (a fixed array) and a partial body,
-which is copied straight into its final ``bytes`` object, allocated once at the declared size
-when the header arrives.  So every message costs exactly one copy, there is no growing buffer
-to compact, and memory is bounded by the limit plus 5 bytes.
+which is copied straight into the ``bytes`` object that becomes the message.  That object grows
+with the bytes that actually arrive (``_PyBytes_Resize``, to twice what is here) and takes its
+declared size only once half of the body is here, so a 5-byte header declaring 4 MiB costs
+1 KiB, not 4 MiB.  A message costs one copy from the caller's buffers, plus whatever the
+allocator copies when it cannot grow a block in place (large blocks are remapped, not copied).
 """
 
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, _PyBytes_Resize
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.object cimport PyObject
 from cpython.pyport cimport PY_SSIZE_T_MAX
+from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy
 
@@ -29,6 +33,8 @@ DEFAULT_MAX_MESSAGE_LENGTH = 4 * 1024 * 1024
 
 cdef enum:
     HEADER_LENGTH = 5
+    # Smallest body buffer allocated for a message that is not here whole yet.
+    MIN_BODY_CAPACITY = 1024
 
 cdef uint64_t MAX_WIRE_LENGTH = 0xFFFFFFFF
 # A limit above what the header (or Py_ssize_t) can express behaves as "no limit".
@@ -47,6 +53,13 @@ cdef inline void _write_header(unsigned char* p, bint compressed, uint32_t lengt
     p[4] = length & 0xFF
 
 
+cdef inline Py_ssize_t _capacity_for(Py_ssize_t received, Py_ssize_t length) noexcept nogil:
+    """Size of the body buffer holding ``received`` of ``length`` bytes (same rule as the twin)."""
+    if received >= length - received:  # half or more is here: the final size
+        return length
+    return min(length, max(2 * received, <Py_ssize_t>MIN_BODY_CAPACITY))
+
+
 cdef inline int _check_wire_length(Py_ssize_t length) except -1:
     if <uint64_t>length > MAX_WIRE_LENGTH:
         raise ValueError(f"a gRPC message holds at most {MAX_WIRE_LENGTH} bytes, got {length}")
@@ -60,9 +73,12 @@ cdef class Deframer:
 
     cdef unsigned char _header[HEADER_LENGTH]
     cdef Py_ssize_t _header_len       # bytes of the current header held; 5 while a body is pending
-    cdef bytes _body                  # the pending message's final payload object, or None
+    # The pending message's payload object (our only reference, so it can be resized in place),
+    # or NULL; it is _body_capacity bytes long until the message is complete.
+    cdef PyObject* _body
     cdef unsigned char* _body_ptr
-    cdef Py_ssize_t _body_len
+    cdef Py_ssize_t _body_len         # the declared length
+    cdef Py_ssize_t _body_capacity
     cdef Py_ssize_t _body_filled
     cdef bint _compressed
     cdef object _limit                # the int the user set, as reported in errors
@@ -71,6 +87,9 @@ cdef class Deframer:
 
     def __init__(self, max_message_length=DEFAULT_MAX_MESSAGE_LENGTH):
         self.max_message_length = max_message_length
+
+    def __dealloc__(self):
+        Py_XDECREF(self._body)
 
     @property
     def max_message_length(self):
@@ -89,6 +108,11 @@ cdef class Deframer:
     def buffered(self):
         """Bytes received and not yet returned inside a message (header bytes included)."""
         return self._header_len + self._body_filled
+
+    @property
+    def held(self):
+        """Bytes held for the message being received: its header bytes and body buffer."""
+        return self._header_len + self._body_capacity
 
     def feed(self, data):
         """Consume ``data`` and return the ``(payload, compressed)`` messages it completes."""
@@ -110,35 +134,53 @@ cdef class Deframer:
             raise self._error.with_traceback(None)
         if self._header_len == 0:
             return
-        expected = HEADER_LENGTH + (self._body_len if self._body is not None else 0)
+        expected = HEADER_LENGTH + (self._body_len if self._body != NULL else 0)
         error = IncompleteMessageError(self._header_len + self._body_filled, expected)
         self._fail(error)
         raise error
 
     cdef int _fail(self, exc) except -1:
         self._error = exc
-        self._body = None
+        self._drop_body()
+        self._header_len = 0
+        return 0
+
+    cdef object _drop_body(self):
+        """Forget the pending body and return it (a new reference), or None."""
+        cdef object body = None
+        if self._body != NULL:
+            body = <object>self._body
+            Py_XDECREF(self._body)
+        self._body = NULL
         self._body_ptr = NULL
         self._body_len = 0
+        self._body_capacity = 0
         self._body_filled = 0
-        self._header_len = 0
+        return body
+
+    cdef int _reserve(self, Py_ssize_t received) except -1:
+        """Grow the body buffer (in place when the allocator can) to hold ``received`` bytes."""
+        cdef Py_ssize_t capacity
+        if received <= self._body_capacity:
+            return 0
+        capacity = _capacity_for(received, self._body_len)
+        _PyBytes_Resize(&self._body, capacity)  # frees it and sets NULL on failure
+        self._body_ptr = <unsigned char*>PyBytes_AS_STRING(<object>self._body)
+        self._body_capacity = capacity
         return 0
 
     cdef list _feed(self, const unsigned char* data, Py_ssize_t end):
         cdef list messages = []
         cdef Py_ssize_t pos = 0
         cdef Py_ssize_t take
-        if self._body is not None:
+        if self._body != NULL:
             take = min(end, self._body_len - self._body_filled)
+            self._reserve(self._body_filled + take)
             memcpy(self._body_ptr + self._body_filled, data, take)
             self._body_filled += take
             if self._body_filled < self._body_len:
                 return messages
-            messages.append((self._body, self._compressed))
-            self._body = None
-            self._body_ptr = NULL
-            self._body_len = 0
-            self._body_filled = 0
+            messages.append((self._drop_body(), self._compressed))
             self._header_len = 0
             pos = take
         elif self._header_len:
@@ -149,14 +191,14 @@ cdef class Deframer:
             if self._header_len < HEADER_LENGTH:
                 return messages
             pos += self._begin(self._header, data + pos, end - pos, messages)
-            if self._body is not None:
+            if self._body != NULL:
                 return messages
         # Fast path: parse straight out of the caller's buffer.
         while end - pos >= HEADER_LENGTH:
             pos += HEADER_LENGTH + self._begin(
                 data + pos, data + pos + HEADER_LENGTH, end - pos - HEADER_LENGTH, messages
             )
-            if self._body is not None:
+            if self._body != NULL:
                 return messages
         if pos < end:
             memcpy(self._header, data + pos, end - pos)
@@ -182,8 +224,10 @@ cdef class Deframer:
             messages.append((PyBytes_FromStringAndSize(<const char*>body, length), flags == 1))
             self._header_len = 0
             return length
-        payload = PyBytes_FromStringAndSize(NULL, length)
-        self._body = payload
+        self._body_capacity = _capacity_for(available, length)
+        payload = PyBytes_FromStringAndSize(NULL, self._body_capacity)
+        Py_INCREF(payload)
+        self._body = <PyObject*>payload
         self._body_ptr = <unsigned char*>PyBytes_AS_STRING(payload)
         memcpy(self._body_ptr, body, available)
         self._body_len = length

@@ -8,8 +8,8 @@ byte (0 = plain, 1 = compressed) and the payload length as a 4-byte big-endian u
 
 Copies per received message: a message that arrives whole inside one ``feed`` call is copied
 once (from the caller's buffer into its ``bytes``); a message whose body spans ``feed`` calls is
-copied twice (the chunks into a ``bytearray`` of the declared size, then into the ``bytes``).
-The Cython module copies every message exactly once.
+copied twice (the chunks into a growing ``bytearray``, then into the ``bytes``), plus what
+growing the ``bytearray`` copies.  The Cython module copies every message once.
 """
 
 from __future__ import annotations
@@ -27,6 +27,18 @@ DEFAULT_MAX_MESSAGE_LENGTH = 4 * 1024 * 1024
 _HEADER = struct.Struct(">BI")
 _HEADER_LENGTH = 5
 _MAX_WIRE_LENGTH = 0xFFFFFFFF
+_MIN_BODY_CAPACITY = 1024
+
+
+def _capacity_for(received: int, length: int) -> int:
+    """Size of the body buffer holding ``received`` of a ``length``-byte body.
+
+    Twice what is here (at least 1 KiB), and the declared size once half of it is here: memory
+    follows the bytes that actually arrive, not what a header claims.
+    """
+    if received >= length - received:
+        return length
+    return min(length, max(2 * received, _MIN_BODY_CAPACITY))
 
 
 def _byte_view(data: bytes | bytearray | memoryview) -> memoryview:
@@ -67,14 +79,15 @@ class Deframer:
     failed as a whole).  Rejected input (not a buffer, or not contiguous) raises
     ``TypeError``/``BufferError`` without consuming anything and does not poison.
 
-    Memory: an accepted header makes the deframer allocate the body at its declared size
-    at once (then fill it in place), so a peer that sends only headers can make each
-    stream hold up to :attr:`max_message_length` bytes; bound the number of streams.
+    Memory (:attr:`held`): the body buffer grows with the bytes that arrive, to twice what is
+    here (at least 1 KiB), and takes the declared size only once half of the body is here; so a
+    header alone costs at most 1 KiB, and a partial message at most twice its received bytes.
     """
 
     __slots__ = (
         "_body",
         "_body_filled",
+        "_body_len",
         "_compressed",
         "_error",
         "_header",
@@ -86,7 +99,9 @@ class Deframer:
         self._header = bytearray(_HEADER_LENGTH)
         # Bytes of the current header held; 5 while a body is pending.
         self._header_len = 0
+        # The pending body's buffer (its length is the capacity), or None.
         self._body: bytearray | None = None
+        self._body_len = 0  # the declared length
         self._body_filled = 0
         self._compressed = False
         self._error: BaseException | None = None
@@ -112,6 +127,16 @@ class Deframer:
     def buffered(self) -> int:
         """Bytes received and not yet returned inside a message (header bytes included)."""
         return self._header_len + self._body_filled
+
+    @property
+    def held(self) -> int:
+        """Bytes held for the message being received: its header bytes and body buffer.
+
+        The body buffer is at most twice the body bytes received (at least 1 KiB) until half of
+        the body is here, then the declared length.
+        """
+        body = self._body
+        return self._header_len + (len(body) if body is not None else 0)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[bytes, bool]]:
         """Consume ``data`` and return the messages it completes, in order.
@@ -141,8 +166,7 @@ class Deframer:
             raise self._error.with_traceback(None)
         if self._header_len == 0:
             return
-        body = self._body
-        expected = _HEADER_LENGTH + (len(body) if body is not None else 0)
+        expected = _HEADER_LENGTH + (self._body_len if self._body is not None else 0)
         error = IncompleteMessageError(self.buffered, expected)
         self._fail(error)
         raise error
@@ -150,6 +174,7 @@ class Deframer:
     def _fail(self, exc: BaseException) -> None:
         self._error = exc
         self._body = None
+        self._body_len = 0
         self._body_filled = 0
         self._header_len = 0
 
@@ -160,13 +185,17 @@ class Deframer:
         body = self._body
         if body is not None:
             filled = self._body_filled
-            take = min(end, len(body) - filled)
+            length = self._body_len
+            take = min(end, length - filled)
+            if filled + take > len(body):
+                body += bytes(_capacity_for(filled + take, length) - len(body))
             body[filled : filled + take] = view[:take]
             self._body_filled = filled + take
-            if self._body_filled < len(body):
+            if self._body_filled < length:
                 return messages
             messages.append((bytes(body), self._compressed))
             self._body = None
+            self._body_len = 0
             self._body_filled = 0
             self._header_len = 0
             pos = take
@@ -213,9 +242,10 @@ class Deframer:
             messages.append((bytes(view[start : start + length]), flags == 1))
             self._header_len = 0
             return int(length)
-        body = bytearray(length)
+        body = bytearray(_capacity_for(available, length))
         body[:available] = view[start:]
         self._body = body
+        self._body_len = length
         self._body_filled = available
         self._compressed = flags == 1
         self._header_len = _HEADER_LENGTH

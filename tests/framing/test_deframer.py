@@ -6,6 +6,7 @@ import array
 import itertools
 import random
 import struct
+import tracemalloc
 from collections.abc import Sequence
 from types import ModuleType
 
@@ -120,6 +121,82 @@ def test_buffered_counts_bytes_not_yet_returned(
         returned += sum(5 + len(payload) for payload, _ in out)
         assert deframer.buffered == fed - returned
     assert deframer.buffered == 0
+
+
+# --- memory held for a message being received ----------------------------------------------
+
+
+@SETTINGS
+@given(messages=messages_strategy, data=st.data())
+def test_held_memory_follows_the_bytes_that_arrived(
+    impl: ModuleType, messages: list[Message], data: st.DataObject
+) -> None:
+    """``held`` covers what is buffered and is at most twice it (or the 1 KiB floor)."""
+    wire = encode(messages)
+    cuts = data.draw(st.lists(st.integers(0, len(wire)), max_size=20), label="cuts")
+    deframer = impl.Deframer(max_message_length=100_000)
+    for chunk in split(wire, cuts):
+        deframer.feed(chunk)
+        assert deframer.buffered <= deframer.held <= max(2 * deframer.buffered, 5 + 1024)
+        if deframer.buffered == 0:
+            assert deframer.held == 0
+    assert deframer.held == 0
+
+
+def test_a_header_alone_holds_one_kib_not_its_declared_length(impl: ModuleType) -> None:
+    """A header declaring 4 MiB, with or without a few body bytes, holds 5 + 1024 bytes."""
+    deframer = impl.Deframer()
+    deframer.feed(struct.pack(">BI", 0, 4 * 1024 * 1024))
+    assert deframer.held == 5 + 1024
+    deframer.feed(b"x" * 100)
+    assert (deframer.buffered, deframer.held) == (105, 5 + 1024)
+
+
+def test_the_declared_size_is_allocated_once_half_is_here(impl: ModuleType) -> None:
+    """A full body buffer doubles with what arrives; past half of the body, the final size."""
+    length = 1 << 20
+    payload = random.Random(7).randbytes(length)
+    deframer = impl.Deframer()
+    steps = [  # (body bytes received after the feed, held)
+        (3000, 5 + 6000),
+        (6000, 5 + 6000),
+        (6001, 5 + 12_002),
+        (length // 2, 5 + length),
+        (length - 1, 5 + length),
+    ]
+    received = 0
+    assert deframer.feed(struct.pack(">BI", 0, length)) == []
+    for upto, held in steps:
+        assert deframer.feed(payload[received:upto]) == []
+        received = upto
+        assert deframer.held == held
+    assert deframer.feed(payload[received:]) == [(payload, False)]
+    assert deframer.held == 0
+
+
+def test_many_headers_declaring_4_mib_allocate_little(impl: ModuleType) -> None:
+    """1,000 streams each sent a 4 MiB header (5 KB of input) allocate about 1 MiB, not 4 GiB."""
+    header = struct.pack(">BI", 0, 4 * 1024 * 1024)
+    tracemalloc.start()
+    try:
+        deframers = [impl.Deframer() for _ in range(1000)]
+        for deframer in deframers:
+            deframer.feed(header)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sum(d.held for d in deframers) == 1000 * (5 + 1024)
+    assert peak < 4 * 1024 * 1024
+
+
+def test_a_failed_deframer_holds_nothing(impl: ModuleType) -> None:
+    """A framing error drops the partial message's buffer."""
+    deframer = impl.Deframer()
+    deframer.feed(struct.pack(">BI", 0, 100_000) + b"x" * 5000)
+    assert deframer.held == 5 + 10_000
+    with pytest.raises(IncompleteMessageError):
+        deframer.close()
+    assert deframer.held == 0
 
 
 @pytest.mark.parametrize("kind", INPUT_KINDS)
