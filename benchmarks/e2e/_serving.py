@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import ssl
 
 LISTEN_HOST = "127.0.0.1"
 """The only address the benchmark servers listen on."""
@@ -22,7 +23,26 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--port", type=int, default=0, help="TCP port on 127.0.0.1 (0 = pick a free one)"
     )
+    parser.add_argument("--cert", help="PEM certificate chain: serve TLS (ALPN h2)")
+    parser.add_argument("--key", help="PEM private key of --cert")
     return parser
+
+
+def tls_files(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, str] | None:
+    """Return the ``--cert`` and ``--key`` paths, or None for plaintext (error if only one)."""
+    if args.cert is None and args.key is None:
+        return None
+    if args.cert is None or args.key is None:
+        parser.error("--cert and --key go together")
+    return args.cert, args.key
+
+
+def server_ssl_context(files: tuple[str, str]) -> ssl.SSLContext:
+    """Return a server SSLContext for ``(cert, key)`` that offers only ALPN ``h2``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*files)
+    context.set_alpn_protocols(["h2"])
+    return context
 
 
 def announce(port: int) -> None:

@@ -128,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=server_names,
         help="server the ratios compare with (default grpc.aio)",
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="every server serves TLS (ALPN h2) with a certificate generated for the run; "
+        "h2load connects over https",
+    )
     parser.add_argument("--server-cpu", type=int, default=0, help="CPU the servers are pinned to")
     parser.add_argument("--client-cpu", type=int, default=1, help="CPU h2load is pinned to")
     parser.add_argument("--no-pin", action="store_true", help="do not pin anything with taskset")
@@ -212,6 +218,7 @@ def parse_options(argv: Sequence[str] | None = None) -> tuple[runner.Options, ar
         server_cpu=None if args.no_pin else args.server_cpu,
         client_cpu=None if args.no_pin else args.client_cpu,
         h2load_path=args.h2load,
+        tls=args.tls,
     )
     return (instructions.adapt(options) if args.instructions else options), args
 
@@ -274,6 +281,7 @@ def _common_document(options: runner.Options) -> dict[str, Any]:
             "rounds": options.rounds,
             "server_cpu": options.server_cpu,
             "client_cpu": options.client_cpu,
+            "tls": options.tls,
         },
         "environment": environment(options),
         "workloads": {
@@ -282,6 +290,7 @@ def _common_document(options: runner.Options) -> dict[str, Any]:
                 "clients": w.clients,
                 "streams": w.streams,
                 "messages_per_call": w.messages_per_call,
+                "connection_per_call": w.connection_per_call,
                 "instructions": asdict(w.instructions),
                 "description": w.description,
             }
@@ -325,7 +334,13 @@ def _report_throughput(
     )
     streaming = {w.name for w in options.workloads if w.messages_per_call > 1}
     print()
+    if options.tls:
+        print("over TLS (ALPN h2, EC P-256 certificate)")
     print(report.format_table(summaries, streaming, args.baseline))
+    latency = report.format_latency_table(summaries)
+    if latency:
+        print()
+        print(latency)
     failed = _report_problems(outcome.failures, outcome.exit_codes)
     if args.json is not None:
         document = _common_document(options)

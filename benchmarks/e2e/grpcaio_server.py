@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+from pathlib import Path
 
 import grpc  # type: ignore[import-untyped,unused-ignore]
 from benchmarks.e2e import _serving
@@ -36,13 +37,18 @@ def load_servicer(spec: str) -> object:
     return servicer
 
 
-async def serve(port: int, servicer: object) -> None:
-    """Serve ``servicer`` on 127.0.0.1:``port`` until SIGTERM or SIGINT."""
+async def serve(port: int, servicer: object, tls: tuple[str, str] | None = None) -> None:
+    """Serve ``servicer`` on 127.0.0.1:``port`` until SIGTERM or SIGINT (TLS: cert, key)."""
     from fastinject.interop import test_pb2_grpc
 
     server = grpc.aio.server()
     test_pb2_grpc.add_TestServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-    bound = server.add_insecure_port(f"{_serving.LISTEN_HOST}:{port}")
+    address = f"{_serving.LISTEN_HOST}:{port}"
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        cert, key = (Path(path).read_bytes() for path in tls)
+        bound = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
     await server.start()
     _serving.announce(bound)
     try:
@@ -58,7 +64,8 @@ def main() -> None:
         "--servicer", default=DEFAULT_SERVICER, help="servicer class to serve, as module:Class"
     )
     args = parser.parse_args()
-    asyncio.run(serve(args.port, load_servicer(args.servicer)))
+    tls = _serving.tls_files(parser, args)
+    asyncio.run(serve(args.port, load_servicer(args.servicer), tls))
 
 
 if __name__ == "__main__":

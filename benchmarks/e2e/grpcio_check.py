@@ -18,13 +18,25 @@ CALL_TIMEOUT_S = 20.0
 """Deadline of the checking call; generous, because it is not timed."""
 
 
-def check_call(port: int, workload: Workload, timeout_s: float = CALL_TIMEOUT_S) -> str | None:
+def check_call(
+    port: int,
+    workload: Workload,
+    timeout_s: float = CALL_TIMEOUT_S,
+    root_certificate: bytes | None = None,
+) -> str | None:
     """Call ``workload``'s method on 127.0.0.1:``port``; return what was wrong, or None if OK.
 
-    The call's deadline is ``timeout_s`` seconds.
+    The call's deadline is ``timeout_s`` seconds.  With ``root_certificate`` (PEM) the call
+    goes over TLS and the server's certificate must be signed by it.
     """
     requests = workload.requests()
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    target = f"127.0.0.1:{port}"
+    channel = (
+        grpc.insecure_channel(target)
+        if root_certificate is None
+        else grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificate))
+    )
+    with channel:
         stub = test_pb2_grpc.TestServiceStub(channel)  # type: ignore[no-untyped-call]
         method = getattr(stub, workload.method)
         try:

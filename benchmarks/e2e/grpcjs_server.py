@@ -34,18 +34,15 @@ def main() -> None:
     """Parse the command line and exec node."""
     parser = _serving.base_parser(__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--node-modules", type=Path, required=True, help="installed node_modules")
-    parser.add_argument("--cert", help="PEM certificate chain: serve TLS")
-    parser.add_argument("--key", help="PEM private key (with --cert)")
     args = parser.parse_args()
-    if (args.cert is None) != (args.key is None):
-        parser.error("--cert and --key go together")
+    tls = _serving.tls_files(parser, args)
     node = shutil.which(NODE)
     if node is None:
         parser.error("node not found on PATH (Debian: apt install nodejs)")
     argv = [node, str(GRPCJS_DIR / "server.js"), "--port", str(args.port)]
     argv += ["--proto-root", str(proto_root())]
-    if args.cert is not None:
-        argv += ["--cert", args.cert, "--key", args.key]
+    if tls is not None:
+        argv += ["--cert", tls[0], "--key", tls[1]]
     env = {**os.environ, "NODE_PATH": str(args.node_modules)}
     os.execve(node, argv, env)
 

@@ -121,13 +121,13 @@ def build_servicer(stubs: ModuleType) -> Any:
     return type("BenchTestService", (base,), methods)()
 
 
-async def serve(port: int, stubs_path: Path) -> None:
-    """Serve the interop service on 127.0.0.1:``port`` until SIGTERM or SIGINT."""
+async def serve(port: int, stubs_path: Path, tls: tuple[str, str] | None = None) -> None:
+    """Serve the interop service on 127.0.0.1:``port`` until SIGTERM or SIGINT (TLS: cert, key)."""
     server = Server([build_servicer(load_stubs(stubs_path))])
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((_serving.LISTEN_HOST, port))
-    await server.start(sock=sock)
+    await server.start(sock=sock, ssl=None if tls is None else _serving.server_ssl_context(tls))
     _serving.announce(sock.getsockname()[1])
     try:
         await _serving.wait_for_stop_signal()
@@ -141,7 +141,7 @@ def main() -> None:
     parser = _serving.base_parser(__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--stubs", type=Path, required=True, help="generated test_grpc.py")
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.stubs))
+    asyncio.run(serve(args.port, args.stubs, _serving.tls_files(parser, args)))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ checks that the DATA received covers at least the responses of every successful 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 from collections.abc import Sequence
@@ -115,6 +116,32 @@ def problems(result: H2loadResult, calls: int, min_response_data: int) -> list[s
     return found
 
 
+def combine(results: Sequence[H2loadResult]) -> H2loadResult:
+    """Return the summary of consecutive runs as one: every count and the elapsed time summed."""
+    if not results:
+        raise ValueError("no h2load results to combine")
+    totals = {
+        field.name: sum(getattr(result, field.name) for result in results)
+        for field in dataclasses.fields(H2loadResult)
+    }
+    return H2loadResult(**totals)
+
+
+def read_latencies(log_file: Path) -> list[float]:
+    """Return the seconds every request took, from an h2load ``--log-file``.
+
+    Each row is tab-separated: start time (us since the epoch), HTTP status, microseconds
+    until the end of the response (more columns may follow).
+    """
+    latencies = []
+    for number, line in enumerate(log_file.read_text().splitlines(), 1):
+        columns = line.split("\t")
+        if len(columns) < 3 or not columns[2].isdigit():
+            raise H2loadError(f"{log_file}:{number}: not an h2load log row: {line!r}")
+        latencies.append(int(columns[2]) * 1e-6)
+    return latencies
+
+
 def command(
     port: int,
     path: str,
@@ -125,17 +152,23 @@ def command(
     *,
     h2load: str = H2LOAD,
     cpu: int | None = None,
+    tls: bool = False,
+    log_file: Path | None = None,
 ) -> list[str]:
     """Return the argv that posts ``body_file`` ``calls`` times to ``127.0.0.1:port/path``.
 
-    With ``cpu`` set, h2load is pinned to that CPU with taskset.
+    With ``cpu`` set, h2load is pinned to that CPU with taskset; with ``tls`` it connects over
+    TLS (ALPN h2, the certificate is not verified); with ``log_file`` it writes every
+    request's latency there (:func:`read_latencies`).
     """
     if calls < clients:
         raise ValueError(f"h2load needs at least one call per client ({calls} < {clients})")
     argv = [h2load, "-n", str(calls), "-c", str(clients), "-m", str(streams), "-d", str(body_file)]
     for header in GRPC_HEADERS:
         argv += ["-H", header]
-    argv.append(f"http://127.0.0.1:{port}{path}")
+    if log_file is not None:
+        argv += ["--log-file", str(log_file)]
+    argv.append(f"{'https' if tls else 'http'}://127.0.0.1:{port}{path}")
     return ["taskset", "-c", str(cpu), *argv] if cpu is not None else argv
 
 

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
+
+PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+"""The call latency percentiles reported for ``latency`` workloads."""
+
+
+def percentiles(values: Sequence[float]) -> tuple[float, ...]:
+    """Return the :data:`PERCENTILES` of ``values`` (nearest rank: a latency some call had)."""
+    if not values:
+        raise ValueError("no values to take percentiles of")
+    ordered = sorted(values)
+    # round(): 99.9 / 100 * 1000 is 999.0000000000001 in binary floating point.
+    ranks = (math.ceil(round(p / 100 * len(ordered), 9)) for p in PERCENTILES)
+    return tuple(ordered[max(0, rank - 1)] for rank in ranks)
 
 
 @dataclass(frozen=True)
@@ -14,7 +28,8 @@ class Round:
 
     ``others_load`` is the largest share of a pinned CPU (the server's or h2load's) that other
     processes used during the round and ``steal`` the largest share the hypervisor took; both
-    are None when nothing is pinned.
+    are None when nothing is pinned.  ``latency_s`` holds the :data:`PERCENTILES` of the
+    round's call latencies (empty unless the workload logs latencies).
     """
 
     workload: str
@@ -25,6 +40,7 @@ class Round:
     cpu_s: float
     others_load: float | None = None
     steal: float | None = None
+    latency_s: tuple[float, ...] = ()
 
     @property
     def rate(self) -> float:
@@ -44,7 +60,8 @@ class Summary:
     ``rate_ratio`` above 1 and ``cpu_ratio`` below 1 mean better than the baseline; both are
     None when the baseline server did not run.  ``spread`` is (max - min) / median of the
     round rates, a rough measure of noise; ``others_load`` is the largest ``others_load`` of
-    any round (None when unknown).
+    any round (None when unknown); ``latency_s`` the median over rounds of each latency
+    percentile (empty when the rounds logged none).
     """
 
     workload: str
@@ -57,6 +74,7 @@ class Summary:
     others_load: float | None
     rate_ratio: float | None
     cpu_ratio: float | None
+    latency_s: tuple[float, ...] = ()
 
 
 class _Measurement(Protocol):
@@ -109,9 +127,15 @@ def summarise(
                 others_load=max(loads) if loads else None,
                 rate_ratio=rate / base[0] if base and base[0] > 0 else None,
                 cpu_ratio=cpu / base[1] if base and base[1] > 0 else None,
+                latency_s=_median_percentiles(group),
             )
         )
     return summaries
+
+
+def _median_percentiles(rounds: Sequence[Round]) -> tuple[float, ...]:
+    logged = [r.latency_s for r in rounds if r.latency_s]
+    return tuple(statistics.median(column) for column in zip(*logged, strict=True))
 
 
 def format_seconds(seconds: float) -> str:
@@ -160,7 +184,37 @@ def format_table(summaries: Sequence[Summary], streaming: set[str], baseline: st
                 _ratio(s.cpu_ratio),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = _aligned(rows)
+    lines.append("")
+    lines.append(
+        "spread: (max - min) / median of the round rates.  others: the largest share of the "
+        "server's or h2load's\nCPU that other processes took during a round; above a few "
+        "percent the figures are disturbed."
+    )
+    return "\n".join(lines)
+
+
+def format_latency_table(summaries: Sequence[Summary]) -> str:
+    """Return the latency percentiles of the summaries that have them ('' when none has)."""
+    header = ("workload", "server", *(f"p{p:g}" for p in PERCENTILES))
+    rows = [header] + [
+        (s.workload, s.server, *(format_seconds(value) for value in s.latency_s))
+        for s in summaries
+        if s.latency_s
+    ]
+    if len(rows) == 1:
+        return ""
+    lines = _aligned(rows)
+    lines.append("")
+    lines.append(
+        "call latency percentiles (h2load: request start to response end), median of the rounds"
+    )
+    return "\n".join(lines)
+
+
+def _aligned(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Return ``rows`` as aligned lines: two text columns, then numbers, a rule under the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for number, row in enumerate(rows):
         cells = [
@@ -170,10 +224,4 @@ def format_table(summaries: Sequence[Summary], streaming: set[str], baseline: st
         lines.append("  ".join(cells).rstrip())
         if number == 0:
             lines.append("  ".join("-" * width for width in widths))
-    lines.append("")
-    lines.append(
-        "spread: (max - min) / median of the round rates.  others: the largest share of the "
-        "server's or h2load's\nCPU that other processes took during a round; above a few "
-        "percent the figures are disturbed."
-    )
-    return "\n".join(lines)
+    return lines

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.e2e import h2load, nodejs, procstat, stubs
+from benchmarks.e2e import certificate, h2load, nodejs, procstat, stubs
 from benchmarks.e2e.grpcio_check import CALL_TIMEOUT_S, check_call
-from benchmarks.e2e.report import Round, format_seconds
+from benchmarks.e2e.report import Round, format_seconds, percentiles
 from benchmarks.e2e.servers import ServerEntry, ServerProcess, child_environment
 from benchmarks.e2e.workloads import Workload
 
@@ -63,6 +63,8 @@ class Options:
     check_timeout_s: float = CALL_TIMEOUT_S
     server_prefix: Callable[[Path], list[str]] | None = None
     """Command prefix of every server (e.g. valgrind), given the run's work directory."""
+    tls: bool = False
+    """Serve and call over TLS (ALPN h2) with a certificate generated for the run."""
 
 
 @dataclass
@@ -107,9 +109,14 @@ def package_root() -> Path:
     return Path(fastinject.__file__).resolve().parents[1]
 
 
-def _placeholder_values(entries: tuple[ServerEntry, ...], work_dir: Path) -> dict[str, str]:
-    needed = set().union(*(entry.placeholders() for entry in entries))
+def _placeholder_values(
+    entries: tuple[ServerEntry, ...], work_dir: Path, tls: bool
+) -> dict[str, str]:
+    needed = set().union(*(entry.placeholders(tls) for entry in entries))
     values: dict[str, str] = {}
+    if tls:
+        cert, key = certificate.write_self_signed(work_dir / "tls")
+        values.update(tls_cert=str(cert), tls_key=str(key))
     if "grpclib_stubs" in needed:
         values["grpclib_stubs"] = str(
             stubs.generate_grpclib(package_root(), work_dir / "grpclib_stubs")
@@ -129,13 +136,19 @@ class Session:
     """
 
     def __init__(
-        self, options: Options, servers: dict[str, ServerProcess], work_dir: Path, log: Log
+        self,
+        options: Options,
+        servers: dict[str, ServerProcess],
+        work_dir: Path,
+        log: Log,
+        root_certificate: bytes | None = None,
     ) -> None:
-        """Wrap servers already started by :func:`session`."""
+        """Wrap servers started by :func:`session`; they serve TLS with ``root_certificate``."""
         self.options = options
         self.servers = servers
         self.work_dir = work_dir
         self.log = log
+        self.root_certificate = root_certificate
         self.failures: dict[tuple[str, str], str] = {}
         self.exit_codes: dict[str, int] = {}
 
@@ -152,7 +165,9 @@ class Session:
         """Make one grpcio call per workload against every server and check it."""
         for workload in self.options.workloads:
             for name, server in self.servers.items():
-                problem = check_call(server.port, workload, self.options.check_timeout_s)
+                problem = check_call(
+                    server.port, workload, self.options.check_timeout_s, self.root_certificate
+                )
                 if problem is not None:
                     self.fail(workload, name, f"grpcio check: {problem}")
                 else:
@@ -164,18 +179,50 @@ class Session:
         body.write_bytes(workload.request_body())
         return body
 
-    def h2load_argv(self, name: str, workload: Workload, body: Path, calls: int) -> list[str]:
-        """Return the h2load command that posts ``calls`` calls of ``workload`` to ``name``."""
-        return h2load.command(
-            self.servers[name].port,
-            workload.path,
-            body,
-            calls,
-            workload.clients,
-            workload.streams,
-            h2load=self.options.h2load_path,
-            cpu=self.options.client_cpu,
-        )
+    def h2load_runs(
+        self, name: str, workload: Workload, body: Path, calls: int, log_file: Path | None
+    ) -> list[list[str]]:
+        """Return the h2load commands that post ``calls`` calls of ``workload`` to ``name``.
+
+        One command, except for a workload with a connection per call: then runs of at most
+        ``workload.clients`` connections, one call each.
+        """
+        sizes = [calls]
+        if workload.connection_per_call:
+            whole, rest = divmod(calls, workload.clients)
+            sizes = [workload.clients] * whole + ([rest] if rest else [])
+        return [
+            h2load.command(
+                self.servers[name].port,
+                workload.path,
+                body,
+                size,
+                size if workload.connection_per_call else workload.clients,
+                workload.streams,
+                h2load=self.options.h2load_path,
+                cpu=self.options.client_cpu,
+                tls=self.options.tls,
+                log_file=log_file,
+            )
+            for size in sizes
+        ]
+
+    def execute(
+        self, name: str, workload: Workload, body: Path, calls: int, timeout_s: float
+    ) -> tuple[h2load.H2loadResult, tuple[float, ...]]:
+        """Run h2load until ``calls`` calls were posted to ``name``; no check of the outcome.
+
+        Returns the summary of the runs and, for a ``latency`` workload, the latency
+        percentiles of the calls (:data:`benchmarks.e2e.report.PERCENTILES`), else ``()``.
+        Each run is killed after ``timeout_s`` (H2loadError).
+        """
+        log_file = self.work_dir / f"{name}.latency" if workload.latency else None
+        results, latencies = [], []
+        for argv in self.h2load_runs(name, workload, body, calls, log_file):
+            results.append(h2load.run(argv, timeout_s))
+            if log_file is not None:
+                latencies += h2load.read_latencies(log_file)
+        return h2load.combine(results), percentiles(latencies) if latencies else ()
 
     def verify(
         self, name: str, workload: Workload, result: h2load.H2loadResult, calls: int
@@ -192,7 +239,7 @@ class Session:
         self, name: str, workload: Workload, body: Path, calls: int, timeout_s: float
     ) -> h2load.H2loadResult:
         """Post ``calls`` calls to ``name`` and check they all succeeded (else H2loadError)."""
-        result = h2load.run(self.h2load_argv(name, workload, body, calls), timeout_s)
+        result, _ = self.execute(name, workload, body, calls, timeout_s)
         self.verify(name, workload, result, calls)
         return result
 
@@ -216,14 +263,14 @@ def session(options: Options, log: Log = stderr_log) -> Iterator[Session]:
         contextlib.ExitStack() as stack,
     ):
         work_dir = Path(tmp)
-        values = _placeholder_values(options.servers, work_dir)
+        values = _placeholder_values(options.servers, work_dir, options.tls)
         env = child_environment([str(package_root()), str(REPOSITORY)])
         prefix = [] if options.server_prefix is None else options.server_prefix(work_dir)
         servers: dict[str, ServerProcess] = {}
         for entry in options.servers:
             server = ServerProcess.start(
                 entry.name,
-                [*prefix, *entry.argv(sys.executable, values)],
+                [*prefix, *entry.argv(sys.executable, values, options.tls)],
                 log_dir=work_dir / "logs" / entry.name,
                 env={**env, **dict(entry.env)},
                 cpu=options.server_cpu,
@@ -233,7 +280,8 @@ def session(options: Options, log: Log = stderr_log) -> Iterator[Session]:
             stack.enter_context(server)
             servers[entry.name] = server
             log(f"started {entry.name} (pid {server.pid}) on 127.0.0.1:{server.port}")
-        opened = Session(options, servers, work_dir, log)
+        root = Path(values["tls_cert"]).read_bytes() if options.tls else None
+        opened = Session(options, servers, work_dir, log, root)
         yield opened
         opened.stop_all()
 
@@ -248,10 +296,9 @@ class _Bench:
 
     def _run(
         self, workload: Workload, name: str, body: Path, calls: int, expected_s: float | None
-    ) -> tuple[h2load.H2loadResult, Load]:
-        """Post ``calls`` calls; return h2load's summary and the CPU it took."""
+    ) -> tuple[h2load.H2loadResult, Load, tuple[float, ...]]:
+        """Post ``calls`` calls; return h2load's summary, the CPU it took and the latencies."""
         server = self.session.servers[name]
-        argv = self.session.h2load_argv(name, workload, body, calls)
         timeout = MIN_RUN_TIMEOUT_S
         if expected_s is not None:
             timeout = max(timeout, RUN_TIMEOUT_FACTOR * expected_s)
@@ -260,7 +307,7 @@ class _Bench:
         cores_before = procstat.sample_cores(cores)
         children_before = procstat.waited_children_cpu_seconds()
         cpu_before = server.cpu_seconds()
-        result = h2load.run(argv, timeout)
+        result, latency = self.session.execute(name, workload, body, calls, timeout)
         load = Load(server=server.cpu_seconds() - cpu_before)
         # h2load has been waited for, so its CPU time is now in the children's account.
         h2load_cpu = procstat.waited_children_cpu_seconds() - children_before
@@ -273,14 +320,16 @@ class _Bench:
         if shares is not None:
             load.others, load.steal = shares
         self.session.verify(name, workload, result, calls)
-        return result, load
+        return result, load, latency
 
     def warm_up(self, workload: Workload, name: str, body: Path) -> tuple[int, float]:
         """Warm ``name`` up on ``workload``; return the calls per round and the last rate."""
         wave = workload.clients * workload.streams
         calls, spent, rate = wave, 0.0, 0.0
         for _ in range(MAX_WARMUP_RUNS):
-            result, _ = self._run(workload, name, body, calls, calls / rate if rate else None)
+            result, _, _ = self._run(
+                workload, name, body, calls, calls / rate if rate else None
+            )
             spent += result.elapsed_s
             rate = calls / result.elapsed_s
             remaining = self.options.warmup_s - spent
@@ -310,7 +359,7 @@ class _Bench:
                 calls = self.outcome.calls_per_round[(workload.name, name)]
                 expected_s = calls / self.outcome.warmup_rates[(workload.name, name)]
                 try:
-                    result, load = self._run(workload, name, body, calls, expected_s)
+                    result, load, latency = self._run(workload, name, body, calls, expected_s)
                 except h2load.H2loadError as error:
                     self.session.fail(workload, name, f"round {index + 1}: {error}")
                     continue
@@ -323,6 +372,7 @@ class _Bench:
                     cpu_s=load.server,
                     others_load=load.others,
                     steal=load.steal,
+                    latency_s=latency,
                 )
                 self.outcome.rounds.append(measured)
                 self.session.log(

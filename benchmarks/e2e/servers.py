@@ -36,8 +36,10 @@ class ServerEntry:
     example ``{grpclib_stubs}``); ``env`` is added to the server's environment.  The entry is
     available when module ``requires`` can be imported and every executable in ``programs`` is
     on PATH; a ``default`` entry runs when ``--servers`` is not given, the others only when
-    named.  ``callgrind`` says whether the ``--instructions`` mode can count its instructions
-    (not for a server that execs another runtime, which callgrind would not follow).
+    named.  ``tls_args`` are added in a ``--tls`` run, with the ``{tls_cert}`` and ``{tls_key}``
+    placeholders naming the PEM files.  ``callgrind`` says whether the ``--instructions`` mode
+    can count its instructions (not for a server that execs another runtime, which callgrind
+    would not follow).
     """
 
     name: str
@@ -49,19 +51,23 @@ class ServerEntry:
     default: bool = True
     programs: tuple[str, ...] = ()
     callgrind: bool = True
+    tls_args: tuple[str, ...] = ("--cert", "{tls_cert}", "--key", "{tls_key}")
 
-    def placeholders(self) -> set[str]:
-        """Return the placeholder names used in ``args``."""
+    def _args(self, tls: bool) -> tuple[str, ...]:
+        return (*self.args, *self.tls_args) if tls else self.args
+
+    def placeholders(self, tls: bool = False) -> set[str]:
+        """Return the placeholder names used in its arguments (over TLS when ``tls``)."""
         return {
             field
-            for arg in self.args
+            for arg in self._args(tls)
             for _, field, _, _ in string.Formatter().parse(arg)
             if field is not None
         }
 
-    def argv(self, python: str, values: Mapping[str, str]) -> list[str]:
-        """Return the command line that starts this server on a free port."""
-        args = [arg.format_map(values) for arg in self.args]
+    def argv(self, python: str, values: Mapping[str, str], tls: bool = False) -> list[str]:
+        """Return the command line that starts this server on a free port (serving TLS)."""
+        args = [arg.format_map(values) for arg in self._args(tls)]
         return [python, "-m", self.module, "--port", "0", *args]
 
     def missing(self) -> str | None:
@@ -76,12 +82,15 @@ class ServerEntry:
         return f"{', '.join(absent)} not found on PATH" if absent else None
 
 
+_INTEROP_TLS = ("--use_tls", "--cert", "{tls_cert}", "--key", "{tls_key}")
+
 SERVER_ENTRIES: tuple[ServerEntry, ...] = (
     ServerEntry(
         name="fastinject",
         module="fastinject.interop.server",
         description="fastinject interop server, listening socket",
         requires="fastinject.interop.server",
+        tls_args=_INTEROP_TLS,
     ),
     ServerEntry(
         name="fastinject-inject",
@@ -89,6 +98,7 @@ SERVER_ENTRIES: tuple[ServerEntry, ...] = (
         description="fastinject interop server, connections injected by its own listener",
         requires="fastinject.interop.server",
         args=("--transport", "inject"),
+        tls_args=_INTEROP_TLS,
     ),
     ServerEntry(
         name="fastinject-asyncio",
@@ -97,6 +107,7 @@ SERVER_ENTRIES: tuple[ServerEntry, ...] = (
         requires="fastinject.interop.server",
         args=("--loop", "asyncio"),
         default=False,
+        tls_args=_INTEROP_TLS,
     ),
     ServerEntry(
         name="fastinject-py",
@@ -105,6 +116,7 @@ SERVER_ENTRIES: tuple[ServerEntry, ...] = (
         requires="fastinject.interop.server",
         env=(("FASTINJECT_NO_EXTENSIONS", "1"),),
         default=False,
+        tls_args=_INTEROP_TLS,
     ),
     ServerEntry(
         name="grpc.aio",

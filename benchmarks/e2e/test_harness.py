@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -482,3 +483,99 @@ def test_self_check_passes_against_grpcjs() -> None:
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "self-check passed" in completed.stdout
+
+
+def test_consecutive_runs_combine_into_one_summary() -> None:
+    """The runs of a connection-per-call round add up: every count and the elapsed time."""
+    combined = h2load.combine([COMPLETE_RUN, replace(COMPLETE_RUN, elapsed_s=0.5, failed=1)])
+    assert combined.elapsed_s == pytest.approx(1.5)
+    assert combined.succeeded == 20
+    assert combined.failed == 1
+    assert combined.data_bytes == 2000
+    assert h2load.problems(combined, 19, 100) == [
+        "20 of 19 calls succeeded", "1 failed, 0 errored, 0 timed out",
+        "HTTP status: 20 2xx, 0 3xx, 0 4xx, 0 5xx",
+    ]  # fmt: skip
+
+
+def test_latencies_are_read_from_the_h2load_log(tmp_path: Path) -> None:
+    """Every row of h2load's --log-file gives one call's latency; a garbled row is an error."""
+    log = tmp_path / "log"
+    log.write_text("1700000000000000\t200\t1500\n1700000000000100\t200\t250\textra\n")
+    assert h2load.read_latencies(log) == pytest.approx([1.5e-3, 250e-6])
+    log.write_text("1700000000000000\t200\n")
+    with pytest.raises(h2load.H2loadError, match="not an h2load log row"):
+        h2load.read_latencies(log)
+
+
+def test_percentiles_are_latencies_some_call_had() -> None:
+    """Nearest-rank percentiles: p50 of 1..1000 ms is 500 ms, p99.9 is 999 ms."""
+    values = [i / 1000 for i in range(1000, 0, -1)]
+    assert report.percentiles(values) == pytest.approx((0.5, 0.9, 0.99, 0.999))
+    assert report.percentiles([0.25]) == (0.25, 0.25, 0.25, 0.25)
+
+
+def test_summaries_report_the_median_round_of_each_latency_percentile() -> None:
+    """Latency percentiles are summarised per percentile over the rounds; none when unlogged."""
+    rounds = [
+        report.Round("w", "s", i, calls=10, elapsed_s=1.0, cpu_s=0.1, latency_s=latency)
+        for i, latency in enumerate([(1.0, 2.0, 3.0, 9.0), (2.0, 3.0, 4.0, 5.0), (3.0, 4, 5, 6)])
+    ] + [report.Round("w", "plain", 0, calls=10, elapsed_s=1.0, cpu_s=0.1)]
+    logged, plain = report.summarise(rounds, {"w": 1}, baseline="s")
+    assert logged.latency_s == (2.0, 3.0, 4.0, 6.0)
+    assert plain.latency_s == ()
+    table = report.format_latency_table([logged, plain])
+    assert "p99.9" in table
+    assert "plain" not in table
+
+
+def test_a_connection_per_call_workload_runs_one_call_per_connection(tmp_path: Path) -> None:
+    """connect-100B posts every call on a new connection, at most `clients` at once, over TLS."""
+    workload = WORKLOADS_BY_NAME["connect-100B"]
+    assert workload.connection_per_call
+    options = runner.Options(
+        servers=(),
+        workloads=(workload,),
+        rounds=1,
+        duration_s=0.0,
+        requests=None,
+        warmup_s=0.0,
+        server_cpu=None,
+        client_cpu=None,
+        tls=True,
+    )
+    server = types.SimpleNamespace(port=4321)
+    opened = runner.Session(options, {"s": server}, tmp_path, lambda _: None)  # type: ignore[dict-item]
+    runs = opened.h2load_runs("s", workload, tmp_path / "body", 150, None)
+    shapes = [(argv[argv.index("-n") + 1], argv[argv.index("-c") + 1]) for argv in runs]
+    assert shapes == [("64", "64"), ("64", "64"), ("22", "22")]
+    assert all(argv[-1] == f"https://127.0.0.1:4321{workload.path}" for argv in runs)
+
+
+def test_tls_arguments_are_added_only_in_a_tls_run() -> None:
+    """Each server's TLS options are appended, with the generated files filled in."""
+    entry = SERVER_ENTRIES_BY_NAME["fastinject"]
+    assert entry.placeholders() == set()
+    assert entry.placeholders(tls=True) == {"tls_cert", "tls_key"}
+    argv = entry.argv("py", {"tls_cert": "/c.pem", "tls_key": "/k.pem"}, tls=True)
+    assert argv[-5:] == ["--use_tls", "--cert", "/c.pem", "--key", "/k.pem"]
+    assert "--cert" not in entry.argv("py", {})
+
+
+@needs_h2load
+def test_tls_self_check_passes_against_the_reference_servers() -> None:
+    """``--tls``: a generated certificate, grpcio checks over TLS, h2load over https."""
+    completed = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.e2e", "--self-check", "--tls"),
+            *("--servers", "grpc.aio,grpclib", "--workloads", "unary-100B,connect-100B"),
+        ],
+        cwd=runner.REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "over TLS" in completed.stdout
+    assert "p99.9" in completed.stdout

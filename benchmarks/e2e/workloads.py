@@ -65,7 +65,10 @@ class Workload:
     ``clients`` x ``streams`` is the number of calls in flight (h2load ``-c`` and ``-m``);
     ``messages_per_call`` is how many messages one call carries in its streaming direction
     (1 for unary), used to report messages per second; ``instructions`` is how the
-    ``--instructions`` mode drives it.
+    ``--instructions`` mode drives it.  With ``connection_per_call`` every call opens a
+    connection of its own (``clients`` of them at once, in as many h2load runs as it takes),
+    so calls/s is new connections per second and CPU/call the cost of one connection; with
+    ``latency`` every call's latency is logged and percentiles are reported.
     """
 
     name: str
@@ -78,6 +81,8 @@ class Workload:
     requests: Callable[[], Sequence[Message]]
     responses: Callable[[], Sequence[Message]]
     verify: Callable[[Sequence[Message]], str | None]
+    connection_per_call: bool = False
+    latency: bool = False
 
     @property
     def path(self) -> str:
@@ -138,6 +143,9 @@ def _unary(
     in_flight: tuple[int, int],
     instructions: InstructionPlan,
     description: str,
+    *,
+    connection_per_call: bool = False,
+    latency: bool = False,
 ) -> Workload:
     return Workload(
         name=name,
@@ -154,6 +162,8 @@ def _unary(
         ],
         responses=lambda: [pb.SimpleResponse(payload=_payload(size))],
         verify=_verify_unary(size),
+        connection_per_call=connection_per_call,
+        latency=latency,
     )
 
 
@@ -166,6 +176,8 @@ def _unary(
 #   hundreds of MiB in flight on a 2-core machine.
 # * streaming: 1 connection x 2 calls, so the next call's messages are already queued while the
 #   server finishes the previous one; more would only queue.
+# * connect-100B: 64 new connections at once, one call each, then the next 64: the accept, the
+#   handshake (TLS with --tls) and the HTTP/2 setup of a connection are the work measured.
 # Under callgrind one call of a streaming workload takes 2-20 s: the --instructions mode posts
 # them one at a time (the difference of one call is still 10,000 messages).
 _STREAM_INSTRUCTIONS = InstructionPlan(clients=1, streams=1, small=1, large=2)
@@ -175,7 +187,8 @@ WORKLOADS: tuple[Workload, ...] = (
         SMALL,
         (4, 64),
         InstructionPlan(clients=4, streams=64, small=256, large=1024),
-        "UnaryCall, 100-byte request and response, 256 in flight",
+        "UnaryCall, 100-byte request and response, 256 in flight (W1: latency percentiles)",
+        latency=True,
     ),
     _unary(
         "unary-1MiB",
@@ -214,6 +227,14 @@ WORKLOADS: tuple[Workload, ...] = (
         ],
         responses=lambda: [pb.StreamingOutputCallResponse(payload=_payload(SMALL))] * STREAM_LENGTH,
         verify=_verify_stream,
+    ),
+    _unary(
+        "connect-100B",
+        SMALL,
+        (64, 1),
+        InstructionPlan(clients=64, streams=1, small=64, large=256),
+        "a new connection per 100-byte UnaryCall, 64 connections opened at once",
+        connection_per_call=True,
     ),
 )
 """Every workload, in the order they run."""
