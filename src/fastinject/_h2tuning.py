@@ -153,6 +153,7 @@ class TunedH2Connection(h2.connection.H2Connection):
         self._frame_dispatch_table[_QuietDataFrame] = self._receive_data_frame
         # Output that precedes ``_data_to_send``: large payload views and the bytes before them.
         self._buffers: list[bytes | memoryview] = []
+        self.data_frames_sent = 0
 
     def _receive_goaway_frame(self, frame: Any) -> Any:
         """Report a client's GOAWAY without closing h2's side of the connection.
@@ -259,6 +260,19 @@ class TunedH2Connection(h2.connection.H2Connection):
         msg = f"{length}-byte frame exceeds the maximum frame size {self.max_inbound_frame_size}"
         raise h2.exceptions.FrameTooLargeError(msg)
 
+    def terminate(self, error_code: int, debug: bytes) -> None:
+        """End the connection: queue GOAWAY ``error_code`` with ``debug`` data, as h2 does.
+
+        Like h2's own connection errors, this moves h2 to its closed state: nothing else is
+        sent after the GOAWAY.
+        """
+        goaway = hyperframe.frame.GoAwayFrame(0)
+        goaway.last_stream_id = self.highest_inbound_stream_id
+        goaway.error_code = error_code
+        goaway.additional_data = debug
+        self.state_machine.process_input(ConnectionInputs.SEND_GOAWAY)
+        self._prepare_for_sending([goaway])
+
     def send_header_block(
         self, stream_id: int, headers: list[tuple[bytes, bytes]], end_stream: bool
     ) -> None:
@@ -328,6 +342,7 @@ class TunedH2Connection(h2.connection.H2Connection):
                 self._data_to_send = bytearray()
         self.outbound_flow_control_window -= size
         stream.outbound_flow_control_window -= size
+        self.data_frames_sent += -(-size // limit)
         return size
 
     def send_raw_frame(self, frame: bytes) -> None:

@@ -89,7 +89,7 @@ class Connection(asyncio.Protocol):
         self._executor_factory = executor
         self.group = group
         self.loop = asyncio.get_running_loop()
-        self.protocol = p.ServerProtocol(settings)
+        self.protocol = p.ServerProtocol(settings, self.loop.time)
         self._transport: asyncio.Transport | None = None
         self._peer = peer
         self._auth_context: dict[str, list[bytes]] | None = None
@@ -97,6 +97,10 @@ class Connection(asyncio.Protocol):
         self._window_waiters: dict[int, asyncio.Future[None]] = {}
         self._writable: asyncio.Future[None] | None = None
         self._flush_scheduled = False
+        # Why reading is paused: "turn" (frames left for the next loop turn), "writing"
+        # (the peer does not read what we send).  Reading resumes when no reason is left.
+        self._read_pauses: set[str] = set()
+        self._turn_scheduled = False
         self._closing = False  # a graceful close has begun
         self._final_goaway_sent = False
         self._closed = asyncio.get_running_loop().create_future()
@@ -126,8 +130,46 @@ class Connection(asyncio.Protocol):
             self._set_timer("age", age, self._on_max_age)
 
     def data_received(self, data: bytes) -> None:
-        """Feed received bytes through the protocol and act on what they produced."""
-        for event in self.protocol.receive(data):
+        """Feed received bytes through the protocol and act on what they produced.
+
+        The protocol handles at most ``max_frames_per_turn`` frames per call: the rest is
+        handled on later loop turns, with reading paused meanwhile, so that the other
+        connections' work runs in between.
+        """
+        self._handle(self.protocol.receive(data))
+        if self.protocol.has_backlog:
+            self._schedule_turn()
+
+    def _schedule_turn(self) -> None:
+        self._pause_reading("turn")
+        if not self._turn_scheduled:
+            self._turn_scheduled = True
+            self.loop.call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._turn_scheduled = False
+        if self._transport is None or self._writable is not None:
+            return  # gone, or resume_writing() takes over
+        self._handle(self.protocol.receive(b""))
+        if self.protocol.has_backlog:
+            self._schedule_turn()
+        else:
+            self._resume_reading("turn")
+
+    def _pause_reading(self, reason: str) -> None:
+        if not self._read_pauses and self._transport is not None:
+            self._transport.pause_reading()
+        self._read_pauses.add(reason)
+
+    def _resume_reading(self, reason: str) -> None:
+        if reason not in self._read_pauses:
+            return
+        self._read_pauses.discard(reason)
+        if not self._read_pauses and self._transport is not None:
+            self._transport.resume_reading()
+
+    def _handle(self, events: list[p.Event]) -> None:
+        for event in events:
             if isinstance(event, p.MessagesReceived):
                 call = self._calls.get(event.stream_id)
                 if call is not None:
@@ -173,15 +215,22 @@ class Connection(asyncio.Protocol):
                 self._abort()
 
     def pause_writing(self) -> None:
-        """The transport's buffer is full: senders wait until it drains."""
+        """The transport's buffer is full: senders wait, and nothing is read, until it drains.
+
+        A peer that sends but does not read would otherwise make us queue answers without end.
+        """
         if self._writable is None:
             self._writable = self.loop.create_future()
+        self._pause_reading("writing")
 
     def resume_writing(self) -> None:
-        """The transport's buffer drained: waiting senders go on."""
+        """The transport's buffer drained: waiting senders go on, reading resumes."""
         writable, self._writable = self._writable, None
         if writable is not None and not writable.done():
             writable.set_result(None)
+        self._resume_reading("writing")
+        if self.protocol.has_backlog:
+            self._schedule_turn()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The transport is gone: cancel the calls and forget the connection."""
@@ -264,8 +313,12 @@ class Connection(asyncio.Protocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         buffers = self.protocol.buffers_to_send()
-        if buffers and self._transport is not None:
-            self._transport.writelines(buffers)
+        transport = self._transport
+        if transport is not None:
+            if buffers:
+                transport.writelines(buffers)
+            if self.protocol.answers_owed and not transport.get_write_buffer_size():
+                self.protocol.output_drained()
 
     async def send_data(self, stream_id: int, data: bytes) -> None:
         """Send DATA for a call, waiting for flow-control window and transport room."""

@@ -118,6 +118,20 @@ class PingAbuseError(ProtocolError):
     http2_error_code = _ENHANCE_YOUR_CALM
 
 
+class FloodError(ProtocolError):
+    """The peer made the server work without calls past a budget (a rapid-reset or frame flood).
+
+    The connection ends with GOAWAY ENHANCE_YOUR_CALM carrying :attr:`debug` (e.g.
+    ``too_many_resets``); see ``docs/SECURITY.md``.
+    """
+
+    http2_error_code = _ENHANCE_YOUR_CALM
+
+    def __init__(self, debug: str, detail: str) -> None:
+        super().__init__(detail)
+        self.debug = debug.encode("ascii")
+
+
 class ServerStateError(FastInjectError, RuntimeError):
     """The server or injector is in a state that does not allow the call (e.g. stopped)."""
 
@@ -147,6 +161,7 @@ __all__ = [
     "AbortError",
     "DecompressionError",
     "FastInjectError",
+    "FloodError",
     "FramingError",
     "HandshakeError",
     "IncompleteMessageError",

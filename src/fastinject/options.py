@@ -85,6 +85,28 @@ class ServerSettings:
         Set SO_REUSEPORT on listening sockets where the platform has it (grpcio's default);
         ``("grpc.so_reuseport", 0)`` makes binding a port that is in use fail.
 
+    Defences against hostile peers (``docs/SECURITY.md``; no grpcio options):
+
+    ``stream_reset_burst`` = 1000, ``stream_reset_rate`` = 33.0
+        Rapid reset (CVE-2023-44487): a connection may reset (RST_STREAM), or open without a
+        valid request, ``stream_reset_burst`` streams at once, and ``stream_reset_rate`` more per
+        second after that (nghttp2's defaults); past it the connection ends with GOAWAY
+        ENHANCE_YOUR_CALM ``too_many_resets``.
+    ``useless_frame_burst`` = 1000, ``useless_frame_rate`` = 33.0
+        The same kind of budget for frames that carry no call: SETTINGS, PRIORITY, GOAWAY,
+        unknown frame types, empty DATA without END_STREAM, DATA for no call, empty
+        CONTINUATION, and WINDOW_UPDATE beyond two per DATA frame sent (nghttp2's "glitches").
+        Past it: GOAWAY ENHANCE_YOUR_CALM ``too_many_useless_frames``.
+    ``max_frames_per_turn`` = 256
+        Frames of one connection handled per event-loop turn; the rest waits, with reading
+        paused, for the next turn, so one busy connection cannot starve the others.
+    ``max_pending_control_frames`` = 10000
+        Answers a client's frames oblige us to queue (SETTINGS and PING ACKs, RST_STREAM,
+        rejections) while our output to it has not drained (grpc core's limit of "induced
+        frames").  Past it: GOAWAY ENHANCE_YOUR_CALM ``too_many_pending_control_frames``.
+        Independently, a connection whose unsent output is over the transport's high-water
+        mark is not read from until it drains.
+
     Millisecond options are converted to seconds, and ``INT_MAX`` milliseconds (grpc's
     "infinite") to None (``math.inf`` for ``keepalive_time``); likewise ``math.inf`` given for
     an optional duration becomes None.  Every value is checked when the settings are made: a
@@ -109,6 +131,12 @@ class ServerSettings:
     default_compression: Compression = Compression.NoCompression
     handshake_timeout: float = 120.0
     so_reuseport: bool = True
+    stream_reset_burst: int = 1000
+    stream_reset_rate: float = 33.0
+    useless_frame_burst: int = 1000
+    useless_frame_rate: float = 33.0
+    max_frames_per_turn: int = 256
+    max_pending_control_frames: int = 10000
 
     def __post_init__(self) -> None:
         for name in _LIMITS:
@@ -150,7 +178,8 @@ _FIELD_NAMES = frozenset(field.name for field in dataclasses.fields(ServerSettin
 
 
 class _Range(NamedTuple):
-    kind: str  # "int", "float", "duration?" (a float or None), "bool" or "compression"
+    kind: str  # "int", "float", "rate" (a float per second), "duration?" (a float or None),
+    # "bool" or "compression"
     low: float = 0
     high: float = math.inf
     positive: bool = False  # low is exclusive (the value must be > 0)
@@ -175,6 +204,12 @@ _LIMITS: dict[str, _Range] = {
     "default_compression": _Range("compression"),
     "handshake_timeout": _Range("float", positive=True),
     "so_reuseport": _Range("bool"),
+    "stream_reset_burst": _Range("int", 1, _INT32_MAX),
+    "stream_reset_rate": _Range("rate"),
+    "useless_frame_burst": _Range("int", 1, _INT32_MAX),
+    "useless_frame_rate": _Range("rate"),
+    "max_frames_per_turn": _Range("int", 1, _INT32_MAX),
+    "max_pending_control_frames": _Range("int", 1, _INT32_MAX),
 }
 
 
@@ -196,7 +231,8 @@ def _check(name: str, value: Any) -> Any:
     if kind == "int" and not (is_number and isinstance(value, int)):
         raise ValueError(f"{name} must be an int, not {value!r}")
     if not is_number:
-        raise ValueError(f"{name} must be a number of seconds, not {value!r}")
+        unit = "events per second" if kind == "rate" else "seconds"
+        raise ValueError(f"{name} must be a number of {unit}, not {value!r}")
     if math.isnan(value) or value < low or value > high or (positive and value <= 0):
         bounds = "> 0" if positive else f">= {low}"
         if high != math.inf:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import struct
+import time
+from collections.abc import Callable
 
 import h2.config
 import h2.errors
@@ -24,9 +26,10 @@ import h2.exceptions
 import h2.settings
 
 from . import metadata as md
-from ._h2tuning import TunedH2Connection
+from ._budget import TokenBucket
+from ._h2tuning import HARD_HEADER_LIST_FACTOR, TunedH2Connection
 from .compression import ACCEPT_ENCODING_HEADER, is_supported
-from .errors import FramingError, InvalidMetadataError, RpcError
+from .errors import FloodError, FramingError, InvalidMetadataError, RpcError
 from .framing import Deframer
 from .options import ServerSettings
 from .status import StatusCode
@@ -37,7 +40,19 @@ _CLIENT_PREFACE_LENGTH = len(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 # (the reserved top bit of a client's stream id is always clear: h2 rejects it otherwise).
 _FRAME_HEADER = struct.Struct(">BHBBI")
 _END_STREAM = 0x1
+_ACK = 0x1
+_END_HEADERS = 0x4
+_HEADERS_FRAME_TYPE = 0x1
+_RST_STREAM_FRAME_TYPE = 0x3
+_SETTINGS_FRAME_TYPE = 0x4
+_PING_FRAME_TYPE = 0x6
 _GOAWAY_FRAME_TYPE = 0x7
+_WINDOW_UPDATE_FRAME_TYPE = 0x8
+_CONTINUATION_FRAME_TYPE = 0x9
+# A client may answer each DATA frame we send with a WINDOW_UPDATE for its stream and one for
+# the connection, and widen the window of each stream it opens; WINDOW_UPDATE frames beyond
+# that count against the useless-frame budget.
+_WINDOW_UPDATES_PER_DATA_FRAME = 2
 _H2_CONFIG = h2.config.H2Configuration(
     client_side=False,
     header_encoding=None,
@@ -168,7 +183,9 @@ class ServerProtocol:
     every batch of calls.
     """
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(
+        self, settings: ServerSettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.settings = settings
         self._h2 = TunedH2Connection(config=_H2_CONFIG)
         self._streams: dict[int, _StreamState] = {}
@@ -176,7 +193,21 @@ class ServerProtocol:
         self.highest_stream_id = 0
         self.closed = False
         self._inbound = bytearray()  # the start of a frame not yet received whole
+        # Whole frames left over when a turn's frame budget ran out (see has_backlog).
+        self._backlog: memoryview | None = None
+        self._frames_left = 0
+        self._failed = False  # we ended the connection for abuse: nothing more is read
         self._preface_left = _CLIENT_PREFACE_LENGTH
+        self._resets = TokenBucket(settings.stream_reset_burst, settings.stream_reset_rate, clock)
+        self._useless = TokenBucket(
+            settings.useless_frame_burst, settings.useless_frame_rate, clock
+        )
+        self._window_update_allowance = 0
+        self._data_frames_counted = 0  # the h2 count of DATA frames sent, when last looked at
+        self._header_block_size = 0  # bytes of a header block still waiting for END_HEADERS
+        # Answers the client made us queue (SETTINGS and PING ACKs, RST_STREAM, rejections)
+        # since our output last drained; see output_drained().
+        self.answers_owed = 0
         # Flow-control credit to return at the next data_to_send(), per stream: one h2 call
         # (and at most one WINDOW_UPDATE) per stream per flush, not one per message.
         self._credit_due: dict[int, int] = {}
@@ -203,15 +234,39 @@ class ServerProtocol:
     # -- receiving ------------------------------------------------------------------------
 
     def receive(self, data: bytes) -> list[Event]:
-        """Process received bytes and return the gRPC events they produced."""
+        """Process received bytes and return the gRPC events they produced.
+
+        At most ``max_frames_per_turn`` frames are handled per call; the rest waits (see
+        :attr:`has_backlog`) for the next call, which may pass ``b""``.
+        """
         events: list[Event] = []
+        if self._failed:
+            return events
+        if self._backlog is not None:
+            backlog, self._backlog = self._backlog, None
+            data = bytes(backlog) + data if data else backlog  # type: ignore[assignment]
+        self._frames_left = self.settings.max_frames_per_turn
         try:
             self._receive_frames(data, events)
         except h2.exceptions.ProtocolError as exc:
             self.closed = True
             code = getattr(exc, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR)
             return [ConnectionClosedByPeer(int(code), f"HTTP/2 protocol error: {exc}")]
+        except FloodError as exc:
+            self.closed = self._failed = True
+            self._backlog = None
+            self._h2.terminate(exc.http2_error_code, exc.debug)
+            events.append(ConnectionClosedByPeer(exc.http2_error_code, str(exc)))
         return events
+
+    @property
+    def has_backlog(self) -> bool:
+        """Whether received frames wait for another :meth:`receive` (the turn's budget ran out)."""
+        return self._backlog is not None
+
+    def output_drained(self) -> None:
+        """Everything queued for the peer has left: the answers we owed are paid."""
+        self.answers_owed = 0
 
     def _receive_frames(self, data: bytes, events: list[Event]) -> None:
         """Handle the frames completed by ``data``, in order; keep an incomplete one for later.
@@ -232,7 +287,12 @@ class ServerProtocol:
             view = view[missing:]
         tail = self._scan(view, events)
         if tail < len(view):
-            self._inbound = bytearray(view[tail:])
+            if self._frames_left <= 0:
+                self._backlog = view[tail:] if isinstance(data, bytes) else memoryview(
+                    bytes(view[tail:])
+                )
+            else:
+                self._inbound = bytearray(view[tail:])
 
     def _missing(self, carried: bytearray, more: memoryview) -> int:
         """How many bytes of ``more`` complete the frame that ``carried`` starts.
@@ -262,6 +322,7 @@ class ServerProtocol:
         streams = self._streams
         unpack_header = _FRAME_HEADER.unpack_from
         max_length = self._h2.max_inbound_frame_size
+        frames_left = self._frames_left
         while end - pos >= 9:
             length_high, length_low, frame_type, flags, stream_id = unpack_header(buf, pos)
             length = length_high << 16 | length_low
@@ -274,27 +335,107 @@ class ServerProtocol:
                 if length > max_length:
                     self._h2.refuse_overlong_frame(length)
             frame_end = pos + 9 + length
-            if frame_end > end:
+            if frame_end > end or frames_left <= 0:
                 break
-            # A DATA frame's stream may be opened by HEADERS still waiting for h2 in this run.
-            if frame_type == 0 and flags & ~_END_STREAM == 0 and (
-                stream_id in streams or handed < pos
-            ):
-                if handed < pos:
+            frames_left -= 1
+            if frame_type == 0:
+                # The stream may be opened by HEADERS still waiting for h2 in this run.
+                if handed < pos and stream_id not in streams:
                     self._feed_h2(view[handed:pos], events)
                     handed = pos
                 state = streams.get(stream_id)
-                end_stream = flags == _END_STREAM
-                if (state is not None and not state.failed
-                        and self._h2.accept_data(stream_id, length, end_stream)):
-                    self._on_data(stream_id, state, view[pos + 9 : frame_end], length, events)
-                    if end_stream:
-                        self._on_stream_ended(stream_id, events)
-                    handed = frame_end
+                if state is None or (length == 0 and not flags & _END_STREAM):
+                    self._spend_useless("DATA without a call or payload")
+                elif flags & ~_END_STREAM == 0 and not state.failed:
+                    if handed < pos:
+                        self._feed_h2(view[handed:pos], events)
+                        handed = pos
+                    end_stream = flags == _END_STREAM
+                    if self._h2.accept_data(stream_id, length, end_stream):
+                        self._on_data(stream_id, state, view[pos + 9 : frame_end], length, events)
+                        if end_stream:
+                            self._on_stream_ended(stream_id, events)
+                        handed = frame_end
+            elif frame_type != _HEADERS_FRAME_TYPE or not flags & _END_HEADERS:
+                self._police(frame_type, flags, length)
             pos = frame_end
+        self._frames_left = frames_left
         if handed < pos:
             self._feed_h2(view[handed:pos], events)
         return pos
+
+    def _police(self, frame_type: int, flags: int, length: int) -> None:
+        """Count a frame other than DATA or a whole HEADERS block against the peer's budgets.
+
+        Raises :class:`FloodError` when one runs out.  PING is policed by the connection's
+        ping-strike rule; here it only adds to the answers owed.
+        """
+        if frame_type == _RST_STREAM_FRAME_TYPE:
+            self._spend_reset()
+        elif frame_type == _PING_FRAME_TYPE:
+            if not flags & _ACK:
+                self._owe_answer()
+        elif frame_type == _SETTINGS_FRAME_TYPE:
+            if not flags & _ACK:
+                self._owe_answer()
+                self._spend_useless("SETTINGS")
+        elif frame_type == _WINDOW_UPDATE_FRAME_TYPE:
+            sent = self._h2.data_frames_sent
+            allowance = self._window_update_allowance + _WINDOW_UPDATES_PER_DATA_FRAME * (
+                sent - self._data_frames_counted
+            )
+            self._data_frames_counted = sent
+            if allowance > 0:
+                allowance -= 1
+            else:
+                self._spend_useless("WINDOW_UPDATE")
+            self._window_update_allowance = allowance
+        elif frame_type == _HEADERS_FRAME_TYPE:  # a header block continued in CONTINUATION
+            self._header_block_size = length
+        elif frame_type == _CONTINUATION_FRAME_TYPE:
+            if flags & _END_HEADERS:
+                self._header_block_size = 0
+                return
+            if length == 0:
+                self._spend_useless("empty CONTINUATION")
+            self._header_block_size += length
+            limit = HARD_HEADER_LIST_FACTOR * self.settings.max_header_list_size
+            if self._header_block_size > limit:
+                raise FloodError(
+                    "header_block_too_large",
+                    f"a header block of over {limit} bytes (4 x max_header_list_size) "
+                    "is still not complete",
+                )
+        elif frame_type != 0x5:  # PUSH_PROMISE is h2's to refuse; PRIORITY, GOAWAY, unknown
+            self._spend_useless(f"frame type {frame_type}")
+
+    def _spend_reset(self) -> None:
+        """A stream the client reset, or opened without making a call."""
+        if not self._resets.spend():
+            s = self.settings
+            raise FloodError(
+                "too_many_resets",
+                f"too many streams reset or abandoned by the client (stream_reset_burst="
+                f"{s.stream_reset_burst}, stream_reset_rate={s.stream_reset_rate:g}/s)",
+            )
+
+    def _spend_useless(self, what: str) -> None:
+        if not self._useless.spend():
+            s = self.settings
+            raise FloodError(
+                "too_many_useless_frames",
+                f"too many frames that carry no call, the last one {what} (useless_frame_burst="
+                f"{s.useless_frame_burst}, useless_frame_rate={s.useless_frame_rate:g}/s)",
+            )
+
+    def _owe_answer(self) -> None:
+        self.answers_owed += 1
+        if self.answers_owed > self.settings.max_pending_control_frames:
+            raise FloodError(
+                "too_many_pending_control_frames",
+                f"the client does not read: over {self.settings.max_pending_control_frames} "
+                "answers queued (max_pending_control_frames)",
+            )
 
     def _feed_h2(self, frames: memoryview, events: list[Event]) -> None:
         for event in self._h2.receive_data(frames):
@@ -329,23 +470,32 @@ class ServerProtocol:
 
     def _on_request(self, event: h2.events.RequestReceived, events: list[Event]) -> None:
         stream_id = event.stream_id
+        self._window_update_allowance += 1  # clients may widen a new stream's window at once
         ended = event.stream_ended is not None
         if stream_id > self._goaway_last_stream_id:
+            self._owe_answer()
             self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         self.highest_stream_id = max(self.highest_stream_id, stream_id)
         try:
             head = self._parse_head(stream_id, event.headers or ())
         except _HttpRejection as rejection:
+            self._abandoned()
             self._send_http_error(stream_id, rejection)
             return
         except (RpcError, InvalidMetadataError) as exc:
+            self._abandoned()
             self.send_trailers_only(stream_id, exc.status, str(exc), ())
             return
         self._streams[stream_id] = _StreamState(self.settings.max_receive_message_length)
         events.append(CallStarted(head, ended))
         if ended:
             events.append(RequestEnded(stream_id))
+
+    def _abandoned(self) -> None:
+        """A stream opened without a call (a rejected request): as costly as a reset one."""
+        self._owe_answer()
+        self._spend_reset()
 
     def _parse_head(self, stream_id: int, headers: object) -> RequestHead:
         method = path = content_type = authority = None

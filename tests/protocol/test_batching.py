@@ -51,6 +51,16 @@ class RecordingTransport(asyncio.Transport):
         """A loopback peer address; nothing else."""
         return ("127.0.0.1", 50000) if name == "peername" else default
 
+    def get_write_buffer_size(self) -> int:
+        """Every write is sent at once."""
+        return 0
+
+    def pause_reading(self) -> None:
+        """Nothing to pause: the test feeds the connection itself."""
+
+    def resume_reading(self) -> None:
+        """Nothing to resume."""
+
 
 class NoGroup:
     """Stands in for the server's connection group."""

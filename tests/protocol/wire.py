@@ -31,11 +31,13 @@ from fastinject.protocol import Event, ServerProtocol
 
 DATA = 0x0
 HEADERS = 0x1
+PRIORITY = 0x2
 RST_STREAM = 0x3
 SETTINGS = 0x4
 PING = 0x6
 GOAWAY = 0x7
 WINDOW_UPDATE = 0x8
+CONTINUATION = 0x9
 ACK = 0x1
 END_STREAM = 0x1
 
@@ -330,6 +332,10 @@ class H2Client:
     def goaway(self, error_code: int = NO_ERROR, last_stream_id: int = 0) -> None:
         """Send GOAWAY without moving ``h2`` to its closed state."""
         self._raw(raw_frame(GOAWAY, 0, 0, struct.pack(">II", last_stream_id, error_code)))
+
+    def send_raw(self, frame: bytes) -> None:
+        """Queue a frame built by the test (:func:`raw_frame`), after what h2 queued so far."""
+        self._raw(frame)
 
     def _raw(self, frame: bytes) -> None:
         self._collect()
