@@ -39,6 +39,13 @@ class ServerSettings:
     ``max_send_message_length`` = 2**31 - 1 (``grpc.max_send_message_length``)
         Largest response message a handler may send (``RESOURCE_EXHAUSTED`` otherwise);
         ``-1`` in the option means unlimited.
+    ``max_partial_message_bytes`` = 32 MiB (no grpcio option)
+        Bytes one connection may hold for request messages still being received, summed over
+        its streams (each stream's buffer grows with the bytes that arrive: at most twice
+        them, or the declared length once half is here).  The stream whose bytes take the
+        connection past it fails with ``RESOURCE_EXHAUSTED`` and its buffer is dropped; the
+        connection and its other calls go on.  One message of ``max_receive_message_length``
+        always fits: the limit applied is at least that plus its 5-byte prefix.
     ``max_concurrent_streams`` = 1000 (``grpc.max_concurrent_streams``)
         HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: RPCs one client connection may run at once.
     ``max_header_list_size`` = 16 KiB (``grpc.absolute_max_metadata_size``)
@@ -115,6 +122,7 @@ class ServerSettings:
 
     max_receive_message_length: int = 4 * 1024 * 1024
     max_send_message_length: int = _INT32_MAX
+    max_partial_message_bytes: int = 32 * 1024 * 1024
     max_concurrent_streams: int = 1000
     max_header_list_size: int = 16 * 1024
     initial_stream_window_size: int = 1024 * 1024
@@ -188,6 +196,7 @@ class _Range(NamedTuple):
 _LIMITS: dict[str, _Range] = {
     "max_receive_message_length": _Range("int", 0, UNLIMITED_MESSAGE_LENGTH),
     "max_send_message_length": _Range("int", 0, UNLIMITED_MESSAGE_LENGTH),
+    "max_partial_message_bytes": _Range("int", 0, UNLIMITED_MESSAGE_LENGTH),
     "max_concurrent_streams": _Range("int", 0, _UINT32_MAX),
     "max_header_list_size": _Range("int", 1, _UINT32_MAX),
     "initial_stream_window_size": _Range("int", 1, _INT32_MAX),

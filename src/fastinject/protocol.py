@@ -166,11 +166,12 @@ Event = (
 class _StreamState:
     """Per-stream receive state: the deframer and bytes awaiting acknowledgement."""
 
-    __slots__ = ("deframer", "failed", "prepaid")
+    __slots__ = ("deframer", "failed", "held", "prepaid")
 
     def __init__(self, max_message_length: int) -> None:
         self.deframer = Deframer(max_message_length)
         self.failed = False
+        self.held = 0  # deframer.held as last counted in ServerProtocol.partial_message_bytes
         # Bytes of the message being assembled whose credit was already returned: a message
         # larger than the window must be able to arrive before anyone can consume it.
         self.prepaid = 0
@@ -189,6 +190,11 @@ class ServerProtocol:
         self.settings = settings
         self._h2 = TunedH2Connection(config=_H2_CONFIG)
         self._streams: dict[int, _StreamState] = {}
+        # Bytes the deframers hold for messages still being received, and the cap on them.
+        self.partial_message_bytes = 0
+        self._partial_message_limit = max(
+            settings.max_partial_message_bytes, settings.max_receive_message_length + 5
+        )
         self._goaway_last_stream_id = MAX_STREAM_ID
         self.highest_stream_id = 0
         self.closed = False
@@ -451,7 +457,7 @@ class ServerProtocol:
             elif isinstance(event, h2.events.WindowUpdated):
                 events.append(WindowOpened(event.stream_id or 0))
             elif isinstance(event, h2.events.StreamReset):
-                if self._streams.pop(event.stream_id, None) is not None:
+                if self._forget(event.stream_id) is not None:
                     events.append(CallReset(event.stream_id, int(event.error_code or 0)))
             elif isinstance(event, h2.events.RemoteSettingsChanged):
                 events.append(WindowOpened(0))
@@ -578,6 +584,16 @@ class ServerProtocol:
         if advance > 0:
             self._return_credit(stream_id, advance)
             state.prepaid += advance
+        held = state.deframer.held
+        self.partial_message_bytes += held - state.held
+        state.held = held
+        if self.partial_message_bytes > self._partial_message_limit:
+            # Early credit lets a peer fill every stream up to its message limit; this bounds
+            # the sum.  The stream crossing it fails (as grpc core cancels a stream when its
+            # memory quota is exhausted); the others carry on.
+            self._fail(stream_id, StatusCode.RESOURCE_EXHAUSTED,
+                       f"request messages being received on this connection hold over "
+                       f"{self._partial_message_limit} bytes (max_partial_message_bytes)", events)
 
     def _on_stream_ended(self, stream_id: int, events: list[Event]) -> None:
         state = self._streams.get(stream_id)
@@ -594,7 +610,17 @@ class ServerProtocol:
         state = self._streams.get(stream_id)
         if state is not None:
             state.failed = True
+            self.partial_message_bytes -= state.held
+            state.held = 0
+            state.deframer = Deframer(0)  # drops the partial message now; nothing more is fed
         events.append(CallFailed(stream_id, status, details))
+
+    def _forget(self, stream_id: int) -> _StreamState | None:
+        """Drop a stream's receive state (and its share of :attr:`partial_message_bytes`)."""
+        state = self._streams.pop(stream_id, None)
+        if state is not None:
+            self.partial_message_bytes -= state.held
+        return state
 
     # -- flow control -----------------------------------------------------------------------
 
@@ -726,7 +752,7 @@ class ServerProtocol:
 
         A stream the client already reset (or a closed connection) gets nothing: no one listens.
         """
-        self._streams.pop(stream_id, None)
+        self._forget(stream_id)
         self._flush_stream(stream_id)
         try:
             self._h2.send_header_block(stream_id, headers, end_stream=True)
@@ -736,7 +762,7 @@ class ServerProtocol:
 
     def reset(self, stream_id: int, error_code: int = h2.errors.ErrorCodes.CANCEL) -> None:
         """Reset a stream (the call is abandoned, queued DATA with it)."""
-        self._streams.pop(stream_id, None)
+        self._forget(stream_id)
         if self._queued.pop(stream_id, None) is not None:
             self.queued_bytes -= self._queued_size.pop(stream_id)
         self._reset_if_open(stream_id, error_code)

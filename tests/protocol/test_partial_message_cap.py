@@ -1,0 +1,162 @@
+"""Bytes held for partly received request messages are capped per connection.
+
+A message's credit is returned while it is assembled (a message larger than the window must be
+able to arrive), so without a cap one connection could make the server hold
+``max_receive_message_length`` bytes on each of its streams.  ``max_partial_message_bytes``
+bounds the sum: the stream whose bytes cross it fails with RESOURCE_EXHAUSTED and its buffer
+is dropped; the connection and its other calls go on.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import grpc
+
+from fastinject import StatusCode
+from fastinject.protocol import CallFailed, MessagesReceived
+from protocol.probe_service import StartServer
+from protocol.wire import OpenWire, connected, exchange, grpc_frame
+
+MIB = 1024 * 1024
+HALF = MIB // 2
+
+
+def prefix(length: int) -> bytes:
+    """A gRPC message prefix declaring ``length`` bytes."""
+    return struct.pack(">BI", 0, length)
+
+
+def failures(events: list[object]) -> dict[int, CallFailed]:
+    """The CallFailed events, by stream."""
+    return {e.stream_id: e for e in events if isinstance(e, CallFailed)}
+
+
+def test_the_stream_crossing_the_cap_fails_and_the_others_complete() -> None:
+    """Two 1 MiB messages short of a byte fit a cap of 2 MiB + 10; a third stream does not."""
+    limit = 2 * (5 + MIB)
+    client, server = connected(max_receive_message_length=MIB, max_partial_message_bytes=limit)
+    first, second, third = (client.start_call(end=False) for _ in range(3))
+    for stream_id in (first, second):
+        client.send(stream_id, prefix(MIB) + b"a" * HALF)
+    assert failures(exchange(client, server)) == {}
+    for stream_id in (first, second):  # the rest fits thanks to the early credit
+        client.send(stream_id, b"a" * (HALF - 1))
+    assert failures(exchange(client, server)) == {}
+    assert server.partial_message_bytes == limit
+
+    client.send(third, prefix(MIB) + b"c" * 1000)
+    failed = failures(exchange(client, server))
+    assert list(failed) == [third]
+    assert failed[third].status is StatusCode.RESOURCE_EXHAUSTED
+    assert "max_partial_message_bytes" in failed[third].details
+    assert server.partial_message_bytes == limit
+
+    for stream_id in (first, second):
+        client.send(stream_id, b"b", end=True)
+    events = exchange(client, server)
+    received = [e for e in events if isinstance(e, MessagesReceived)]
+    assert [(e.stream_id, e.messages) for e in received] == [
+        (stream_id, [(b"a" * (MIB - 1) + b"b", False)]) for stream_id in (first, second)
+    ]
+    assert server.partial_message_bytes == 0
+
+
+def test_one_message_of_the_receive_limit_always_fits() -> None:
+    """A cap below max_receive_message_length still lets one such message arrive whole."""
+    client, server = connected(max_receive_message_length=MIB, max_partial_message_bytes=0)
+    stream_id = client.start_call(end=False)
+    wire = grpc_frame(b"x" * MIB)
+    client.send(stream_id, wire[:HALF])
+    events = exchange(client, server)
+    client.send(stream_id, wire[HALF:], end=True)  # fits thanks to the early credit
+    events += exchange(client, server)
+    assert failures(events) == {}
+    received = [e.messages for e in events if isinstance(e, MessagesReceived)]
+    assert received == [[(b"x" * MIB, False)]]
+
+
+def test_early_credit_never_lets_a_peer_hold_more_than_the_cap() -> None:
+    """Eight streams send 1 MiB messages as fast as credit allows: the held bytes stay capped.
+
+    Every stream ends, with its message or with RESOURCE_EXHAUSTED: the cap never stalls a peer.
+    """
+    limit = 2 * MIB
+    client, server = connected(
+        max_receive_message_length=MIB,
+        max_partial_message_bytes=limit,
+        initial_stream_window_size=64 * 1024,
+        initial_connection_window_size=128 * 1024,
+    )
+    pending = {client.start_call(end=False): grpc_frame(b"m" * MIB) for _ in range(8)}
+    delivered: set[int] = set()
+    failed: set[int] = set()
+    for _ in range(10_000):
+        if not pending:
+            break
+        for stream_id in list(pending):
+            room = min(client.h2.local_flow_control_window(stream_id), 16 * 1024)
+            if room > 0:
+                data, pending[stream_id] = pending[stream_id][:room], pending[stream_id][room:]
+                client.send(stream_id, data, end=not pending[stream_id])
+            if not pending[stream_id]:
+                del pending[stream_id]
+        events = exchange(client, server)
+        assert server.partial_message_bytes <= limit
+        for event in events:
+            if isinstance(event, MessagesReceived):
+                delivered.add(event.stream_id)
+                server.consumed(event.stream_id, 5 + MIB - event.prepaid)
+            elif isinstance(event, CallFailed):
+                assert event.status is StatusCode.RESOURCE_EXHAUSTED
+                failed.add(event.stream_id)
+                pending.pop(event.stream_id, None)
+    assert not pending, "the peer stalled: credit stopped before every stream ended"
+    assert delivered | failed == set(range(1, 16, 2))
+    assert delivered
+    assert failed
+    assert server.partial_message_bytes == 0
+
+
+def test_a_reset_stream_releases_its_share() -> None:
+    """A client reset of a half-received message gives its bytes back to the connection."""
+    client, server = connected(max_receive_message_length=MIB)
+    stream_id = client.start_call(end=False)
+    client.send(stream_id, prefix(MIB) + b"r" * HALF)
+    exchange(client, server)
+    assert 5 + HALF <= server.partial_message_bytes <= 5 + MIB
+    client.reset(stream_id)
+    exchange(client, server)
+    assert server.partial_message_bytes == 0
+
+
+async def test_attacker_past_the_cap_gets_resource_exhausted_while_grpcio_is_served(
+    start_server: StartServer, open_wire: OpenWire
+) -> None:
+    """Over a socket: the crossing stream ends with RESOURCE_EXHAUSTED, the others go on.
+
+    The attacker's other stream still completes, and a grpcio client's calls all succeed.
+    """
+    served = await start_server(
+        max_receive_message_length=MIB, max_partial_message_bytes=MIB + 5 + 64 * 1024
+    )
+    wire = await open_wire(served.port)
+    kept = wire.client.start_call(end=False)
+    wire.client.send(kept, prefix(MIB) + b"k" * HALF)
+    await wire.round_trip()
+    wire.client.send(kept, b"k" * (HALF - 1))
+    await wire.round_trip()
+    crossing = wire.client.start_call(end=False)
+    wire.client.send(crossing, prefix(MIB) + b"c" * HALF)
+    async with grpc.aio.insecure_channel(served.target) as channel:
+        unary = channel.unary_unary("/test.Echo/Unary")
+        refused = await wire.finish(crossing)
+        assert refused.status == StatusCode.RESOURCE_EXHAUSTED.number
+        assert "max_partial_message_bytes" in refused.message
+        for index in range(20):
+            assert await unary(b"%d" % index, timeout=10) == b"%d" % index
+    wire.client.send(kept, b"k", end=True)
+    completed = await wire.finish(kept)
+    assert completed.status == StatusCode.OK.number
+    assert completed.messages == [(False, b"k" * MIB)]
+
