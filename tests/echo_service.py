@@ -44,6 +44,15 @@ async def server_stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
         yield str(i).encode()
 
 
+async def trickle(request: bytes, context: Any) -> AsyncIterator[bytes]:
+    """Trickle: ``b"count:size:pause"``, ``count`` messages of ``size`` bytes, ``pause`` s apart."""
+    count, size, pause = request.split(b":")
+    for index in range(int(count)):
+        if index:
+            await asyncio.sleep(float(pause))
+        yield bytes([index % 256]) * int(size)
+
+
 def sync_server_stream(request: bytes, context: Any) -> Iterator[bytes]:
     """SyncServerStream: the thread-pool twin of :func:`server_stream`."""
     for i in range(int(request or b"3")):
@@ -73,6 +82,12 @@ async def bidi_read_write(requests: Any, context: Any) -> None:
         if request == fastinject.EOF:
             return
         await context.write(request[::-1])
+
+
+async def write_then_return(request: bytes, context: Any) -> bytes:
+    """WriteThenReturn: a streaming coroutine that writes the request, then returns a value."""
+    await context.write(request)
+    return b"ignored, as grpc.aio ignores it"
 
 
 async def fail(request: bytes, context: Any) -> bytes:
@@ -170,10 +185,12 @@ def handlers(recorder: Recorder) -> dict[str, fastinject.RpcMethodHandler]:
         "SyncUnary": uu(sync_unary),
         "ServerStream": fastinject.unary_stream_rpc_method_handler(server_stream),
         "SyncServerStream": fastinject.unary_stream_rpc_method_handler(sync_server_stream),
+        "Trickle": fastinject.unary_stream_rpc_method_handler(trickle),
         "ClientStream": fastinject.stream_unary_rpc_method_handler(client_stream),
         "SyncClientStream": fastinject.stream_unary_rpc_method_handler(sync_client_stream),
         "Bidi": fastinject.stream_stream_rpc_method_handler(bidi),
         "BidiReadWrite": fastinject.stream_stream_rpc_method_handler(bidi_read_write),
+        "WriteThenReturn": fastinject.unary_stream_rpc_method_handler(write_then_return),
         "Fail": uu(fail),
         "Abort": uu(abort),
         "SetCode": uu(set_code),

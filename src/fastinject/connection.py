@@ -258,7 +258,6 @@ class Connection(asyncio.Protocol):
         """A call finished: forget it; close the connection if it was the last one draining."""
         self._calls.pop(ctx.stream_id, None)
         self._window_waiters.pop(ctx.stream_id, None)
-        self._ping_strikes = 0  # grpc core resets strikes whenever we send data
         if not self._calls:
             if self._final_goaway_sent:
                 self._close_transport()
@@ -273,6 +272,7 @@ class Connection(asyncio.Protocol):
     def consumed(self, stream_id: int, size: int) -> None:
         """A handler took a message: return its flow-control credit (sent on the next flush)."""
         self.protocol.consumed(stream_id, size)
+        self.reset_ping_policy()  # the credit leaves as a WINDOW_UPDATE
         self.schedule_flush()
 
     @property
@@ -322,6 +322,7 @@ class Connection(asyncio.Protocol):
 
     async def send_data(self, stream_id: int, data: bytes) -> None:
         """Send DATA for a call, waiting for flow-control window and transport room."""
+        self.reset_ping_policy()
         view: memoryview | None = None
         offset = 0
         total = len(data)
@@ -386,10 +387,8 @@ class Connection(asyncio.Protocol):
             self._close_transport()
 
     def cancel_calls(self) -> None:
-        """Grace ran out: cancel every running call (clients see CANCELLED) and close."""
+        """Grace ran out: cancel every running call (clients see UNAVAILABLE) and close."""
         for call in list(self._calls.values()):
-            # Reset now: the transport closes below, before the call's task next runs.
-            self.protocol.reset(call.stream_id)
             call._cancel_by_server()
         if not self._final_goaway_sent:
             self._send_final_goaway()
@@ -443,6 +442,16 @@ class Connection(asyncio.Protocol):
         grace = self.settings.max_connection_age_grace
         if grace is not None:
             self._set_timer("age_grace", grace, self.cancel_calls)
+
+    def reset_ping_policy(self) -> None:
+        """We send HEADERS, DATA or WINDOW_UPDATE: forget the client's ping strikes.
+
+        grpc core clears the strikes and restarts the ping clock whenever the server sends one
+        of these, so a client's BDP pings during a long call are never strikes; only pings
+        while the server sends nothing are policed.
+        """
+        self._ping_strikes = 0
+        self._last_ping_received = None
 
     def _police_ping(self) -> None:
         """Apply grpc core's ping-abuse policy: too many strikes -> GOAWAY too_many_pings."""

@@ -75,6 +75,7 @@ class ServicerContext:
         "_server_cancelled",
         "_skip_next_compression",
         "_started",
+        "_status_sent",
         "_task",
         "_trailing_metadata",
         "cancelled_by_client",
@@ -103,6 +104,7 @@ class ServicerContext:
         self._accept_encoding = head.accept_encoding
         self._skip_next_compression = False
         self._done = False
+        self._status_sent = False
         self._done_callbacks: list[DoneCallback] = []
         self._task: asyncio.Task[None] | None = None
         self._started = False  # set by the RPC task when it begins running
@@ -151,8 +153,13 @@ class ServicerContext:
         self._interrupt()
 
     def _cancel_by_server(self) -> None:
-        """Shutdown or drain ran out of grace: the call is abandoned (the client sees CANCELLED)."""
+        """Shutdown or drain ran out of grace: UNAVAILABLE now (retryable), as grpc.aio sends.
+
+        The status is sent at once because the connection closes before the handler's task
+        next runs; the task is then cancelled.
+        """
         self._server_cancelled = True
+        self._send_status(StatusCode.UNAVAILABLE, "Cancelling all calls")
         self._interrupt()
 
     def _on_deadline(self) -> None:
@@ -162,10 +169,14 @@ class ServicerContext:
             self._interrupt()
 
     def _interrupt(self) -> None:
-        """Cancel the RPC task; one that has not started yet sees the flags when it starts."""
+        """Cancel the RPC task; one that has not started yet sees the flags when it starts.
+
+        A sync handler blocked in its request iterator (in a pool thread) is woken too.
+        """
         # Cancelling a task before its first step would skip run_rpc's handlers entirely.
         if self._started and not self._done and self._task is not None:
             self._task.cancel()
+        self._wake_reader()
 
     @property
     def _interrupted(self) -> bool:
@@ -190,6 +201,10 @@ class ServicerContext:
                 raise self._failure
             if self._ended:
                 return None
+            if self._interrupted:
+                # Only a sync handler's request iterator gets here (async readers are
+                # cancelled with the task): it must not wait for messages that never come.
+                raise RpcError("the call was cancelled", StatusCode.CANCELLED)
             self._read_waiter = self._conn.loop.create_future()
             try:
                 await self._read_waiter
@@ -239,6 +254,7 @@ class ServicerContext:
                 self._accept_encoding, self._compression
             )
         self._conn.protocol.send_headers(self.stream_id, self._initial_metadata, self._encoding)
+        self._conn.reset_ping_policy()
         self._conn.schedule_flush()
 
     async def _write_raw(self, payload: bytes) -> None:
@@ -280,13 +296,35 @@ class ServicerContext:
     async def abort(
         self, code: Any, details: str = "", trailing_metadata: MetadataLike = ()
     ) -> NoReturn:
-        """End the RPC with ``code`` and ``details``; raises, so nothing after it runs."""
+        """End the RPC with ``code`` and ``details``; raises, so nothing after it runs.
+
+        Afterwards :meth:`code` and :meth:`details` report the abort (interceptors read them).
+        Empty ``details`` or ``trailing_metadata`` keep what ``set_details`` and
+        ``set_trailing_metadata`` set, as in ``grpc.aio``.
+        """
+        raise self._abort_error(code, details, trailing_metadata)
+
+    async def abort_with_status(self, status: Any) -> NoReturn:
+        """End the RPC with a ``grpc.Status`` (``code``, ``details``, ``trailing_metadata``).
+
+        This is how grpcio-status's rich errors are sent: ``rpc_status.to_status(...)`` puts
+        the ``google.rpc.Status`` in ``grpc-status-details-bin`` trailing metadata.
+        """
+        raise self._abort_error(status.code, status.details, status.trailing_metadata)
+
+    def _abort_error(
+        self, code: Any, details: str | None, trailing_metadata: MetadataLike | None
+    ) -> AbortError:
+        """Record an abort's status and metadata; the error for the caller to raise."""
         status = coerce_status(code)
         if status is StatusCode.OK:
             raise ValueError("abort() needs a non-OK status code")
         if trailing_metadata:
             self.set_trailing_metadata(trailing_metadata)
-        raise AbortError(status, details)
+        if details:
+            self._details = details
+        self._code = status
+        return AbortError(status, self._details or "")
 
     def set_code(self, code: Any) -> None:
         """Set the status sent when the handler returns."""
@@ -366,17 +404,25 @@ class ServicerContext:
     # -- ending (used by the RPC runner) ---------------------------------------------------
 
     def _finish(self, code: StatusCode, details: str | None) -> None:
-        """Send the status (as trailers, or trailers-only when nothing was sent)."""
+        """Send the status (unless shutdown already did) and mark the call done."""
         if self._done:
             return
+        self._send_status(code, details)
+        self._close()
+
+    def _send_status(self, code: StatusCode, details: str | None) -> None:
+        """Send the status: as trailers, or trailers-only when nothing was sent."""
+        if self._status_sent:
+            return
+        self._status_sent = True
         protocol = self._conn.protocol
         trailers = md.encode_metadata(self._trailing_metadata)
         if self._headers_sent:
             protocol.send_trailers(self.stream_id, code, details, trailers)
         else:
             protocol.send_trailers_only(self.stream_id, code, details, trailers)
+        self._conn.reset_ping_policy()
         self._conn.schedule_flush()
-        self._close()
 
     def _finish_ok(self) -> None:
         self._finish(self._code or StatusCode.OK, self._details)
@@ -425,12 +471,11 @@ class SyncServicerContext:
 
     def abort(self, code: Any, details: str = "", trailing_metadata: MetadataLike = ()) -> NoReturn:
         """End the RPC with ``code`` and ``details``; raises."""
-        status = coerce_status(code)
-        if status is StatusCode.OK:
-            raise ValueError("abort() needs a non-OK status code")
-        if trailing_metadata:
-            self._context.set_trailing_metadata(trailing_metadata)
-        raise AbortError(status, details)
+        raise self._context._abort_error(code, details, trailing_metadata)
+
+    def abort_with_status(self, status: Any) -> NoReturn:
+        """End the RPC with a ``grpc.Status`` (``code``, ``details``, ``trailing_metadata``)."""
+        raise self._context._abort_error(status.code, status.details, status.trailing_metadata)
 
     def send_initial_metadata(self, initial_metadata: MetadataLike) -> None:
         """Send the response headers now."""

@@ -28,13 +28,28 @@ from __future__ import annotations
 
 import binascii
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from .errors import InvalidMetadataError, InvalidTimeoutError
 
-Metadata = tuple[tuple[str, str | bytes], ...]
+
+class Metadatum(NamedTuple):
+    """One received metadata entry: a ``(key, value)`` tuple that also has ``.key``/``.value``.
+
+    The same shape as grpcio's ``_Metadatum``: code that unpacks pairs and code that reads the
+    attributes (OpenTelemetry's interceptors do) both work.
+    """
+
+    key: str
+    value: str | bytes
+
+
+Metadata = tuple[Metadatum, ...]
 """Metadata as handlers see it (``context.invocation_metadata()``), like ``grpc.aio``."""
+
+# Builds a Metadatum without NamedTuple.__new__'s Python-level call (decode_metadata is hot).
+_new_tuple = tuple.__new__
 
 MetadataLike = Iterable[tuple[str, str | bytes]]
 """What applications may pass as metadata: any iterable of ``(key, value)`` pairs."""
@@ -124,7 +139,8 @@ def decode_metadata(headers: Iterable[tuple[bytes, bytes]]) -> Metadata:
     base64 or a value with control characters.
     """
     # Called for every RPC: the common cases are inlined.
-    out: list[tuple[str, str | bytes]] = []
+    out: list[Metadatum] = []
+    new, entry_type = _new_tuple, Metadatum
     reserved = RESERVED_HEADERS
     known = _decoded_keys
     for name, value in headers:
@@ -138,13 +154,15 @@ def decode_metadata(headers: Iterable[tuple[bytes, bytes]]) -> Metadata:
         key, binary = entry
         if not binary:
             if value.translate(None, _PRINTABLE):
-                out.append((key, _decode_unusual_text(key, value)))
+                out.append(new(entry_type, (key, _decode_unusual_text(key, value))))
             else:
-                out.append((key, value.decode("ascii")))
+                out.append(new(entry_type, (key, value.decode("ascii"))))
         elif b"," in value:
-            out.extend((key, _decode_base64(key, part)) for part in value.split(b","))
+            out.extend(
+                new(entry_type, (key, _decode_base64(key, part))) for part in value.split(b",")
+            )
         else:
-            out.append((key, _decode_base64(key, value)))
+            out.append(new(entry_type, (key, _decode_base64(key, value))))
     return tuple(out)
 
 
@@ -293,6 +311,7 @@ __all__ = [
     "RESERVED_HEADERS",
     "Metadata",
     "MetadataLike",
+    "Metadatum",
     "decode_grpc_message",
     "decode_metadata",
     "encode_grpc_message",

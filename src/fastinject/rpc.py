@@ -77,8 +77,9 @@ def _end_cancelled(conn: Connection, ctx: ServicerContext) -> None:
         ctx._finish(ctx._failure.status, ctx._failure.details)
     elif ctx._deadline_hit:
         ctx._finish(StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
-    elif not ctx.cancelled_by_client:
-        # Server shutdown or drain ran out of grace: the client sees CANCELLED.
+    elif not ctx.cancelled_by_client and not ctx._server_cancelled:
+        # The handler let a CancelledError of its own escape: the client sees CANCELLED.
+        # (A shutdown's UNAVAILABLE was sent when it cancelled the call.)
         conn.reset_call(ctx)
 
 
@@ -126,11 +127,9 @@ async def _stream_response(
             await ctx.write(response)
         return
     if inspect.iscoroutinefunction(behavior):
-        # grpc.aio style: the coroutine writes with context.write() itself.
-        result = await behavior(request, ctx)
-        if result is not None:
-            raise RpcError("a streaming handler coroutine returned a value instead of writing",
-                           StatusCode.INTERNAL)
+        # grpc.aio style: the coroutine writes with context.write() itself; like grpc.aio,
+        # a value it returns is ignored.
+        await behavior(request, ctx)
         return
     loop = conn.loop
     if isinstance(request, _RequestIterator):

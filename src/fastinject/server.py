@@ -219,6 +219,9 @@ class Server:
     async def stop(self, grace: float | None) -> None:
         """Stop: no new connections or calls; running calls get ``grace`` seconds, then cancelled.
 
+        Calls cancelled this way end with UNAVAILABLE "Cancelling all calls" (retryable), as
+        grpc.aio's do; their handlers are cancelled.
+
         Idempotent; a later call with a shorter grace shortens the wait (the shortest wins).
         ``None`` cancels running calls at once, like ``grpc.aio``.
         """

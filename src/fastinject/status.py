@@ -37,6 +37,16 @@ class StatusCode(enum.Enum):
         """The numeric code sent in ``grpc-status``."""
         return int(self.value[0])
 
+    def __eq__(self, other: object) -> bool:
+        # Equal to grpcio's member of the same name, so code written for grpc.aio
+        # (``context.code() == grpc.StatusCode.NOT_FOUND``, dicts keyed by grpc's codes) works.
+        if isinstance(other, StatusCode):
+            return self is other
+        return type(other).__name__ == "StatusCode" and getattr(other, "value", None) == self.value
+
+    def __hash__(self) -> int:
+        return hash(self._name_)  # what grpc.StatusCode (an Enum) hashes, for mixed dict keys
+
 
 _BY_NUMBER = {code.number: code for code in StatusCode}
 

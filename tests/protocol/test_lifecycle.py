@@ -30,6 +30,7 @@ from protocol.wire import (
     OpenWire,
     Wire,
     eventually,
+    grpc_frame,
 )
 
 WireTo = Callable[..., Awaitable[Wire]]
@@ -181,6 +182,48 @@ async def test_too_many_pings_without_calls_get_enhance_your_calm(wire_to: WireT
     assert goaway.debug == b"too_many_pings"
 
 
+async def test_pings_between_response_messages_are_not_strikes(
+    wire_to: WireTo, recorder: Recorder
+) -> None:
+    """Each DATA the server sends forgives earlier pings, as grpc core does (BDP probing).
+
+    Six pings, each after a response message, with grpc core's defaults (2 strikes, 5 min):
+    no GOAWAY; the call ends OK.
+    """
+    wire = await wire_to()
+    stream_id = wire.client.start_call(b"/test.Echo/Bidi", end=False)
+    response = wire.client.response(stream_id)
+    for index in range(6):
+        wire.client.send(stream_id, grpc_frame(b"message-%d" % index))
+        await wire.wait_for(
+            lambda answered=index + 1: len(response.messages) >= answered,
+            f"the answer to message {index}",
+        )
+        await wire.round_trip(b"ping-%03d" % index)
+    assert wire.client.goaways == []
+    wire.client.end(stream_id)
+    finished = await wire.finish(stream_id)
+    assert finished.status == StatusCode.OK.number
+    assert len(finished.messages) == 6
+
+
+async def test_pings_while_a_call_sends_nothing_are_strikes(
+    wire_to: WireTo, recorder: Recorder
+) -> None:
+    """A running call whose server sends nothing does not shield pings: the 3rd strike ends it."""
+    wire = await wire_to()
+    await start_sleep(wire, recorder)
+    for index in range(3):
+        await wire.round_trip(b"ping-%03d" % index)
+    assert wire.client.goaways == []
+    wire.client.ping(b"ping-003")
+    await wire.wait_closed()
+    assert [(g.error_code, g.debug) for g in wire.client.goaways] == [
+        (ENHANCE_YOUR_CALM, b"too_many_pings")
+    ]
+    await assert_sleep_cancelled(recorder)
+
+
 async def test_permit_without_calls_still_polices_the_ping_interval(wire_to: WireTo) -> None:
     """keepalive_permit_without_calls still polices min_ping_interval_without_data."""
     wire = await wire_to(**PINGS_WITHOUT_CALLS, min_ping_interval_without_data=300.0)
@@ -237,7 +280,8 @@ async def test_max_connection_age_goaway_then_cancel_after_grace(
 ) -> None:
     """At max_connection_age comes a graceful GOAWAY; after the grace, calls are cancelled.
 
-    The cancelled call gets RST_STREAM(CANCEL), its done callbacks run, the connection closes.
+    The cancelled call gets UNAVAILABLE (retryable, as from grpc core), its done callbacks run,
+    the connection closes.
     """
     wire = await wire_to(max_connection_age=0.5, max_connection_age_grace=0.3)
     stream_id = wire.client.start_call(b"/test.Echo/Sleep", [b"30"])
@@ -247,8 +291,8 @@ async def test_max_connection_age_goaway_then_cancel_after_grace(
         GoAway(stream_id, NO_ERROR, b""),
     ]
     response = await wire.finish(stream_id)
-    assert response.reset == CANCEL
-    assert response.headers is None
+    assert response.trailers_only
+    assert response.status == StatusCode.UNAVAILABLE.number
     await wire.wait_closed()
     await assert_sleep_cancelled(recorder)
 

@@ -91,6 +91,46 @@ async def test_abort_sends_status_details_and_trailers(channel: grpc.aio.Channel
     assert ("why", "because") in tuple(info.value.trailing_metadata() or ())
 
 
+async def test_abort_is_visible_to_interceptors(serve: Serve) -> None:
+    """After abort(), context.code()/details() report it, as metrics interceptors expect.
+
+    The interceptor also reads the request metadata by ``.key``/``.value``, as grpc's do.
+    """
+    seen: list[tuple[object, object]] = []
+    tenants: list[object] = []
+
+    class Metrics:
+        async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+            tenants.extend(m.value for m in details.invocation_metadata if m.key == "tenant")
+            handler = await continuation(details)
+            behavior = handler.unary_unary
+
+            async def observed(request: bytes, context: fastinject.ServicerContext) -> bytes:
+                try:
+                    return await behavior(request, context)  # type: ignore[no-any-return]
+                finally:
+                    seen.append((context.code(), context.details()))
+
+            return handler._replace(unary_unary=observed)
+
+    served = await serve(interceptors=[Metrics()])
+    async with grpc.aio.insecure_channel(served.target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await method(channel, "Abort")(b"NOT_FOUND:gone", metadata=(("tenant", "blue"),))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert seen == [(grpc.StatusCode.NOT_FOUND, "gone")]
+    assert seen[0][0] is fastinject.StatusCode.NOT_FOUND
+    assert {grpc.StatusCode.NOT_FOUND: "labelled"}[seen[0][0]] == "labelled"
+    assert tenants == ["blue"]
+
+
+async def test_streaming_coroutine_returning_a_value_ends_ok(channel: grpc.aio.Channel) -> None:
+    """A streaming handler coroutine that writes, then returns a value, ends OK (as grpc.aio)."""
+    call = method(channel, "WriteThenReturn", "unary_stream")(b"written")
+    assert [m async for m in call] == [b"written"]
+    assert await call.code() == grpc.StatusCode.OK
+
+
 async def test_set_code_without_abort(channel: grpc.aio.Channel) -> None:
     """A status set with set_code/set_details is sent when the handler returns."""
     with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -252,7 +292,7 @@ async def test_interceptors_wrap_every_call(serve: Serve) -> None:
 async def test_stop_lets_short_calls_finish_and_cancels_long_ones(
     serve: Serve, recorder: Recorder
 ) -> None:
-    """stop(grace) finishes calls shorter than the grace and cancels the rest (CANCELLED)."""
+    """stop(grace) finishes calls shorter than the grace; the rest get UNAVAILABLE (grpc.aio's)."""
     served = await serve()
     server = served.server
     async with grpc.aio.insecure_channel(served.target) as channel:
@@ -263,7 +303,8 @@ async def test_stop_lets_short_calls_finish_and_cancels_long_ones(
         assert await short == b"slept 0.2"
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await long
-        assert info.value.code() == grpc.StatusCode.CANCELLED
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert info.value.details() == "Cancelling all calls"
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await method(channel, "Unary")(b"after", timeout=2)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -82,6 +82,17 @@ def test_decode_binary_accepts_padded_and_unpadded_base64(payload: bytes) -> Non
     assert md.decode_metadata([(b"x-bin", unpadded)]) == (("x-bin", payload),)
 
 
+def test_decoded_entries_have_key_and_value_like_grpcs() -> None:
+    """Every entry is a (key, value) tuple with .key/.value, text and binary alike (as grpc)."""
+    entries = md.decode_metadata([(b"tenant", b"blue"), (b"blob-bin", b"AAE,/w")])
+    assert [(entry.key, entry.value) for entry in entries] == [
+        ("tenant", "blue"), ("blob-bin", b"\x00\x01"), ("blob-bin", b"\xff"),
+    ]
+    assert entries[0] == ("tenant", "blue")
+    key, value = entries[0]
+    assert (key, value) == ("tenant", "blue")
+
+
 def test_decode_binary_splits_comma_joined_values() -> None:
     """A -bin header holding comma-joined values yields one entry per value."""
     value = b"AAEC,AQ==,Ag"
