@@ -25,6 +25,7 @@ from .credentials import auth_context
 from .errors import RpcError
 from .handlers import HandlerRegistry, ServerInterceptor
 from .options import ServerSettings
+from .peerlog import PeerLog
 from .rpc import run_rpc
 
 if TYPE_CHECKING:
@@ -108,6 +109,8 @@ class Connection(asyncio.Protocol):
         self._last_ping_received: float | None = None
         self._ping_strikes = 0
         self._initial_data = initial_data
+        self.peer_log = PeerLog(lambda: self.peer, settings.peer_log_interval)
+        """Where lines a peer can cause at WARNING or above are logged (rate-limited)."""
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -242,6 +245,7 @@ class Connection(asyncio.Protocol):
         self.resume_writing()
         self._wake_writers(0)
         self.group.discard(self)
+        self.peer_log.close()
         if not self._closed.done():
             self._closed.set_result(None)
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import compression
 from . import metadata as md
-from .errors import AbortError, RpcError
+from .errors import AbortError, DeserializationError, RpcError
 from .framing import frame_message
 from .status import StatusCode, coerce_status
 
@@ -230,8 +230,22 @@ class ServicerContext:
         raw = await self._read_raw()
         if raw is None:
             return _grpc_eof()
+        return self._deserialize(raw)
+
+    def _deserialize(self, raw: bytes) -> Any:
+        """A request message deserialized; :class:`DeserializationError` if it is malformed.
+
+        The peer's fault, not the server's: logged at DEBUG only.
+        """
         deserializer = self.deserializer
-        return deserializer(raw) if deserializer is not None else raw
+        if deserializer is None:
+            return raw
+        try:
+            return deserializer(raw)
+        except Exception as exc:
+            logger.debug("peer %s sent %s a request it cannot deserialize: %r",
+                         self._conn.peer, self._head.method, exc)
+            raise DeserializationError(exc) from exc
 
     def request_was_compressed(self) -> bool:
         """Whether the last request message read arrived compressed (a fastinject addition)."""
@@ -442,7 +456,8 @@ class ServicerContext:
             try:
                 callback(self)
             except Exception:
-                logger.exception("done callback %r raised", callback)
+                self._conn.peer_log.log(logger, logging.ERROR, "done callback %r raised",
+                                        callback, exc_info=True)
         self._done_callbacks.clear()
 
 

@@ -22,6 +22,8 @@ _PROTOCOL_ERROR = 0x1
 _INTERNAL_ERROR = 0x2
 _CANCEL = 0x8
 _ENHANCE_YOUR_CALM = 0xB
+# Longest cause quoted in a DeserializationError (a deserializer may quote the whole input).
+_MAX_REASON = 200
 
 
 class FastInjectError(Exception):
@@ -42,6 +44,22 @@ class RpcError(FastInjectError):
     def details(self) -> str:
         """The text sent as ``grpc-message``."""
         return str(self)
+
+
+class DeserializationError(RpcError):
+    """The request deserializer rejected a message (the peer sent something malformed).
+
+    Reported with ``INTERNAL``, as grpc core, grpc-java and grpc-go do, with grpcio's details
+    text followed by the deserializer's exception.
+    """
+
+    status = StatusCode.INTERNAL
+
+    def __init__(self, cause: BaseException) -> None:
+        reason = f"{type(cause).__name__}: {cause}"
+        if len(reason) > _MAX_REASON:
+            reason = reason[: _MAX_REASON - 3] + "..."
+        super().__init__(f"Exception deserializing request! {reason}")
 
 
 class ProtocolError(FastInjectError):
@@ -160,6 +178,7 @@ class AbortError(FastInjectError):
 __all__ = [
     "AbortError",
     "DecompressionError",
+    "DeserializationError",
     "FastInjectError",
     "FloodError",
     "FramingError",

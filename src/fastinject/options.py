@@ -88,6 +88,10 @@ class ServerSettings:
         takes (e.g. ``grpc.Compression.Gzip``).
     ``handshake_timeout`` = 120.0 (``grpc.server_handshake_timeout_ms``)
         Time a new connection has to complete its TLS handshake.
+    ``peer_log_interval`` = 10.0 (no grpcio option)
+        Per connection, at most one log line at WARNING or above (such as a handler's
+        exception traceback) per this many seconds; the lines in between are counted and the
+        count is logged with the next line or when the connection closes.  0: no limit.
     ``so_reuseport`` = True (``grpc.so_reuseport``)
         Set SO_REUSEPORT on listening sockets where the platform has it (grpcio's default);
         ``("grpc.so_reuseport", 0)`` makes binding a port that is in use fail.
@@ -138,6 +142,7 @@ class ServerSettings:
     max_connection_age_grace: float | None = None
     default_compression: Compression = Compression.NoCompression
     handshake_timeout: float = 120.0
+    peer_log_interval: float = 10.0
     so_reuseport: bool = True
     stream_reset_burst: int = 1000
     stream_reset_rate: float = 33.0
@@ -212,6 +217,7 @@ _LIMITS: dict[str, _Range] = {
     "max_connection_age_grace": _Range("duration?"),
     "default_compression": _Range("compression"),
     "handshake_timeout": _Range("float", positive=True),
+    "peer_log_interval": _Range("float"),
     "so_reuseport": _Range("bool"),
     "stream_reset_burst": _Range("int", 1, _INT32_MAX),
     "stream_reset_rate": _Range("rate"),

@@ -65,7 +65,8 @@ async def run_rpc(conn: Connection, ctx: ServicerContext) -> None:
             # Like grpcio: a status the handler set before raising wins over UNKNOWN.
             ctx._finish(ctx._code, ctx._details)
         else:
-            logger.exception("handler for %s raised", ctx._head.method)
+            conn.peer_log.log(logger, logging.ERROR, "handler for %s raised", ctx._head.method,
+                              exc_info=True)
             ctx._finish(StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
     finally:
         ctx._close()
@@ -103,8 +104,7 @@ async def _read_single(ctx: ServicerContext) -> Any:
     if await ctx._read_raw() is not None:
         raise RpcError("the client sent more than one request message for a unary call",
                        StatusCode.UNIMPLEMENTED)
-    deserializer = ctx.deserializer
-    return deserializer(raw) if deserializer is not None else raw
+    return ctx._deserialize(raw)
 
 
 async def _call(conn: Connection, ctx: ServicerContext, behavior: Any, request: Any) -> Any:
@@ -161,8 +161,7 @@ class _RequestIterator:
         raw = await self._ctx._read_raw()
         if raw is None:
             raise StopAsyncIteration
-        deserializer = self._ctx.deserializer
-        return deserializer(raw) if deserializer is not None else raw
+        return self._ctx._deserialize(raw)
 
     def blocking(self, loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
         """A plain iterator for sync handlers; each step waits on the event loop."""

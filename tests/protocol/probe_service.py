@@ -2,7 +2,8 @@
 
 They complement ``echo_service`` with what protocol tests need to observe: how far a
 streaming handler got while flow control blocks it, a handler that does not read its requests
-until released, and a response that fails after a message was sent.
+until released, a response that fails after a message was sent, and methods whose request
+deserializer rejects malformed input (``Strict``, ``StrictStream``).
 """
 
 from __future__ import annotations
@@ -66,12 +67,31 @@ def handlers(probe: Probe) -> dict[str, fastinject.RpcMethodHandler]:
         yield b"first"
         await context.abort(StatusCode.NOT_FOUND, ABORT_DETAILS)
 
+    async def strict(request: str, context: Any) -> bytes:
+        """Echo a request that must be UTF-8 (its deserializer rejects anything else)."""
+        return request.encode()
+
+    async def strict_stream(requests: AsyncIterator[str], context: Any) -> bytes:
+        """Join streamed requests that must be UTF-8 with ``|``."""
+        return "|".join([request async for request in requests]).encode()
+
     return {
+        "Strict": fastinject.unary_unary_rpc_method_handler(
+            strict, request_deserializer=_utf8
+        ),
+        "StrictStream": fastinject.stream_unary_rpc_method_handler(
+            strict_stream, request_deserializer=_utf8
+        ),
         "Produce": fastinject.unary_stream_rpc_method_handler(produce),
         "Hold": fastinject.stream_unary_rpc_method_handler(hold),
         "Gate": fastinject.unary_unary_rpc_method_handler(gate),
         "MessageThenAbort": fastinject.unary_stream_rpc_method_handler(message_then_abort),
     }
+
+
+def _utf8(request: bytes) -> str:
+    """The deserializer of the Strict methods: strict UTF-8."""
+    return request.decode("utf-8")
 
 
 def _count_done(probe: Probe) -> None:
