@@ -48,6 +48,10 @@ _IDLE_PING_INTERVAL = 7200.0
 def format_peer(address: Any, family: int | None) -> str:
     """``context.peer()`` for a socket address, in grpcio's form."""
     if family == socket.AF_UNIX:
+        if isinstance(address, bytes):  # Linux reports abstract names as bytes
+            address = address.decode("utf-8", "replace")
+        if address and address[0] == "\0":
+            return f"unix-abstract:{address[1:]}"
         return f"unix:{address or ''}"
     if isinstance(address, tuple) and len(address) >= 2:
         host, port = address[0], address[1]

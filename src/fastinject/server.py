@@ -18,6 +18,7 @@ import functools
 import logging
 import os
 import socket
+import sys
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -112,7 +113,9 @@ class Server:
             self.registry.add_generic(handlers)
         self._executor = migration_thread_pool
         self._owns_executor = migration_thread_pool is None
-        self._ports: dict[int, _Port] = {}
+        # Listeners by the number add_*_port returned: several addresses may share one (the
+        # same port on two hosts; every unix socket is 1, as in grpcio), so each keeps a list.
+        self._ports: dict[int, list[_Port]] = {}
         self._connections: set[Connection] = set()
         self._injectors: set[ConnectionInjector] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -153,7 +156,7 @@ class Server:
         sockets = bind_address(address, reuse_port=self.settings.so_reuseport)
         number = port_number(sockets)
         port = _Port(number, sockets, credentials, ConnectionGroup(self))
-        self._ports[number] = port
+        self._ports.setdefault(number, []).append(port)
         if self._started:
             self.loop.create_task(self._serve_port(port))
         return number
@@ -213,7 +216,7 @@ class Server:
         self._loop = asyncio.get_running_loop()
         self._terminated = asyncio.Event()
         self._started = True
-        for port in list(self._ports.values()):
+        for port in self._listeners():
             await self._serve_port(port)
 
     async def stop(self, grace: float | None) -> None:
@@ -234,7 +237,7 @@ class Server:
         await asyncio.shield(self._stopping)
 
     async def _shutdown(self) -> None:
-        for port in self._ports.values():
+        for port in self._listeners():
             close_port(port)
         for injector in list(self._injectors):
             injector._server_stopping()
@@ -296,39 +299,49 @@ class Server:
     def drain(self, port: int, grace_time_ms: float) -> Awaitable[None]:
         """Gracefully close the connections of ``port`` (gRFC L111); the port keeps listening.
 
+        ``port`` is the number ``add_*_port`` returned; every address bound with that number
+        is drained (the same port on several hosts; all unix sockets, which are all 1).
         Calls still running after ``grace_time_ms`` are cancelled.  Returns an awaitable that
         completes when those connections have closed; the work starts at once either way.
         """
         if grace_time_ms < 0:
             raise ValueError(f"grace_time_ms must be >= 0, not {grace_time_ms}")
-        record = self._port(port)
-        if record is None:
-            return done_future(self.loop)
-        return record.group.drain(grace_time_ms / 1000.0)
+        return self._close_connections_of(self._port(port), grace_time_ms / 1000.0)
 
     def unbind(self, port: int) -> Awaitable[None]:
         """Stop listening on ``port`` at once and gracefully close its connections (gRFC L109).
 
-        The address can be bound again immediately; other ports and injectors keep serving.
+        Every address bound with that number stops listening (as for :meth:`drain`).  The
+        addresses can be bound again immediately; other ports and injectors keep serving.
         A port that is not bound (or was unbound already) is left alone, as L109 specifies.
         """
-        record = self._port(port)
-        if record is None:
-            return done_future(self.loop)
-        del self._ports[port]
-        close_port(record)
-        return record.group.drain(None)
+        records = self._port(port)
+        self._ports.pop(port, None)
+        for record in records:
+            close_port(record)
+        return self._close_connections_of(records, None)
 
-    def _port(self, port: int) -> _Port | None:
-        """The bound port ``port``; port 0 is an error (L109/L111: name the bound number)."""
+    def _port(self, port: int) -> list[_Port]:
+        """The listeners bound as ``port`` (L109/L111 name the bound number; 0 is an error)."""
         if not isinstance(port, int) or isinstance(port, bool):
             raise TypeError(f"port must be an int, not {type(port).__name__}")
         if port == 0:
             raise ValueError("port 0 is not a bound port: pass the number add_*_port returned")
-        record = self._ports.get(port)
-        if record is None:
+        records = self._ports.get(port, [])
+        if not records:
             logger.debug("port %d is not bound by this server: nothing to do", port)
-        return record
+        return records
+
+    def _listeners(self) -> list[_Port]:
+        """Every bound address, in the order bound."""
+        return [record for records in self._ports.values() for record in records]
+
+    def _close_connections_of(
+        self, records: Sequence[_Port], grace: float | None
+    ) -> asyncio.Task[None]:
+        """Graceful close of the connections open now on ``records``, as one task."""
+        connections = [conn for record in records for conn in record.group.connections]
+        return self.loop.create_task(close_connections(connections, grace))
 
     # -- L114 connection injection -----------------------------------------------------------
 
@@ -373,22 +386,24 @@ def close_port(port: _Port) -> None:
 
 
 def bind_address(address: str, *, reuse_port: bool = False) -> list[socket.socket]:
-    """Bind listening sockets for a gRPC address (``host:port``, ``[v6]:port``, ``unix:path``).
+    """Bind listening sockets for a gRPC address.
 
-    A host that resolves to several addresses (``localhost``) gets a socket each, on the same
+    ``host:port``, ``[v6]:port``, ``unix:path`` (``unix:///abs/path`` too) or, on Linux,
+    ``unix-abstract:name`` (the abstract socket namespace: no file, gone with the socket).  A
+    host that resolves to several addresses (``localhost``) gets a socket each, on the same
     port; port 0 picks a free port.  ``reuse_port`` sets SO_REUSEPORT where the OS has it.
     """
+    if address.startswith("unix-abstract:"):
+        if not sys.platform.startswith("linux"):
+            raise ValueError(f"address {address!r}: unix-abstract sockets exist only on Linux")
+        return [_listen_unix("\0" + address[len("unix-abstract:"):])]
     if address.startswith("unix:"):
         path = address[len("unix:"):]
         if path.startswith("//"):
             path = path[2:]
         if os.path.exists(path) and not os.path.isfile(path):
             os.unlink(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(path)
-        sock.listen(1024)
-        sock.setblocking(False)
-        return [sock]
+        return [_listen_unix(path)]
     host, sep, port_text = address.rpartition(":")
     if not sep or not port_text.isdigit():
         raise ValueError(f"address {address!r} is not host:port, [ipv6]:port or unix:path")
@@ -416,6 +431,18 @@ def bind_address(address: str, *, reuse_port: bool = False) -> list[socket.socke
             sock.close()
         raise OSError(exc.errno, f"cannot bind {address!r}: {exc.strerror}") from exc
     return sockets
+
+
+def _listen_unix(name: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(name)
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
 
 def port_number(sockets: Sequence[socket.socket]) -> int:
