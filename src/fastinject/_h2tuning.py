@@ -142,6 +142,13 @@ class _QuietDataFrame(hyperframe.frame.DataFrame):
         return f"DataFrame(stream_id={self.stream_id}, length={len(self.data)})"
 
 
+class StreamRefused(h2.events.Event):
+    """A stream beyond SETTINGS_MAX_CONCURRENT_STREAMS was refused (RST_STREAM REFUSED_STREAM)."""
+
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
+
+
 class TunedH2Connection(h2.connection.H2Connection):
     """An ``H2Connection`` with memoising HPACK coders and cheap open-stream counting."""
 
@@ -193,6 +200,7 @@ class TunedH2Connection(h2.connection.H2Connection):
         events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
         stream = self._begin_new_stream(frame.stream_id, AllowedStreamIDs.ODD)
         stream.state_machine.process_input(StreamInputs.RECV_HEADERS)
+        events.append(StreamRefused(frame.stream_id))
         return stream.reset_stream(h2.errors.ErrorCodes.REFUSED_STREAM), events
 
     def accept_data(self, stream_id: int, length: int, end_stream: bool) -> bool:

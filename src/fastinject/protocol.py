@@ -27,7 +27,7 @@ import h2.settings
 
 from . import metadata as md
 from ._budget import TokenBucket
-from ._h2tuning import HARD_HEADER_LIST_FACTOR, TunedH2Connection
+from ._h2tuning import HARD_HEADER_LIST_FACTOR, StreamRefused, TunedH2Connection
 from .compression import ACCEPT_ENCODING_HEADER, is_supported
 from .errors import FloodError, FramingError, InvalidMetadataError, RpcError
 from .framing import Deframer
@@ -473,6 +473,8 @@ class ServerProtocol:
             elif isinstance(event, h2.events.TrailersReceived):
                 self._fail(event.stream_id, StatusCode.INTERNAL, "unexpected request trailers",
                            events)
+            elif isinstance(event, StreamRefused):
+                self._abandoned()  # over max_concurrent_streams: refused, no call
 
     def _on_request(self, event: h2.events.RequestReceived, events: list[Event]) -> None:
         stream_id = event.stream_id

@@ -20,7 +20,14 @@ import pytest
 from fastinject import StatusCode
 from fastinject.options import ServerSettings
 from protocol.probe_service import Probe, StartServer
-from protocol.wire import GOAWAY, REFUSED_STREAM, RST_STREAM, SETTINGS, OpenWire
+from protocol.wire import (
+    ENHANCE_YOUR_CALM,
+    GOAWAY,
+    REFUSED_STREAM,
+    RST_STREAM,
+    SETTINGS,
+    OpenWire,
+)
 
 _MAX_CONCURRENT_STREAMS = 0x3
 
@@ -50,6 +57,25 @@ async def test_one_stream_past_the_limit_is_refused_and_the_others_complete(
     after = await wire.call(b"/test.Echo/Unary", b"still serving")
     assert after.messages == [(False, b"still serving")]
     assert wire.client.goaways == []
+
+
+async def test_refused_streams_spend_the_reset_budget(
+    start_server: StartServer, open_wire: OpenWire, probe: Probe
+) -> None:
+    """A client that keeps opening streams past the limit is a rapid-reset attacker."""
+    served = await start_server(max_concurrent_streams=1, stream_reset_burst=20,
+                                stream_reset_rate=1.0)
+    wire = await open_wire(served.port)
+    await wire.round_trip()
+    wire.client.start_call(b"/test.Probe/Gate", [b"running"])
+    await wire.round_trip()
+    wire.client.lift_stream_limit()
+    refused = [wire.client.start_call(b"/test.Probe/Gate", end=False) for _ in range(200)]
+    await wire.wait_for(lambda: bool(wire.client.goaways), "GOAWAY")
+    goaway = wire.client.goaways[-1]
+    assert (goaway.error_code, goaway.debug) == (ENHANCE_YOUR_CALM, b"too_many_resets")
+    assert wire.client.response(refused[0]).reset == REFUSED_STREAM
+    await wire.wait_closed()
 
 
 class LimitHidingRelay:
