@@ -86,6 +86,12 @@ async def outcome(call: Any) -> grpc.StatusCode:
     return await call.code()  # type: ignore[no-any-return]
 
 
+async def assert_readers_woken(readers: Readers) -> None:
+    """Every blocked handler's request iterator raised (its pool thread is free again)."""
+    await eventually(lambda: len(readers.ended) == POOL)
+    assert readers.ended == ["RpcError"] * POOL
+
+
 async def assert_pool_still_serves(target: str) -> None:
     """A sync unary call still gets a pool thread."""
     async with grpc.aio.insecure_channel(target) as channel:
@@ -103,8 +109,7 @@ async def test_client_cancel_wakes_blocked_sync_readers(
         for call in calls:
             call.cancel()
         assert {await outcome(call) for call in calls} == {grpc.StatusCode.CANCELLED}
-    await eventually(lambda: len(readers.ended) == POOL)
-    assert readers.ended == ["RpcError"] * POOL
+    await assert_readers_woken(readers)
     await assert_pool_still_serves(target)
     assert readers.started == POOL  # the queued calls were dropped, never run
 
@@ -118,8 +123,7 @@ async def test_deadline_wakes_blocked_sync_readers(
         calls = await blocked_calls(channel, readers, timeout=3)
         outcomes = await asyncio.gather(*(outcome(call) for call in calls))
     assert set(outcomes) == {grpc.StatusCode.DEADLINE_EXCEEDED}
-    await eventually(lambda: len(readers.ended) == POOL)
-    assert readers.ended == ["RpcError"] * POOL
+    await assert_readers_woken(readers)
     await assert_pool_still_serves(target)
 
 
@@ -133,5 +137,4 @@ async def test_stop_wakes_blocked_sync_readers(
         await asyncio.wait_for(server.stop(0), TIMEOUT)
         outcomes = await asyncio.gather(*(outcome(call) for call in calls))
     assert set(outcomes) == {grpc.StatusCode.UNAVAILABLE}
-    await eventually(lambda: len(readers.ended) == POOL)
-    assert readers.ended == ["RpcError"] * POOL
+    await assert_readers_woken(readers)
