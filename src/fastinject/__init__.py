@@ -5,8 +5,11 @@ socket you accepted, a tunnel you dialled, an in-memory pipe) through a
 :class:`ConnectionInjector`, with the TLS credentials that connection calls for.
 """
 
+from typing import Any
+
+from ._grpcio import end_of_stream
 from .compression import Compression
-from .context import EOF, ServicerContext
+from .context import ServicerContext
 from .credentials import ServerCredentials
 from .duplex import Duplex
 from .errors import (
@@ -32,6 +35,15 @@ from .options import ServerSettings
 from .router import ConnectionInfo, ConnectionRouter, Rule
 from .server import Server
 from .status import StatusCode
+
+
+def __getattr__(name: str) -> Any:
+    # ``EOF``: ``grpc.aio.EOF`` itself when grpcio is installed (fastinject._grpcio), resolved
+    # on first use so that ``import fastinject`` does not import grpcio.
+    if name == "EOF":
+        return end_of_stream()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "EOF",

@@ -74,6 +74,17 @@ def is_supported(encoding: str) -> bool:
     return encoding in _WBITS or encoding == "identity"
 
 
+def is_enabled(encoding: str, enabled: frozenset[Compression]) -> bool:
+    """Whether the supported ``encoding`` is one of the ``enabled`` algorithms."""
+    return _BY_NAME[encoding] in enabled
+
+
+@functools.lru_cache(maxsize=8)
+def accept_encoding_header(enabled: frozenset[Compression]) -> bytes:
+    """The ``grpc-accept-encoding`` value advertising the ``enabled`` algorithms."""
+    return ",".join(ENCODING_NAMES[a] for a in sorted(enabled)).encode("ascii")
+
+
 def compress(encoding: str, data: bytes) -> bytes:
     """``data`` compressed with ``encoding`` (``"identity"`` returns it unchanged).
 
@@ -138,14 +149,18 @@ def _accepted(accept_encoding: bytes) -> frozenset[str]:
     )
 
 
-def choose_response_encoding(accept_encoding: bytes | None, requested: Compression) -> str | None:
+def choose_response_encoding(
+    accept_encoding: bytes | None,
+    requested: Compression,
+    enabled: frozenset[Compression] = frozenset(Compression),
+) -> str | None:
     """The encoding to compress responses with, or ``None`` to send them uncompressed.
 
     ``requested`` is the server's or the call's setting; it is used only if the client listed
     it in ``grpc-accept-encoding`` (a client that sent no such header gets no compression),
-    as the gRPC compression spec asks.
+    as the gRPC compression spec asks, and if it is one of the server's ``enabled`` ones.
     """
-    if not requested or accept_encoding is None:
+    if not requested or accept_encoding is None or requested not in enabled:
         return None
     name = _NAMES_BY_VALUE[requested]
     return name if name in _accepted(accept_encoding) else None
@@ -156,9 +171,11 @@ __all__ = [
     "ENCODING_NAMES",
     "SUPPORTED_ENCODINGS",
     "Compression",
+    "accept_encoding_header",
     "choose_response_encoding",
     "coerce_compression",
     "compress",
     "decompress",
+    "is_enabled",
     "is_supported",
 ]

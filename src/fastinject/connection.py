@@ -29,6 +29,7 @@ from .peerlog import PeerLog
 from .rpc import run_rpc
 
 if TYPE_CHECKING:
+    from .concurrency import ConcurrentRpcLimit
     from .server import ConnectionGroup
 
 logger = logging.getLogger(__name__)
@@ -84,9 +85,11 @@ class Connection(asyncio.Protocol):
         group: ConnectionGroup,
         peer: str | None = None,
         initial_data: bytes = b"",
+        rpc_limit: ConcurrentRpcLimit | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
+        self.rpc_limit = rpc_limit  # the server's maximum_concurrent_rpcs, shared
         # The interceptor chain is built once per connection, not per call.
         self.intercepted_lookup = (
             registry.intercepted_lookup(interceptors) if interceptors else None

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import compression
 from . import metadata as md
+from ._grpcio import end_of_stream
 from .errors import AbortError, DeserializationError, RpcError
 from .framing import frame_message
 from .status import StatusCode, coerce_status
@@ -29,23 +30,6 @@ logger = logging.getLogger(__name__)
 
 MetadataLike = Iterable[tuple[str, str | bytes]]
 DoneCallback = Callable[[Any], None]
-
-
-class _EndOfStream:
-    """Returned by :meth:`ServicerContext.read` when the client has half-closed."""
-
-    def __repr__(self) -> str:
-        return "EOF"
-
-    def __eq__(self, other: object) -> bool:
-        # Handlers written for grpcio compare with ``grpc.aio.EOF`` (a cygrpc ``_EOF``).
-        return other is self or type(other).__name__ == "_EOF"
-
-    def __hash__(self) -> int:
-        return hash("EOF")
-
-
-EOF = _EndOfStream()
 
 
 class ServicerContext:
@@ -226,10 +210,14 @@ class ServicerContext:
         return payload
 
     async def read(self) -> Any:
-        """Read one request message; returns :data:`EOF` once the client half-closed."""
+        """Read one request message; returns the EOF object once the client half-closed.
+
+        That object is ``grpc.aio.EOF`` when grpcio is installed (so ``is grpc.aio.EOF``
+        works), and ``fastinject.EOF`` is always the very same object.
+        """
         raw = await self._read_raw()
         if raw is None:
-            return _grpc_eof()
+            return end_of_stream()
         return self._deserialize(raw)
 
     def _deserialize(self, raw: bytes) -> Any:
@@ -265,7 +253,7 @@ class ServicerContext:
         self._headers_sent = True
         if self._compression is not compression.Compression.NoCompression:
             self._encoding = compression.choose_response_encoding(
-                self._accept_encoding, self._compression
+                self._accept_encoding, self._compression, self._conn.settings.enabled_compression
             )
         self._conn.protocol.send_headers(self.stream_id, self._initial_metadata, self._encoding)
         self._conn.reset_ping_policy()
@@ -461,15 +449,6 @@ class ServicerContext:
         self._done_callbacks.clear()
 
 
-def _grpc_eof() -> Any:
-    """Grpcio's ``grpc.aio.EOF`` when grpcio is installed (handlers compare with it), else ours."""
-    try:
-        from grpc.aio import EOF as GRPC_EOF
-    except ImportError:  # pragma: no cover - grpcio is optional
-        return EOF
-    return GRPC_EOF
-
-
 class SyncServicerContext:
     """The context given to sync handlers, which run in a worker thread.
 
@@ -530,4 +509,4 @@ class SyncServicerContext:
         return getattr(self._context, name)
 
 
-__all__: Sequence[str] = ["EOF", "ServicerContext", "SyncServicerContext"]
+__all__: Sequence[str] = ["ServicerContext", "SyncServicerContext"]

@@ -9,10 +9,13 @@ unchanged.  The constructors below build the same objects without importing grpc
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from .metadata import Metadata
+
+logger = logging.getLogger(__name__)
 
 Deserializer = Callable[[bytes], Any] | None
 Serializer = Callable[[Any], bytes] | None
@@ -127,7 +130,9 @@ class HandlerRegistry:
     def __init__(self, interceptors: Sequence[ServerInterceptor] = ()) -> None:
         self._registered: dict[str, Any] = {}
         self._generic: list[GenericRpcHandler] = []
-        self.interceptors: tuple[ServerInterceptor, ...] = tuple(interceptors)
+        self.interceptors: tuple[ServerInterceptor, ...] = checked_interceptors(interceptors)
+        self.frozen = False
+        """Set when the server starts: registered methods are then refused, as in grpc.aio."""
 
     def add_generic(self, handlers: Sequence[GenericRpcHandler]) -> None:
         """Add generic handlers; each must have a ``service`` method."""
@@ -137,7 +142,17 @@ class HandlerRegistry:
         self._generic.extend(handlers)
 
     def add_registered(self, service_name: str, method_handlers: Mapping[str, Any]) -> None:
-        """Register ``method_handlers`` (method name -> handler) under ``service_name``."""
+        """Register ``method_handlers`` (method name -> handler) under ``service_name``.
+
+        Once the server has started (:attr:`frozen`) they are refused with a WARNING and
+        nothing is registered, exactly as grpc.aio does.
+        """
+        if self.frozen:
+            logger.warning(
+                "Cannot register method handlers once server has started "
+                "(service %s not registered)", service_name,
+            )
+            return
         for name, handler in method_handlers.items():
             self._registered[f"/{service_name}/{name}"] = handler
 
@@ -164,6 +179,22 @@ class HandlerRegistry:
         for interceptor in reversed(interceptors):
             continuation = _bind(interceptor, continuation)
         return continuation
+
+
+def checked_interceptors(interceptors: Iterable[Any]) -> tuple[ServerInterceptor, ...]:
+    """``interceptors`` as a tuple, each checked to have an ``intercept_service`` method.
+
+    Checked when the server (or injector) is made rather than at the first call, with a
+    :class:`TypeError` naming the object that is not an interceptor.
+    """
+    checked = tuple(interceptors)
+    for interceptor in checked:
+        if not callable(getattr(interceptor, "intercept_service", None)):
+            raise TypeError(
+                f"interceptors must be grpc.aio.ServerInterceptor objects (with an "
+                f"intercept_service method), not {interceptor!r}"
+            )
+    return checked
 
 
 def _bind(

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from .compression import Compression, coerce_compression
@@ -82,10 +82,18 @@ class ServerSettings:
     ``max_connection_age_grace`` = None (``grpc.max_connection_age_grace_ms``)
         After the maximum age, how long RPCs in flight may still run before they are
         cancelled; None: as long as they need.
-    ``default_compression`` = NoCompression (``grpc.default_compression_algorithm``)
+    ``default_compression`` = NoCompression (``grpc.default_compression_algorithm``, or the
+    server's ``compression=`` argument)
         Compression of responses unless a call chooses otherwise; used only when the client
-        accepts the algorithm.  Any value :func:`~fastinject.compression.coerce_compression`
-        takes (e.g. ``grpc.Compression.Gzip``).
+        accepts the algorithm and it is enabled (below).  Any value
+        :func:`~fastinject.compression.coerce_compression` takes (e.g. ``grpc.Compression.Gzip``).
+    ``enabled_compression`` = every algorithm (``grpc.compression_enabled_algorithms_bitset``)
+        The algorithms the server accepts in requests and may compress responses with (an
+        iterable of compression values; the option is grpc's bitset, bit ``1 << algorithm``).
+        No compression is always enabled.  As in grpc core, a request compressed with a
+        disabled algorithm fails with ``UNIMPLEMENTED`` ("Compression algorithm 'gzip' is
+        disabled."), ``grpc-accept-encoding`` lists only the enabled ones, and responses are
+        never compressed with a disabled one (they go uncompressed).
     ``handshake_timeout`` = 120.0 (``grpc.server_handshake_timeout_ms``)
         Time a new connection has to complete its TLS handshake.
     ``peer_log_interval`` = 10.0 (no grpcio option)
@@ -141,6 +149,7 @@ class ServerSettings:
     max_connection_age: float | None = None
     max_connection_age_grace: float | None = None
     default_compression: Compression = Compression.NoCompression
+    enabled_compression: frozenset[Compression] = frozenset(Compression)
     handshake_timeout: float = 120.0
     peer_log_interval: float = 10.0
     so_reuseport: bool = True
@@ -154,26 +163,34 @@ class ServerSettings:
     def __post_init__(self) -> None:
         for name in _LIMITS:
             object.__setattr__(self, name, _check(name, getattr(self, name)))
+        if self.default_compression not in self.enabled_compression:
+            # grpc core logs this too ("default compression algorithm ... not enabled").
+            logger.warning(
+                "default compression %s is not enabled (enabled_compression): responses "
+                "are sent uncompressed unless a call chooses an enabled algorithm",
+                self.default_compression.name,
+            )
 
     @classmethod
     def from_options(
-        cls, options: Sequence[tuple[str, Any]] | None = None, **settings: Any
+        cls, options: Sequence[tuple[str | bytes, Any]] | None = None, **settings: Any
     ) -> ServerSettings:
         """Settings from grpcio option tuples, overridden by keyword ``settings``.
 
-        Known ``grpc.*`` options are mapped onto fields (see the class docstring); other
-        options are ignored with a debug log, as grpc core ignores arguments it does not use.
-        An unknown keyword raises :class:`TypeError`; a bad value raises :class:`ValueError`
-        naming the option or setting.
+        Option names may be ``str`` or ASCII ``bytes``, as grpcio takes them.  Known ``grpc.*``
+        options are mapped onto fields (see the class docstring).  Any other option is
+        ignored (grpc core ignores arguments it does not use) with one WARNING per name and
+        process, so a setting that silently does nothing is seen; docs/MIGRATING.md lists
+        grpc's server options and what fastinject does with each.  An unknown keyword raises
+        :class:`TypeError`; a bad value raises :class:`ValueError` naming the option or setting.
         """
         unknown = [name for name in settings if name not in _FIELD_NAMES]
         if unknown:
             raise TypeError(f"unknown server setting(s): {', '.join(map(repr, unknown))}")
         given: dict[str, Any] = {}
         for item in options or ():
-            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
-                raise ValueError(f"options must be (name, value) pairs with a str name: {item!r}")
-            given[item[0]] = item[1]  # a repeated option: the last one wins
+            name = _option_name(item)
+            given[name] = item[1]  # a repeated option: the last one wins
         values: dict[str, Any] = {}
         for option, (field, convert) in _OPTIONS.items():
             if option in given:
@@ -182,17 +199,41 @@ class ServerSettings:
                 except ValueError as exc:
                     raise ValueError(f"option {option!r}: {exc}") from None
         for option in given:
-            logger.debug("ignoring server option %r: fastinject does not use it", option)
+            _warn_ignored(option)
         values.update(settings)
         return cls(**values)
+
+
+def _option_name(item: object) -> str:
+    """The name of one ``(name, value)`` option, a ``str`` or ASCII ``bytes`` name."""
+    if isinstance(item, tuple) and len(item) == 2:
+        name = item[0]
+        if isinstance(name, str):
+            return name
+        if isinstance(name, bytes) and name.isascii():
+            return name.decode("ascii")
+    raise ValueError(f"options must be (name, value) pairs with a str or bytes name: {item!r}")
+
+
+_warned_options: set[str] = set()
+
+
+def _warn_ignored(option: str) -> None:
+    if option not in _warned_options:
+        _warned_options.add(option)
+        logger.warning(
+            "ignoring server option %r: fastinject does not implement it "
+            "(see docs/MIGRATING.md)", option,
+        )
 
 
 _FIELD_NAMES = frozenset(field.name for field in dataclasses.fields(ServerSettings))
 
 
 class _Range(NamedTuple):
-    kind: str  # "int", "float", "rate" (a float per second), "duration?" (a float or None),
-    # "bool" or "compression"
+    # "int", "float", "rate" (a float per second), "duration?" (a float or None), "bool",
+    # "compression" or "compression set"
+    kind: str
     low: float = 0
     high: float = math.inf
     positive: bool = False  # low is exclusive (the value must be > 0)
@@ -216,6 +257,7 @@ _LIMITS: dict[str, _Range] = {
     "max_connection_age": _Range("duration?", positive=True),
     "max_connection_age_grace": _Range("duration?"),
     "default_compression": _Range("compression"),
+    "enabled_compression": _Range("compression set"),
     "handshake_timeout": _Range("float", positive=True),
     "peer_log_interval": _Range("float"),
     "so_reuseport": _Range("bool"),
@@ -231,9 +273,13 @@ _LIMITS: dict[str, _Range] = {
 def _check(name: str, value: Any) -> Any:
     """``value`` checked (and normalised) for setting ``name``; ValueError names the setting."""
     kind, low, high, positive = _LIMITS[name]
-    if kind == "compression":
+    if kind.startswith("compression"):
         try:
-            return coerce_compression(value)
+            if kind == "compression":
+                return coerce_compression(value)
+            if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+                raise ValueError(f"expected an iterable of algorithms, not {value!r}")
+            return frozenset({Compression.NoCompression, *map(coerce_compression, value)})
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from None
     if kind == "bool":
@@ -300,6 +346,13 @@ def _compression(option: str, value: Any) -> Compression:
     return coerce_compression(value)
 
 
+def _compression_bitset(option: str, value: Any) -> frozenset[Compression]:
+    bits = _option_int(option, value)
+    if bits < 0:
+        raise ValueError(f"must be a bitset >= 0, got {bits}")
+    return frozenset(algorithm for algorithm in Compression if bits & (1 << algorithm))
+
+
 # option -> (field, converter).  The order matters where two options set one field: the
 # later entry wins (grpc.absolute_max_metadata_size over grpc.max_metadata_size).
 _OPTIONS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
@@ -322,6 +375,7 @@ _OPTIONS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "grpc.max_connection_age_ms": ("max_connection_age", _milliseconds_or_infinite),
     "grpc.max_connection_age_grace_ms": ("max_connection_age_grace", _milliseconds_or_infinite),
     "grpc.default_compression_algorithm": ("default_compression", _compression),
+    "grpc.compression_enabled_algorithms_bitset": ("enabled_compression", _compression_bitset),
     "grpc.server_handshake_timeout_ms": ("handshake_timeout", _milliseconds),
     "grpc.so_reuseport": ("so_reuseport", _flag),
 }

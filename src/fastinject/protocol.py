@@ -28,7 +28,7 @@ import h2.settings
 from . import metadata as md
 from ._budget import TokenBucket
 from ._h2tuning import HARD_HEADER_LIST_FACTOR, StreamRefused, TunedH2Connection
-from .compression import ACCEPT_ENCODING_HEADER, is_supported
+from .compression import accept_encoding_header, is_enabled, is_supported
 from .errors import FloodError, FramingError, InvalidMetadataError, RpcError
 from .framing import Deframer
 from .options import ServerSettings
@@ -62,7 +62,6 @@ _H2_CONFIG = h2.config.H2Configuration(
     normalize_outbound_headers=False,
 )
 _RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
-_ACCEPT_ENCODING = (b"grpc-accept-encoding", ACCEPT_ENCODING_HEADER)
 
 
 @dataclasses.dataclass(slots=True)
@@ -188,6 +187,9 @@ class ServerProtocol:
         self, settings: ServerSettings, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.settings = settings
+        self._accept_encoding = (
+            b"grpc-accept-encoding", accept_encoding_header(settings.enabled_compression)
+        )
         self._h2 = TunedH2Connection(config=_H2_CONFIG)
         self._streams: dict[int, _StreamState] = {}
         # Bytes the deframers hold for messages still being received, and the cap on them.
@@ -541,12 +543,18 @@ class ServerProtocol:
             raise _HttpRejection(405, f"method {method!r} is not POST")
         if not path or path[0] != 47:  # b"/"
             raise RpcError(f"malformed method path {path!r}", StatusCode.UNIMPLEMENTED)
-        if encoding is not None and encoding != "identity" and not is_supported(encoding):
-            raise RpcError(
-                f"grpc-encoding {encoding!r} is not supported; accepted: "
-                f"{ACCEPT_ENCODING_HEADER.decode()}",
-                StatusCode.UNIMPLEMENTED,
-            )
+        if encoding is not None and encoding != "identity":
+            if not is_supported(encoding):
+                raise RpcError(
+                    f"grpc-encoding {encoding!r} is not supported; accepted: "
+                    f"{self._accept_encoding[1].decode()}",
+                    StatusCode.UNIMPLEMENTED,
+                )
+            if not is_enabled(encoding, self.settings.enabled_compression):
+                # grpc core's answer, word for word.
+                raise RpcError(
+                    f"Compression algorithm '{encoding}' is disabled.", StatusCode.UNIMPLEMENTED
+                )
         return RequestHead(
             stream_id,
             path.decode("utf-8", "replace"),
@@ -663,7 +671,7 @@ class ServerProtocol:
 
         Raises :class:`StreamGone` when the stream or connection can no longer send.
         """
-        headers = [*_RESPONSE_HEADERS, _ACCEPT_ENCODING]
+        headers = [*_RESPONSE_HEADERS, self._accept_encoding]
         if encoding is not None:
             headers.append((b"grpc-encoding", encoding.encode("ascii")))
         headers.extend(metadata)
@@ -734,7 +742,9 @@ class ServerProtocol:
         metadata: list[tuple[bytes, bytes]] | tuple[()],
     ) -> None:
         """Answer with a single HEADERS frame carrying the status (nothing else was sent)."""
-        headers = [*_RESPONSE_HEADERS, _ACCEPT_ENCODING, (b"grpc-status", _STATUS_BYTES[status])]
+        headers = [
+            *_RESPONSE_HEADERS, self._accept_encoding, (b"grpc-status", _STATUS_BYTES[status])
+        ]
         if details:
             headers.append((b"grpc-message", md.encode_grpc_message(details)))
         headers.extend(metadata)

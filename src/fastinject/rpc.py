@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
+from .concurrency import LIMIT_EXCEEDED_DETAILS
 from .context import ServicerContext, SyncServicerContext
 from .errors import AbortError, ProtocolError, RpcError
 from .handlers import HandlerCallDetails
@@ -36,6 +37,9 @@ async def run_rpc(conn: Connection, ctx: ServicerContext) -> None:
         handler = await _find_handler(conn, ctx)
         if handler is None:
             ctx._finish(StatusCode.UNIMPLEMENTED, f"Method not found: {ctx._head.method}")
+            return
+        if conn.rpc_limit is not None and not conn.rpc_limit.admit(ctx):
+            ctx._finish(StatusCode.RESOURCE_EXHAUSTED, LIMIT_EXCEEDED_DETAILS)
             return
         ctx.deserializer = handler.request_deserializer
         ctx.serializer = handler.response_serializer
