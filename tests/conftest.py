@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -54,3 +56,16 @@ async def channel(served: Served) -> AsyncIterator[grpc.aio.Channel]:
 def tls() -> TlsMaterial:
     """A CA, server certificates (current and rotated) and a client certificate."""
     return tls_material()
+
+
+
+if os.environ.get("FASTINJECT_TEST_LOOP") == "uvloop":
+    # Run every async test on uvloop instead (its TLS, sockets and transports are C, not
+    # asyncio's): FASTINJECT_TEST_LOOP=uvloop python -m pytest tests/...
+    import uvloop
+
+    def pytest_asyncio_loop_factories(
+        config: pytest.Config, item: pytest.Item
+    ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+        """Every async test's loop comes from uvloop."""
+        return {"uvloop": uvloop.new_event_loop}

@@ -131,6 +131,8 @@ class Connection(asyncio.Protocol):
             data, self._initial_data = self._initial_data, b""
             self.data_received(data)
         s = self.settings
+        if not self.protocol.settings_received:
+            self._set_timer("handshake", s.handshake_timeout, self._on_handshake_timeout)
         if 0 < s.keepalive_time < math.inf:
             self._set_timer("keepalive", s.keepalive_time, self._send_keepalive)
         if s.max_connection_idle is not None:
@@ -443,6 +445,15 @@ class Connection(asyncio.Protocol):
     def _keepalive_lost(self) -> None:
         logger.debug("peer %s did not answer a keepalive ping: closing", self.peer)
         self._abort()
+
+    def _on_handshake_timeout(self) -> None:
+        # grpc core's server handshake deadline, too, runs until the client's first SETTINGS.
+        if not self.protocol.settings_received:
+            logger.debug(
+                "closing connection from %s: no HTTP/2 preface and SETTINGS within %s s "
+                "(handshake_timeout)", self.peer, self.settings.handshake_timeout,
+            )
+            self._abort()
 
     def _on_idle(self) -> None:
         if not self._calls:

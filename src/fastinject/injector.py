@@ -97,7 +97,7 @@ class ConnectionInjector:
         peer = _peer_of(connection, kind)
         protocol = self._server.connection_protocol(
             self._credentials, self._group, self._interceptors,
-            initial_data=bytes(initial_data), peer=peer,
+            initial_data=bytes(initial_data), peer=peer, native_tls=kind == "socket",
         )
         if kind == "socket":
             assert isinstance(connection, socket.socket)
@@ -139,6 +139,7 @@ class ConnectionInjector:
             self._destroyed = True
             self._credentials = None
             self._server._injectors.discard(self)
+            self._group.stop_accepting()
         return self._group.drain(None)
 
     def _server_stopping(self) -> None:

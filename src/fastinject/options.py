@@ -95,7 +95,12 @@ class ServerSettings:
         disabled."), ``grpc-accept-encoding`` lists only the enabled ones, and responses are
         never compressed with a disabled one (they go uncompressed).
     ``handshake_timeout`` = 120.0 (``grpc.server_handshake_timeout_ms``)
-        Time a new connection has to complete its TLS handshake.
+        Time a new connection has to complete its TLS handshake, and then to send the HTTP/2
+        client preface and its first SETTINGS frame (each closes it when missed).
+    ``max_pending_handshakes`` = 1000 (no grpc option)
+        Connections that may be in their TLS handshake at once, over all ports and
+        injectors; past it the oldest one is dropped (a peer that is slow on purpose holds
+        one longest), so a flood of silent connections cannot shut out real clients.
     ``peer_log_interval`` = 10.0 (no grpcio option)
         Per connection, at most one log line at WARNING or above (such as a handler's
         exception traceback) per this many seconds; the lines in between are counted and the
@@ -151,6 +156,7 @@ class ServerSettings:
     default_compression: Compression = Compression.NoCompression
     enabled_compression: frozenset[Compression] = frozenset(Compression)
     handshake_timeout: float = 120.0
+    max_pending_handshakes: int = 1000
     peer_log_interval: float = 10.0
     so_reuseport: bool = True
     stream_reset_burst: int = 1000
@@ -259,6 +265,7 @@ _LIMITS: dict[str, _Range] = {
     "default_compression": _Range("compression"),
     "enabled_compression": _Range("compression set"),
     "handshake_timeout": _Range("float", positive=True),
+    "max_pending_handshakes": _Range("int", 1, _INT32_MAX),
     "peer_log_interval": _Range("float"),
     "so_reuseport": _Range("bool"),
     "stream_reset_burst": _Range("int", 1, _INT32_MAX),

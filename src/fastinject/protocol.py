@@ -216,6 +216,7 @@ class ServerProtocol:
         # Answers the client made us queue (SETTINGS and PING ACKs, RST_STREAM, rejections)
         # since our output last drained; see output_drained().
         self.answers_owed = 0
+        self.settings_received = False  # the client's preface ended with its first SETTINGS
         # Flow-control credit to return at the next data_to_send(), per stream: one h2 call
         # (and at most one WINDOW_UPDATE) per stream per flush, not one per message.
         self._credit_due: dict[int, int] = {}
@@ -462,6 +463,7 @@ class ServerProtocol:
                 if self._forget(event.stream_id) is not None:
                     events.append(CallReset(event.stream_id, int(event.error_code or 0)))
             elif isinstance(event, h2.events.RemoteSettingsChanged):
+                self.settings_received = True
                 events.append(WindowOpened(0))
             elif isinstance(event, h2.events.PingReceived):
                 events.append(PingReceived())

@@ -34,7 +34,7 @@ from .handlers import (
     checked_interceptors,
 )
 from .options import ServerSettings
-from .tls import TlsLayer
+from .tls import Handshake, NativeTlsHandshake, TlsLayer
 
 if TYPE_CHECKING:
     from .injector import ConnectionInjector
@@ -43,11 +43,38 @@ logger = logging.getLogger(__name__)
 
 
 class ConnectionGroup:
-    """Connections of one origin (a port or an injector), drained and closed together."""
+    """Connections of one origin (a port or an injector), drained and closed together.
+
+    Connections still in their TLS handshake are tracked too (``handshakes``, a
+    :class:`~fastinject.tls.HandshakeTracker`): they are dropped when the group closes or the
+    server stops, and a handshake that completes after that is refused.
+    """
 
     def __init__(self, server: Server) -> None:
         self._server = server
         self.connections: set[Connection] = set()
+        self.handshakes: set[Handshake] = set()
+        self.closed = False
+
+    def handshake_started(self, handshake: Handshake) -> None:
+        """Track a connection in its handshake (called when it arrives)."""
+        self.handshakes.add(handshake)
+        self._server._handshake_started(handshake)
+
+    def handshake_ended(self, handshake: Handshake) -> None:
+        """Forget a connection's handshake (completed, failed or dropped)."""
+        self.handshakes.discard(handshake)
+        self._server._handshakes.pop(handshake, None)
+
+    @property
+    def accepting(self) -> bool:
+        """Whether a connection that completes its handshake now is served."""
+        return not self.closed and not self._server.stopped
+
+    def stop_accepting(self) -> None:
+        """No more connections for this group: drop those still in their handshake."""
+        self.closed = True
+        abort_handshakes(self.handshakes)
 
     def add(self, conn: Connection) -> None:
         """Track a new connection (called when it is made)."""
@@ -66,6 +93,12 @@ class ConnectionGroup:
         The returned task completes when every one of those connections has closed.
         """
         return self._server.loop.create_task(close_connections(list(self.connections), grace))
+
+
+def abort_handshakes(handshakes: Iterable[Handshake]) -> None:
+    """Drop every connection still in its handshake (they have no calls to finish)."""
+    for handshake in list(handshakes):
+        handshake.abort()
 
 
 async def close_connections(connections: Sequence[Connection], grace: float | None) -> None:
@@ -159,6 +192,8 @@ class Server:
         # same port on two hosts; every unix socket is 1, as in grpcio), so each keeps a list.
         self._ports: dict[int, list[_Port]] = {}
         self._connections: set[Connection] = set()
+        # Every connection in its TLS handshake, oldest first (a dict keeps insertion order).
+        self._handshakes: dict[Handshake, None] = {}
         self._injectors: set[ConnectionInjector] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
@@ -219,7 +254,9 @@ class Server:
             port.servers.append(server)
 
     def _accepted_protocol(self, port: _Port) -> asyncio.Protocol:
-        return self.connection_protocol(port.credentials, port.group, self.registry.interceptors)
+        return self.connection_protocol(
+            port.credentials, port.group, self.registry.interceptors, native_tls=True
+        )
 
     def connection_protocol(
         self,
@@ -229,8 +266,13 @@ class Server:
         *,
         initial_data: bytes = b"",
         peer: str | None = None,
+        native_tls: bool = False,
     ) -> asyncio.Protocol:
-        """The protocol serving one new connection: TLS first if ``credentials`` ask for it."""
+        """The protocol serving one new connection: TLS first if ``credentials`` ask for it.
+
+        ``native_tls``: the connection will be a socket transport of this loop, so the loop's
+        own TLS can run the handshake (unless ``initial_data`` was already read from it).
+        """
 
         def make_connection(data: bytes = b"") -> Connection:
             return Connection(
@@ -247,7 +289,10 @@ class Server:
         context = credentials.ssl_context()
         if context is None:
             return make_connection(initial_data)
-        return TlsLayer(context, make_connection, self.settings.handshake_timeout, initial_data)
+        timeout = self.settings.handshake_timeout
+        if native_tls and not initial_data:
+            return NativeTlsHandshake(context, make_connection, timeout, group)
+        return TlsLayer(context, make_connection, timeout, group, initial_data)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -287,11 +332,27 @@ class Server:
             self._stopping = loop.create_task(self._shutdown())
         await asyncio.shield(self._stopping)
 
+    def _handshake_started(self, handshake: Handshake) -> None:
+        """Count a new handshake; past ``max_pending_handshakes``, drop the oldest one."""
+        if self._stopping is not None:
+            handshake.abort()
+            return
+        self._handshakes[handshake] = None
+        if len(self._handshakes) > self.settings.max_pending_handshakes:
+            oldest = next(iter(self._handshakes))
+            del self._handshakes[oldest]
+            logger.debug(
+                "more than %d connections in their TLS handshake: dropping the oldest",
+                self.settings.max_pending_handshakes,
+            )
+            oldest.abort()
+
     async def _shutdown(self) -> None:
         for port in self._listeners():
             close_port(port)
         for injector in list(self._injectors):
             injector._server_stopping()
+        abort_handshakes(self._handshakes)
         connections = list(self._connections)
         for conn in connections:
             conn.close_gracefully()
@@ -370,6 +431,7 @@ class Server:
         self._ports.pop(port, None)
         for record in records:
             close_port(record)
+            record.group.stop_accepting()
         return self._close_connections_of(records, None)
 
     def _port(self, port: int) -> list[_Port]:

@@ -1,11 +1,18 @@
-"""Server-side TLS over any transport, with ``ssl.MemoryBIO``.
+"""Server-side TLS: the event loop's own TLS on sockets, ``ssl.MemoryBIO`` on anything else.
 
-:class:`TlsLayer` is a protocol to the transport below (a TCP socket, or an injected byte
-stream) and a transport to the HTTP/2 connection above.  Doing the handshake ourselves,
-rather than through ``loop.create_server(ssl=...)``, gives every connection one code path,
-whatever carried it: bytes the caller already read (``initial_data``) go in first, the
-certificate used is the credentials' *current* one (so rotation applies to new handshakes),
-ALPN ``h2`` is required, and a silent peer is dropped at the handshake timeout.
+Two ways to run the handshake, with the same rules: the certificate used is the credentials'
+*current* one when the connection arrives (so rotation applies to new handshakes), ALPN ``h2``
+is required, a peer that does not finish in time is dropped at the handshake timeout, and a
+handshake that completes after the server (or the connection's port or injector) stopped is
+refused.  Every connection in its handshake is tracked by a :class:`HandshakeTracker` from
+the moment it arrives, so ``stop`` reaches it and the number of them stays capped.
+
+* :class:`NativeTlsHandshake` is for connections on a real socket transport (accepted on a
+  port, or an injected socket): ``loop.start_tls`` runs the handshake and the TLS records,
+  which uvloop implements in C.
+* :class:`TlsLayer` does TLS itself with ``ssl.MemoryBIO``, for any transport: injected
+  :class:`~fastinject.duplex.Duplex` streams, and connections whose first bytes the caller
+  already read (``initial_data``), which ``start_tls`` has no way to take.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from .credentials import check_alpn
 from .errors import HandshakeError
@@ -24,6 +31,30 @@ logger = logging.getLogger(__name__)
 
 _READ_SIZE = 256 * 1024
 
+UpperFactory = Callable[[bytes], asyncio.Protocol]
+"""Makes the HTTP/2 connection once the handshake is done, given bytes already decrypted."""
+
+
+class Handshake(Protocol):
+    """A connection in its TLS handshake, as its tracker sees it."""
+
+    def abort(self) -> None:
+        """Drop the connection at once."""
+
+
+class HandshakeTracker(Protocol):
+    """Where a connection's handshake is accounted for (its port's or injector's group)."""
+
+    def handshake_started(self, handshake: Handshake) -> None:
+        """``handshake`` began (the connection arrived); it may be aborted at once (a cap)."""
+
+    def handshake_ended(self, handshake: Handshake) -> None:
+        """``handshake`` completed, failed or was dropped; idempotent."""
+
+    @property
+    def accepting(self) -> bool:
+        """Whether a connection whose handshake completes now may be served."""
+
 
 class TlsLayer(asyncio.Protocol, asyncio.Transport):
     """Terminates TLS between a lower transport and an upper protocol (made after the handshake)."""
@@ -31,8 +62,9 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
     def __init__(
         self,
         context: ssl.SSLContext,
-        upper_factory: Callable[[], asyncio.Protocol],
+        upper_factory: UpperFactory,
         handshake_timeout: float,
+        tracker: HandshakeTracker,
         initial_data: bytes = b"",
     ) -> None:
         asyncio.Transport.__init__(self)
@@ -40,6 +72,7 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         self._upper_factory = upper_factory
         self._upper: asyncio.Protocol | None = None
         self._handshake_timeout = handshake_timeout
+        self._tracker = tracker
         self._initial_data = initial_data
         self._lower: asyncio.Transport | None = None
         self._incoming = ssl.MemoryBIO()
@@ -56,6 +89,9 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         self._lower = cast(asyncio.Transport, transport)
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self._handshake_timeout, self._on_handshake_timeout)
+        self._tracker.handshake_started(self)
+        if self._closing:
+            return  # dropped at once: too many connections in their handshake
         if self._initial_data:
             data, self._initial_data = self._initial_data, b""
             self.data_received(data)
@@ -81,6 +117,7 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         if self._upper is not None:
             self._upper.connection_lost(exc)
         else:
+            self._tracker.handshake_ended(self)
             logger.debug("connection lost during the TLS handshake: %s", exc)
 
     def pause_writing(self) -> None:
@@ -111,7 +148,11 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
             self._fail(str(exc))
             return False
         self._cancel_timer()
-        self._upper = self._upper_factory()
+        self._tracker.handshake_ended(self)
+        if not self._tracker.accepting:
+            self._fail("TLS handshake completed after the server stopped accepting")
+            return False
+        self._upper = self._upper_factory(b"")
         self._upper.connection_made(self)
         return True
 
@@ -142,6 +183,7 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
     def _fail(self, reason: str) -> None:
         logger.debug("closing connection: %s", reason)
         self._cancel_timer()
+        self._tracker.handshake_ended(self)
         if self._lower is not None:
             self._lower.abort()
 
@@ -215,3 +257,103 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         """Set the high and low water marks of the write buffer."""
         if self._lower is not None:
             self._lower.set_write_buffer_limits(high, low)
+
+
+class NativeTlsHandshake(asyncio.Protocol):
+    """Runs a socket connection's TLS handshake with ``loop.start_tls``, then hands it on.
+
+    The protocol of the plain transport until ``start_tls`` takes the transport over (on the
+    next loop turn), then the application protocol of the TLS transport until the HTTP/2
+    connection replaces it: bytes decrypted in between are kept and given to the connection.
+    If the peer's first bytes arrive before ``start_tls`` took over (it cannot be given bytes
+    already read), the connection goes to a :class:`TlsLayer` with those bytes instead.
+    """
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        upper_factory: UpperFactory,
+        handshake_timeout: float,
+        tracker: HandshakeTracker,
+    ) -> None:
+        self._context = context
+        self._upper_factory = upper_factory
+        self._handshake_timeout = handshake_timeout
+        self._tracker = tracker
+        self._transport: asyncio.Transport | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._taken_over = False  # start_tls owns the plain transport
+        self._decrypted = bytearray()  # application bytes before the connection is attached
+        self._eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Track the new connection and start its handshake on the next loop turn."""
+        self._transport = cast(asyncio.Transport, transport)
+        self._tracker.handshake_started(self)
+        if self._transport is not None:
+            self._task = asyncio.get_running_loop().create_task(self._handshake(self._transport))
+
+    def data_received(self, data: bytes) -> None:
+        """Plain bytes before ``start_tls`` took over, or decrypted bytes after the handshake."""
+        if self._taken_over:
+            self._decrypted += data
+            return
+        transport, self._transport = self._transport, None
+        if self._task is not None:
+            self._task.cancel()
+        self._tracker.handshake_ended(self)
+        if transport is None:
+            return
+        layer = TlsLayer(
+            self._context, self._upper_factory, self._handshake_timeout, self._tracker, data
+        )
+        transport.set_protocol(layer)
+        layer.connection_made(transport)
+
+    def eof_received(self) -> bool | None:
+        """The peer closed its sending side after the handshake (passed on to the connection)."""
+        self._eof = True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The connection closed during its handshake."""
+        self._transport = None
+        self._tracker.handshake_ended(self)
+
+    def abort(self) -> None:
+        """Drop the connection at once (server stopping, or too many handshakes)."""
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.abort()
+
+    async def _handshake(self, transport: asyncio.Transport) -> None:
+        loop = asyncio.get_running_loop()
+        self._taken_over = True
+        try:
+            tls = await loop.start_tls(
+                transport,
+                self,
+                self._context,
+                server_side=True,
+                ssl_handshake_timeout=self._handshake_timeout,
+            )
+            ssl_object = None if tls is None else tls.get_extra_info("ssl_object")
+            if tls is None or ssl_object is None:
+                raise ConnectionError("the connection closed as its TLS handshake ended")
+            check_alpn(ssl_object)
+        except (OSError, TimeoutError, HandshakeError) as exc:  # ssl.SSLError is an OSError
+            logger.debug("closing connection: TLS handshake failed: %s", exc)
+            self._tracker.handshake_ended(self)
+            transport.abort()
+            return
+        self._tracker.handshake_ended(self)
+        if self._transport is None or not self._tracker.accepting:
+            logger.debug("closing connection: TLS handshake completed after the server stopped")
+            tls.abort()
+            return
+        self._transport = None
+        upper = self._upper_factory(bytes(self._decrypted))
+        tls.set_protocol(upper)
+        upper.connection_made(tls)
+        if self._eof:
+            upper.eof_received()
