@@ -7,6 +7,7 @@ crossed the wire.  Methods live under ``/test.Echo/``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -82,6 +83,14 @@ async def bidi_read_write(requests: Any, context: Any) -> None:
         if request == fastinject.EOF:
             return
         await context.write(request[::-1])
+
+
+async def abort_swallowed(request: bytes, context: Any) -> AsyncIterator[bytes]:
+    """AbortSwallowed: yield ``before``, abort NOT_FOUND and swallow the error, try ``after``."""
+    yield b"before"
+    with contextlib.suppress(Exception):
+        await context.abort(StatusCode.NOT_FOUND, "gone")
+    yield b"after"
 
 
 async def write_then_return(request: bytes, context: Any) -> bytes:
@@ -191,6 +200,7 @@ def handlers(recorder: Recorder) -> dict[str, fastinject.RpcMethodHandler]:
         "Bidi": fastinject.stream_stream_rpc_method_handler(bidi),
         "BidiReadWrite": fastinject.stream_stream_rpc_method_handler(bidi_read_write),
         "WriteThenReturn": fastinject.unary_stream_rpc_method_handler(write_then_return),
+        "AbortSwallowed": fastinject.unary_stream_rpc_method_handler(abort_swallowed),
         "Fail": uu(fail),
         "Abort": uu(abort),
         "SetCode": uu(set_code),

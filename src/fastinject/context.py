@@ -260,7 +260,7 @@ class ServicerContext:
         self._conn.schedule_flush()
 
     async def _write_raw(self, payload: bytes) -> None:
-        if self._done:
+        if self._done or self._status_sent:
             raise RpcError("the RPC has already finished", StatusCode.INTERNAL)
         if not self._headers_sent:
             self._send_headers()
@@ -300,11 +300,12 @@ class ServicerContext:
     ) -> NoReturn:
         """End the RPC with ``code`` and ``details``; raises, so nothing after it runs.
 
-        Afterwards :meth:`code` and :meth:`details` report the abort (interceptors read them).
-        Empty ``details`` or ``trailing_metadata`` keep what ``set_details`` and
-        ``set_trailing_metadata`` set, as in ``grpc.aio``.
+        As in ``grpc.aio``, the status is sent at once (a handler that catches the error can
+        send nothing more), and :meth:`code` and :meth:`details` report it (interceptors read
+        them).  Empty ``details`` or ``trailing_metadata`` keep what ``set_details`` and
+        ``set_trailing_metadata`` set.
         """
-        raise self._abort_error(code, details, trailing_metadata)
+        raise self._send_abort(self._abort_error(code, details, trailing_metadata))
 
     async def abort_with_status(self, status: Any) -> NoReturn:
         """End the RPC with a ``grpc.Status`` (``code``, ``details``, ``trailing_metadata``).
@@ -312,7 +313,14 @@ class ServicerContext:
         This is how grpcio-status's rich errors are sent: ``rpc_status.to_status(...)`` puts
         the ``google.rpc.Status`` in ``grpc-status-details-bin`` trailing metadata.
         """
-        raise self._abort_error(status.code, status.details, status.trailing_metadata)
+        raise self._send_abort(
+            self._abort_error(status.code, status.details, status.trailing_metadata)
+        )
+
+    def _send_abort(self, error: AbortError) -> AbortError:
+        """Send an abort's status now (event loop thread only); the error to raise."""
+        self._send_status(error.status, error.details)
+        return error
 
     def _abort_error(
         self, code: Any, details: str | None, trailing_metadata: MetadataLike | None

@@ -124,6 +124,19 @@ async def test_abort_is_visible_to_interceptors(serve: Serve) -> None:
     assert tenants == ["blue"]
 
 
+async def test_abort_sends_the_status_at_once(channel: grpc.aio.Channel) -> None:
+    """A handler that swallows abort's error sends nothing more: the client sees the abort.
+
+    As grpc.aio: messages before the abort arrive, the one after it does not.
+    """
+    call = method(channel, "AbortSwallowed", "unary_stream")(b"")
+    assert await call.read() == b"before"
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call.read()
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert info.value.details() == "gone"
+
+
 async def test_streaming_coroutine_returning_a_value_ends_ok(channel: grpc.aio.Channel) -> None:
     """A streaming handler coroutine that writes, then returns a value, ends OK (as grpc.aio)."""
     call = method(channel, "WriteThenReturn", "unary_stream")(b"written")
