@@ -68,6 +68,11 @@ class ConnectionInjector:
         return len(self._group.connections)
 
     @property
+    def active_calls(self) -> int:
+        """How many calls are running on the injected connections (a load figure)."""
+        return sum(conn.active_calls for conn in self._group.connections)
+
+    @property
     def destroyed(self) -> bool:
         """Whether :meth:`destroy` was called."""
         return self._destroyed
