@@ -28,16 +28,110 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
+from importlib import metadata
 from typing import Any
 
+import h2.config
 import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.stream
 import hpack
 import hyperframe.frame
-from h2.connection import AllowedStreamIDs, ConnectionInputs, ConnectionState, _decode_headers
-from h2.stream import StreamInputs, StreamState
+
+SUPPORTED_H2 = ">=4.1,<4.5"
+"""The h2 versions whose internals this module was checked against (CI runs the oldest and
+newest); keep in step with the dependency in ``pyproject.toml``."""
+
+# What this module uses of h2 and hpack beyond their public API, by the object that has it.
+_H2_INTERNALS: dict[str, tuple[object, tuple[str, ...]]] = {
+    "h2.connection": (
+        h2.connection,
+        ("AllowedStreamIDs", "ConnectionInputs", "ConnectionState", "_decode_headers"),
+    ),
+    "h2.stream": (h2.stream, ("StreamInputs", "StreamState")),
+    "H2Connection": (
+        h2.connection.H2Connection,
+        ("_receive_frame", "_receive_data_frame", "_receive_goaway_frame",
+         "_receive_headers_frame", "_begin_new_stream", "_prepare_for_sending",
+         "_terminate_connection", "open_inbound_streams", "DEFAULT_MAX_HEADER_LIST_SIZE"),
+    ),
+    "H2Stream": (
+        h2.stream.H2Stream,
+        ("acknowledge_received_data", "reset_stream", "open", "inbound_flow_control_window"),
+    ),
+}
+# Instance attributes, looked up on a connection and a stream made for the check.
+_CONNECTION_ATTRIBUTES = (
+    "_frame_dispatch_table", "_inbound_flow_control_window_manager", "_data_to_send",
+    "incoming_buffer", "state_machine", "streams", "local_settings", "highest_inbound_stream_id",
+    "outbound_flow_control_window", "max_outbound_frame_size", "max_inbound_frame_size",
+)
+_STREAM_ATTRIBUTES = (
+    "state_machine", "_expected_content_length", "_actual_content_length",
+    "_inbound_window_manager", "outbound_flow_control_window",
+)
+
+
+class UnsupportedH2Error(ImportError):
+    """The installed h2 lacks internals fastinject's h2 tuning relies on."""
+
+
+def check_h2_internals() -> None:
+    """Raise :class:`UnsupportedH2Error` naming the h2 version and what it lacks, if anything.
+
+    fastinject subclasses ``H2Connection`` and drives its state machines directly on the hot
+    path (see the module docstring): an h2 release that renames one of these would otherwise
+    fail deep inside a call, or worse, silently skip flow-control accounting.
+    """
+    missing = [
+        f"{owner}.{name}"
+        for owner, (holder, names) in _H2_INTERNALS.items()
+        for name in names
+        if not hasattr(holder, name)
+    ]
+    try:
+        connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        connection.initiate_connection()
+        stream = connection._begin_new_stream(1, h2.connection.AllowedStreamIDs.ODD)
+    except Exception as exc:  # any failure here means the internals moved
+        missing.append(f"H2Connection._begin_new_stream(1, ODD) ({exc!r})")
+    else:
+        missing += [
+            f"H2Connection().{name}" for name in _CONNECTION_ATTRIBUTES
+            if not hasattr(connection, name)
+        ]
+        missing += [
+            f"H2Stream().{name}" for name in _STREAM_ATTRIBUTES if not hasattr(stream, name)
+        ]
+        if not hasattr(connection.incoming_buffer, "_headers_buffer"):
+            missing.append("FrameBuffer()._headers_buffer")
+        if not hasattr(stream.state_machine, "trailers_sent"):
+            missing.append("H2StreamStateMachine().trailers_sent")
+    table = getattr(hpack.Encoder(), "header_table", None)
+    missing += [
+        f"hpack.Encoder().header_table.{name}"
+        for name in ("add", "maxsize", "resized")
+        if not hasattr(table, name)
+    ]
+    if missing:
+        raise UnsupportedH2Error(
+            f"h2 {metadata.version('h2')} (hpack {metadata.version('hpack')}) is not supported: "
+            f"fastinject relies on h2 internals it lacks: {', '.join(missing)}. "
+            f"Install h2{SUPPORTED_H2}."
+        )
+
+
+check_h2_internals()
+
+from h2.connection import (  # noqa: E402  (after the check, which names what is missing)
+    AllowedStreamIDs,
+    ConnectionInputs,
+    ConnectionState,
+    _decode_headers,
+)
+from h2.stream import StreamInputs, StreamState  # noqa: E402
 
 _CACHE_ENTRIES = 256
 HARD_HEADER_LIST_FACTOR = 4

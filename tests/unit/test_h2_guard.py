@@ -1,0 +1,40 @@
+"""The import-time check of the h2 internals fastinject's h2 tuning relies on."""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+import h2.connection
+import pytest
+
+from fastinject import _h2tuning
+
+
+def test_the_installed_h2_has_every_internal_used() -> None:
+    """The h2 this suite runs on passes the check (CI runs the oldest and newest supported)."""
+    _h2tuning.check_h2_internals()
+
+
+def test_a_missing_h2_method_is_named_with_the_h2_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An h2 without a method we override fails the check, naming it and the version."""
+    monkeypatch.delattr(h2.connection.H2Connection, "_receive_data_frame")
+    with pytest.raises(_h2tuning.UnsupportedH2Error) as raised:
+        _h2tuning.check_h2_internals()
+    message = str(raised.value)
+    assert "H2Connection._receive_data_frame" in message
+    assert f"h2 {metadata.version('h2')}" in message
+    assert _h2tuning.SUPPORTED_H2 in message
+    assert isinstance(raised.value, ImportError)
+
+
+def test_a_missing_instance_attribute_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attributes set in h2's constructors are checked on a real connection and stream."""
+    original = h2.connection.H2Connection.__init__
+
+    def without_window_manager(self: h2.connection.H2Connection, *args: object) -> None:
+        original(self, *args)
+        del self._inbound_flow_control_window_manager
+
+    monkeypatch.setattr(h2.connection.H2Connection, "__init__", without_window_manager)
+    with pytest.raises(_h2tuning.UnsupportedH2Error, match="_inbound_flow_control_window_manager"):
+        _h2tuning.check_h2_internals()
