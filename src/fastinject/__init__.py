@@ -13,6 +13,7 @@ from .context import ServicerContext
 from .credentials import ServerCredentials
 from .duplex import Duplex
 from .errors import (
+    BindError,
     FastInjectError,
     InjectorDestroyedError,
     MessageTooLargeError,
@@ -47,6 +48,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "EOF",
+    "BindError",
     "Compression",
     "ConnectionInfo",
     "ConnectionInjector",

@@ -353,8 +353,13 @@ class ServicerContext:
         return self._details
 
     def set_trailing_metadata(self, trailing_metadata: MetadataLike) -> None:
-        """Metadata sent with the status (validated now)."""
-        items = tuple(trailing_metadata)
+        """Metadata sent with the status, checked now.
+
+        As in grpc.aio, anything but an iterable of ``(str, str | bytes)`` tuples raises
+        :class:`TypeError`; keys or values that are not valid headers raise
+        :class:`~fastinject.errors.InvalidMetadataError` (a ``ValueError``).
+        """
+        items = md.check_trailing_metadata(trailing_metadata)
         md.encode_metadata(items)
         self._trailing_metadata = items
 
@@ -397,8 +402,12 @@ class ServicerContext:
         return max(0.0, self._deadline - self._conn.loop.time())
 
     def cancelled(self) -> bool:
-        """Whether the RPC was cancelled (by the client, the deadline or shutdown)."""
-        return self.cancelled_by_client or self._deadline_hit
+        """Whether the RPC was cancelled: by the client, its deadline or the server.
+
+        The server cancels calls still running when ``stop``'s grace (or a drain's) runs out;
+        their clients see UNAVAILABLE.
+        """
+        return self.cancelled_by_client or self._deadline_hit or self._server_cancelled
 
     def done(self) -> bool:
         """Whether the RPC has finished."""

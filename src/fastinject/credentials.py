@@ -184,6 +184,26 @@ class ServerCredentials:
 # -- building contexts ------------------------------------------------------------------------
 
 
+def require_server_credentials(value: object, argument: str) -> ServerCredentials:
+    """``value``, if it is :class:`ServerCredentials`; otherwise a :class:`TypeError`.
+
+    ``grpc.ssl_server_credentials(...)`` returns an opaque handle whose keys live inside grpc
+    core, so it cannot be converted: the error names the call that takes the same arguments.
+    """
+    if isinstance(value, ServerCredentials):
+        return value
+    kind = type(value)
+    if kind.__module__.partition(".")[0] == "grpc" and kind.__name__ == "ServerCredentials":
+        raise TypeError(
+            f"{argument} is a grpc.ServerCredentials, which fastinject cannot read (its keys "
+            "are inside grpc core): replace grpc.ssl_server_credentials(...) with "
+            "fastinject.ServerCredentials.ssl(private_key_certificate_chain_pairs, "
+            "root_certificates=None, require_client_auth=False), called with the same "
+            "arguments (fastinject.ServerCredentials.insecure() for plaintext)"
+        )
+    raise TypeError(f"{argument} must be fastinject.ServerCredentials, not {kind.__name__}")
+
+
 def _check_pem(what: str, value: object, *, optional: bool = False) -> bytes | None:
     if value is None and optional:
         return None
@@ -665,4 +685,5 @@ __all__ = [
     "check_alpn",
     "peer_identities",
     "peer_identity_key",
+    "require_server_credentials",
 ]

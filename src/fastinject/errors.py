@@ -162,6 +162,19 @@ class InjectorDestroyedError(ServerStateError):
     """The connection injector has been destroyed; it accepts no new connections."""
 
 
+class BindError(FastInjectError, OSError, RuntimeError):
+    """An address could not be bound by ``add_insecure_port``/``add_secure_port``.
+
+    An :class:`OSError` (with the system's ``errno`` when it gave one) and also a
+    :class:`RuntimeError`, which is what ``grpc.aio`` raises for a failed bind, so code
+    written for either keeps catching it.  The message names the address.
+    """
+
+
+class InvalidAddressError(BindError, ValueError):
+    """The address is not one the server can bind (``host:port``, ``unix:path``, ...)."""
+
+
 class HandshakeError(FastInjectError):
     """A connection's TLS handshake failed or timed out (a peer fault: logged, never raised)."""
 
@@ -177,6 +190,7 @@ class AbortError(FastInjectError):
 
 __all__ = [
     "AbortError",
+    "BindError",
     "DecompressionError",
     "DeserializationError",
     "FastInjectError",
@@ -185,6 +199,7 @@ __all__ = [
     "HandshakeError",
     "IncompleteMessageError",
     "InjectorDestroyedError",
+    "InvalidAddressError",
     "InvalidFlagsError",
     "InvalidMetadataError",
     "InvalidTimeoutError",

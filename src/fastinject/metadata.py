@@ -257,6 +257,33 @@ _TIMEOUT_UNITS: dict[int, tuple[int, int]] = {
 }
 
 
+def check_trailing_metadata(metadata: object) -> tuple[tuple[str, str | bytes], ...]:
+    """``metadata`` as a tuple of ``(str, str | bytes)`` tuples; :class:`TypeError` otherwise.
+
+    The shape ``grpc.aio`` demands of ``set_trailing_metadata`` and ``abort``, with its
+    message: an iterable (not a dict) of 2-tuples with a ``str`` key and a ``str`` or
+    ``bytes`` value.  Whether keys and values are valid *headers* is checked separately
+    (:func:`encode_metadata`, :class:`~fastinject.errors.InvalidMetadataError`).
+    """
+    if isinstance(metadata, dict) or not isinstance(metadata, Iterable):
+        raise TypeError(f"{_EXPECTED_METADATA}: {metadata!r}")
+    items = tuple(metadata)
+    for item in items:
+        if not (
+            isinstance(item, tuple)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], str | bytes)
+        ):
+            raise TypeError(f"{_EXPECTED_METADATA}: {items!r}")
+    return items
+
+
+_EXPECTED_METADATA = (
+    "Invalid trailing metadata type, expected Tuple[Tuple[str, Union[str, bytes]]...]"
+)
+
+
 def parse_timeout(value: bytes) -> float:
     """Seconds in a ``grpc-timeout`` header value: 1 to 8 ASCII digits and a unit (H M S m u n).
 
@@ -312,6 +339,7 @@ __all__ = [
     "Metadata",
     "MetadataLike",
     "Metadatum",
+    "check_trailing_metadata",
     "decode_grpc_message",
     "decode_metadata",
     "encode_grpc_message",

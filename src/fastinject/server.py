@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 from ._grpcio import register_server_class
 from .concurrency import ConcurrentRpcLimit
 from .connection import Connection
-from .credentials import ServerCredentials
-from .errors import ServerStoppedError
+from .credentials import ServerCredentials, require_server_credentials
+from .errors import BindError, InvalidAddressError, ServerStoppedError
 from .handlers import (
     GenericRpcHandler,
     HandlerRegistry,
@@ -223,17 +223,25 @@ class Server:
     # -- ports ------------------------------------------------------------------------------
 
     def add_insecure_port(self, address: str) -> int:
-        """Bind ``address`` without TLS; returns the port number (useful with port 0)."""
+        """Bind ``address`` without TLS; returns the port number (useful with port 0).
+
+        A failed bind raises :class:`~fastinject.errors.BindError` (an ``OSError`` and a
+        ``RuntimeError``, as grpc.aio raises); a malformed address its subclass
+        :class:`~fastinject.errors.InvalidAddressError` (also a ``ValueError``).
+        """
         return self._add_port(address, ServerCredentials.insecure())
 
     def add_secure_port(self, address: str, server_credentials: ServerCredentials) -> int:
-        """Bind ``address`` with ``server_credentials``; returns the port number."""
-        if not isinstance(server_credentials, ServerCredentials):
-            raise TypeError(
-                f"server_credentials must be fastinject.ServerCredentials, "
-                f"not {type(server_credentials).__name__}"
-            )
-        return self._add_port(address, server_credentials)
+        """Bind ``address`` with ``server_credentials``; returns the port number.
+
+        ``server_credentials`` is a :class:`~fastinject.ServerCredentials`; grpcio's own
+        (``grpc.ssl_server_credentials(...)``) are refused with a :class:`TypeError` naming
+        ``fastinject.ServerCredentials.ssl``, which takes the same arguments.  A failed bind
+        raises :class:`~fastinject.errors.BindError`, an ``OSError`` and a ``RuntimeError``
+        (what grpc.aio raises).
+        """
+        credentials = require_server_credentials(server_credentials, "server_credentials")
+        return self._add_port(address, credentials)
 
     def _add_port(self, address: str, credentials: ServerCredentials) -> int:
         self._check_not_stopped()
@@ -469,11 +477,7 @@ class Server:
         """
         from .injector import ConnectionInjector
 
-        if not isinstance(credentials, ServerCredentials):
-            raise TypeError(
-                "credentials must be fastinject.ServerCredentials, "
-                f"not {type(credentials).__name__}"
-            )
+        require_server_credentials(credentials, "credentials")
         self._check_not_stopped()
         own = checked_interceptors(interceptors or ())
         injector = ConnectionInjector(self, credentials, (*self.registry.interceptors, *own))
@@ -507,23 +511,27 @@ def bind_address(address: str, *, reuse_port: bool = False) -> list[socket.socke
     """
     if address.startswith("unix-abstract:"):
         if not sys.platform.startswith("linux"):
-            raise ValueError(f"address {address!r}: unix-abstract sockets exist only on Linux")
-        return [_listen_unix("\0" + address[len("unix-abstract:"):])]
+            raise InvalidAddressError(
+                f"address {address!r}: unix-abstract sockets exist only on Linux"
+            )
+        return [_listen_unix(address, "\0" + address[len("unix-abstract:"):])]
     if address.startswith("unix:"):
         path = address[len("unix:"):]
         if path.startswith("//"):
             path = path[2:]
         if os.path.exists(path) and not os.path.isfile(path):
             os.unlink(path)
-        return [_listen_unix(path)]
+        return [_listen_unix(address, path)]
     host, sep, port_text = address.rpartition(":")
     if not sep or not port_text.isdigit():
-        raise ValueError(f"address {address!r} is not host:port, [ipv6]:port or unix:path")
+        raise InvalidAddressError(
+            f"address {address!r} is not host:port, [ipv6]:port or unix:path"
+        )
     host = host.strip("[]") or "::"
     port = int(port_text)
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
     try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         for family, kind, proto, _, sockaddr in infos:
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
@@ -541,18 +549,22 @@ def bind_address(address: str, *, reuse_port: bool = False) -> list[socket.socke
     except OSError as exc:
         for sock in sockets:
             sock.close()
-        raise OSError(exc.errno, f"cannot bind {address!r}: {exc.strerror}") from exc
+        raise _bind_error(address, exc) from exc
     return sockets
 
 
-def _listen_unix(name: str) -> socket.socket:
+def _bind_error(address: str, exc: OSError) -> BindError:
+    return BindError(exc.errno, f"cannot bind {address!r}: {exc.strerror or exc}")
+
+
+def _listen_unix(address: str, name: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(name)
         sock.listen(1024)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise _bind_error(address, exc) from exc
     sock.setblocking(False)
     return sock
 
