@@ -109,9 +109,10 @@ def package_root() -> Path:
     return Path(fastinject.__file__).resolve().parents[1]
 
 
-def _placeholder_values(
+def placeholder_values(
     entries: tuple[ServerEntry, ...], work_dir: Path, tls: bool
 ) -> dict[str, str]:
+    """Values of the entries' argument placeholders (TLS files written under ``work_dir``)."""
     needed = set().union(*(entry.placeholders(tls) for entry in entries))
     values: dict[str, str] = {}
     if tls:
@@ -263,7 +264,7 @@ def session(options: Options, log: Log = stderr_log) -> Iterator[Session]:
         contextlib.ExitStack() as stack,
     ):
         work_dir = Path(tmp)
-        values = _placeholder_values(options.servers, work_dir, options.tls)
+        values = placeholder_values(options.servers, work_dir, options.tls)
         env = child_environment([str(package_root()), str(REPOSITORY)])
         prefix = [] if options.server_prefix is None else options.server_prefix(work_dir)
         servers: dict[str, ServerProcess] = {}
