@@ -128,6 +128,9 @@ class ConnectionInjector:
         Each gets a graceful GOAWAY; running calls go on, no new ones start; calls still
         running after ``grace_time_ms`` are cancelled.  Connections injected later are not
         touched, and the injector keeps accepting injections.
+
+        Milliseconds, because gRFC L114 names the argument so; the rest of fastinject's API
+        (``Server.stop(grace)``, settings) takes seconds.
         """
         _loop_thread_check("drain")
         if grace_time_ms < 0:

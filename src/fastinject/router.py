@@ -228,13 +228,13 @@ class ConnectionRouter:
         rules: Sequence[Rule],
         default: ConnectionInjector | None = None,
         *,
-        retire_grace_ms: float = 30_000,
+        retire_grace: float = 30.0,
     ) -> None:
         """Replace the routing table; connections accepted from now on follow the new one.
 
         Injectors of the old table (rules and default) that the new table does not mention
         are retired: their connections get a graceful GOAWAY now, calls still running after
-        ``retire_grace_ms`` are cancelled, and once those connections have closed the
+        ``retire_grace`` seconds are cancelled, and once those connections have closed the
         injector is destroyed.  An injector that comes back in a later table before that is
         kept (its connections still drain).  Connections being sniffed when the table changes
         are routed by the new table.  Raises :class:`~fastinject.errors.ServerStateError`
@@ -242,12 +242,10 @@ class ConnectionRouter:
         """
         if self._closed:
             raise ServerStateError("this connection router has been closed")
-        if isinstance(retire_grace_ms, bool) or not isinstance(retire_grace_ms, int | float):
-            raise TypeError(
-                f"retire_grace_ms must be a number, not {type(retire_grace_ms).__name__}"
-            )
-        if retire_grace_ms < 0:
-            raise ValueError(f"retire_grace_ms must be >= 0, not {retire_grace_ms}")
+        if isinstance(retire_grace, bool) or not isinstance(retire_grace, int | float):
+            raise TypeError(f"retire_grace must be a number, not {type(retire_grace).__name__}")
+        if retire_grace < 0:
+            raise ValueError(f"retire_grace must be >= 0 seconds, not {retire_grace}")
         new_rules, new_default = _check_table(rules, default)
         old = self._referenced()
         self._rules, self._default = new_rules, new_default
@@ -258,7 +256,8 @@ class ConnectionRouter:
                 task.cancel()
         for injector in old - current:
             if injector not in self._retiring and not injector.destroyed:
-                drained = injector.drain(retire_grace_ms)  # starts now, even if kept later
+                # Starts now, even if kept later; L114's drain takes milliseconds.
+                drained = injector.drain(retire_grace * 1000)
                 self._retiring[injector] = asyncio.get_running_loop().create_task(
                     self._retire(injector, drained)
                 )

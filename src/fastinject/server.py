@@ -326,6 +326,9 @@ class Server:
     async def stop(self, grace: float | None) -> None:
         """Stop: no new connections or calls; running calls get ``grace`` seconds, then cancelled.
 
+        Seconds, as in grpc.aio and everywhere in fastinject's own API (only the gRFC-named
+        ``grace_time_ms`` of :meth:`drain` and ``ConnectionInjector.drain`` are milliseconds).
+
         Calls cancelled this way end with UNAVAILABLE "Cancelling all calls" (retryable), as
         grpc.aio's do; their handlers are cancelled.
 
@@ -423,6 +426,9 @@ class Server:
         is drained (the same port on several hosts; all unix sockets, which are all 1).
         Calls still running after ``grace_time_ms`` are cancelled.  Returns an awaitable that
         completes when those connections have closed; the work starts at once either way.
+
+        Milliseconds, because gRFC L111 names the argument so; the rest of fastinject's API
+        (:meth:`stop`'s ``grace``, settings) takes seconds.
         """
         if grace_time_ms < 0:
             raise ValueError(f"grace_time_ms must be >= 0, not {grace_time_ms}")

@@ -243,7 +243,7 @@ async def test_set_rules_routes_new_connections_and_drains_old_injector(
     target = f"127.0.0.1:{plaintext_router.port}"
     async with insecure_channel(target) as old, insecure_channel(target) as new:
         in_flight = await sleeping(old, recorder, b"1.0", timeout=TIMEOUT)
-        plaintext_router.set_rules([Rule(replacement)], retire_grace_ms=TIMEOUT * 1000)
+        plaintext_router.set_rules([Rule(replacement)], retire_grace=TIMEOUT)
         assert plaintext_router.rules == (Rule(replacement),)
         assert await unary(new, b"new") == b"new"
         assert (plaintext.connections, replacement.connections) == (1, 1)
@@ -264,7 +264,7 @@ async def test_retired_injector_calls_are_cancelled_after_the_grace(
     """A call still running on a retired injector when the grace ends is cancelled."""
     async with insecure_channel(f"127.0.0.1:{plaintext_router.port}") as channel:
         call = await sleeping(channel, recorder, b"60", timeout=TIMEOUT * 3)
-        plaintext_router.set_rules([Rule(replacement)], retire_grace_ms=50)
+        plaintext_router.set_rules([Rule(replacement)], retire_grace=0.05)
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await call
         assert error.value.code() != grpc.StatusCode.OK
@@ -279,7 +279,7 @@ async def test_close_destroys_retiring_injectors_and_calls_still_finish(
     """close() destroys injectors being retired at once; their running calls still finish."""
     async with insecure_channel(f"127.0.0.1:{plaintext_router.port}") as channel:
         call = await sleeping(channel, recorder, b"0.5", timeout=TIMEOUT)
-        plaintext_router.set_rules([Rule(replacement)], retire_grace_ms=60_000)
+        plaintext_router.set_rules([Rule(replacement)], retire_grace=60)
         await plaintext_router.close()
         assert plaintext.destroyed
         assert not replacement.destroyed  # the current table's injectors are the user's
@@ -293,8 +293,8 @@ async def test_injector_back_in_the_table_is_not_destroyed(
     """An injector retired and then put back before its drain ends keeps serving."""
     async with insecure_channel(f"127.0.0.1:{plaintext_router.port}") as channel:
         assert await unary(channel, b"1") == b"1"
-        plaintext_router.set_rules([], default=replacement, retire_grace_ms=60_000)
-        plaintext_router.set_rules([Rule(plaintext)], retire_grace_ms=60_000)
+        plaintext_router.set_rules([], default=replacement, retire_grace=60)
+        plaintext_router.set_rules([Rule(plaintext)], retire_grace=60)
         # The first connection drains and closes; the channel reconnects to plaintext again.
         await eventually(lambda: plaintext.connections == 0)
         assert await unary(channel, b"2") == b"2"
@@ -524,8 +524,8 @@ async def test_router_rejects_bad_arguments(plaintext: ConnectionInjector) -> No
     with pytest.raises(TypeError, match="default"):
         ConnectionRouter(default="x")  # type: ignore[arg-type]
     router = ConnectionRouter()
-    with pytest.raises(ValueError, match="retire_grace_ms"):
-        router.set_rules([], retire_grace_ms=-1)
+    with pytest.raises(ValueError, match="retire_grace"):
+        router.set_rules([], retire_grace=-1)
     await plaintext.destroy()
     with pytest.raises(ValueError, match="destroyed"):
         router.set_rules([Rule(plaintext)])
