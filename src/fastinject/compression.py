@@ -5,14 +5,14 @@ is the *zlib* container (RFC 1950: a 2-byte header, the deflate stream, an Adler
 deflate.  Each message is compressed on its own; no context is kept between messages.
 
 Decompression never inflates more than the receive limit plus one byte, so a small
-"decompression bomb" costs at most that much memory before it is rejected.
+"decompression bomb" costs at most that much memory before it is rejected, and it can be done
+in bounded slices (:class:`Inflater`) so that a large message does not stall the event loop.
 """
 
 from __future__ import annotations
 
 import enum
 import functools
-import sys
 import zlib
 from typing import Final
 
@@ -99,46 +99,97 @@ def compress(encoding: str, data: bytes) -> bytes:
 
 
 def decompress(encoding: str, data: bytes | bytearray | memoryview, max_length: int) -> bytes:
-    """``data`` decompressed with ``encoding``, at most ``max_length`` bytes long.
+    """``data`` decompressed with ``encoding``, at most ``max_length`` bytes long, in one go.
 
     Raises :class:`~fastinject.errors.MessageTooLargeError` (``RESOURCE_EXHAUSTED``) as soon as
     the output passes ``max_length`` (its ``length`` is then a lower bound of the real size),
-    and :class:`~fastinject.errors.DecompressionError` (``INTERNAL``) for corrupt, truncated or
-    trailing data or an unsupported encoding.
+    and :class:`~fastinject.errors.DecompressionError` (``INTERNAL``) for what grpc core
+    refuses: corrupt or truncated data, bytes after the end of the stream (a second gzip
+    member included) or an unsupported encoding.  See :class:`Inflater` for doing it in slices.
     """
-    wbits = _WBITS.get(encoding)
-    if wbits is None:
-        if encoding == "identity":
-            if len(data) > max_length:
-                raise MessageTooLargeError(len(data), max_length)
-            return bytes(data)
-        raise DecompressionError(f"unsupported compression encoding {encoding!r}")
-    parts: list[bytes] = []
-    produced = 0
-    remaining: bytes | bytearray | memoryview = data
-    while True:
-        inflater = zlib.decompressobj(wbits)
-        bound = max_length - produced + 1
-        if bound > sys.maxsize:
-            bound = 0  # zlib's "no bound": the limit is beyond what memory could hold anyway
+    if encoding == "identity":
+        if len(data) > max_length:
+            raise MessageTooLargeError(len(data), max_length)
+        return bytes(data)
+    inflater = Inflater(encoding, data, max_length)
+    while not inflater.done:
+        inflater.step()
+    return inflater.result()
+
+
+IN_SLICE: Final = 64 * 1024
+"""Compressed bytes an :meth:`Inflater.step` feeds to zlib at most."""
+OUT_SLICE: Final = 256 * 1024
+"""Decompressed bytes an :meth:`Inflater.step` produces at most."""
+
+
+class Inflater:
+    """One compressed message (gzip or deflate), decompressed a bounded slice at a time.
+
+    Each :meth:`step` feeds zlib at most :data:`IN_SLICE` bytes and takes at most
+    :data:`OUT_SLICE` bytes out, so a caller can let other work run between steps however
+    large the message inflates.  What is accepted is what grpc core's ``grpc_msg_decompress``
+    accepts: exactly one gzip member (RFC 1952) or zlib stream (RFC 1950) and nothing after
+    it, a second gzip member included ("not all input consumed"); an empty payload is an empty
+    message.  The output is bounded by ``max_length`` + 1 bytes, as :func:`decompress`.
+    """
+
+    __slots__ = ("_data", "_encoding", "_fed", "_limit", "_parts", "_produced", "_tail",
+                 "_zlib", "done")
+
+    def __init__(
+        self, encoding: str, data: bytes | bytearray | memoryview, max_length: int
+    ) -> None:
+        wbits = _WBITS.get(encoding)
+        if wbits is None:
+            raise DecompressionError(f"unsupported compression encoding {encoding!r}")
+        self._encoding = encoding
+        self._data = memoryview(data)
+        self._limit = max_length
+        self._zlib = zlib.decompressobj(wbits)
+        self._fed = 0  # bytes of ``data`` handed to zlib so far
+        self._tail: bytes | memoryview = b""  # input zlib left for the next step
+        self._parts: list[bytes] = []
+        self._produced = 0
+        self.done = not self._data
+        """Whether the whole message is decompressed (:meth:`result` may be called)."""
+
+    def step(self) -> int:
+        """Decompress one slice; return the work it did (bytes fed in plus bytes produced)."""
+        chunk = self._tail
+        if not chunk:
+            chunk = self._data[self._fed : self._fed + IN_SLICE]
+            self._fed += len(chunk)
+        bound = min(OUT_SLICE, self._limit - self._produced + 1)
         try:
-            part = inflater.decompress(remaining, bound)
+            out = self._zlib.decompress(chunk, bound)
         except zlib.error as exc:
-            raise DecompressionError(f"corrupt {encoding} message: {exc}") from None
-        produced += len(part)
-        if produced > max_length:
-            raise MessageTooLargeError(produced, max_length)
-        if not inflater.eof:
-            raise DecompressionError(f"truncated {encoding} message")
-        parts.append(part)
-        remaining = inflater.unused_data
-        if not remaining:
-            break
-        if encoding != "gzip":  # only gzip allows several members back to back
             raise DecompressionError(
-                f"{len(remaining)} unexpected bytes after the end of the {encoding} stream"
+                f"Decompression failed due to zlib error: not a {self._encoding} stream ({exc})"
+            ) from None
+        self._tail = self._zlib.unconsumed_tail
+        self._produced += len(out)
+        if self._produced > self._limit:
+            raise MessageTooLargeError(self._produced, self._limit)
+        self._parts.append(out)
+        if self._zlib.eof:
+            left = len(self._zlib.unused_data) + len(self._data) - self._fed
+            if left:
+                raise DecompressionError(
+                    "Decompression failed due to not all input consumed: "
+                    f"{left} bytes after the end of the {self._encoding} stream"
+                )
+            self.done = True
+        elif not self._tail and self._fed == len(self._data) and len(out) < bound:
+            raise DecompressionError(
+                f"Decompression failed due to data error: truncated {self._encoding} stream"
             )
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+        return len(chunk) - len(self._tail) + len(out)
+
+    def result(self) -> bytes:
+        """The decompressed message (once :attr:`done`)."""
+        parts = self._parts
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 @functools.lru_cache(maxsize=64)
@@ -169,8 +220,11 @@ def choose_response_encoding(
 __all__ = [
     "ACCEPT_ENCODING_HEADER",
     "ENCODING_NAMES",
+    "IN_SLICE",
+    "OUT_SLICE",
     "SUPPORTED_ENCODINGS",
     "Compression",
+    "Inflater",
     "accept_encoding_header",
     "choose_response_encoding",
     "coerce_compression",

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 from . import protocol as p
 from .context import ServicerContext
 from .credentials import auth_context
+from .decompressor import ConnectionDecompressor
 from .errors import RpcError
 from .handlers import HandlerRegistry, ServerInterceptor
 from .options import ServerSettings
@@ -117,6 +118,10 @@ class Connection(asyncio.Protocol):
         self._ping_strikes = 0
         self._initial_data = initial_data
         self.peer_log = PeerLog(lambda: self.peer, settings.peer_log_interval)
+        self.decompressor = ConnectionDecompressor(
+            settings, self.loop.time, lambda: self._calm_down(b"too_much_decompression")
+        )
+        """Decompresses request messages: sliced, one at a time, within a budget."""
         """Where lines a peer can cause at WARNING or above are logged (rate-limited)."""
 
     # -- asyncio.Protocol --------------------------------------------------------------------
@@ -486,10 +491,15 @@ class Connection(asyncio.Protocol):
             return
         self._ping_strikes += 1
         if s.max_ping_strikes and self._ping_strikes > s.max_ping_strikes:
-            logger.debug("peer %s pinged too often: GOAWAY too_many_pings", self.peer)
-            self.protocol.goaway(self.protocol.highest_stream_id, _ENHANCE_YOUR_CALM,
-                                 b"too_many_pings")
-            self._final_goaway_sent = self._closing = True
-            for call in list(self._calls.values()):
-                call._cancel_by_client()
-            self._close_transport()
+            self._calm_down(b"too_many_pings")
+
+    def _calm_down(self, reason: bytes) -> None:
+        """GOAWAY ENHANCE_YOUR_CALM with ``reason``: its calls are cancelled, then it closes."""
+        if self._final_goaway_sent or self._transport is None:
+            return
+        logger.debug("peer %s: GOAWAY ENHANCE_YOUR_CALM %s", self.peer, reason.decode())
+        self.protocol.goaway(self.protocol.highest_stream_id, _ENHANCE_YOUR_CALM, reason)
+        self._final_goaway_sent = self._closing = True
+        for call in list(self._calls.values()):
+            call._cancel_by_client()
+        self._close_transport()

@@ -204,9 +204,7 @@ class ServicerContext:
                     "message has the compressed flag set but the request has no grpc-encoding",
                     StatusCode.INTERNAL,
                 )
-            payload = compression.decompress(
-                encoding, payload, self._conn.settings.max_receive_message_length
-            )
+            payload = await self._conn.decompressor.decompress(encoding, payload)
         return payload
 
     async def read(self) -> Any:

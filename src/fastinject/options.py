@@ -101,6 +101,14 @@ class ServerSettings:
         Connections that may be in their TLS handshake at once, over all ports and
         injectors; past it the oldest one is dropped (a peer that is slow on purpose holds
         one longest), so a flood of silent connections cannot shut out real clients.
+    ``max_decompression_rate`` = 64 MiB (no grpcio option)
+        Bytes of decompression work per second per connection (compressed bytes read plus
+        bytes produced); a message may overdraw it.  While it is overdrawn the connection's
+        next compressed message waits for it; one that would wait over a second fails its
+        call with ``RESOURCE_EXHAUSTED``.  0: no limit.
+    ``max_decompression_overrun`` = 5.0 (no grpcio option)
+        Seconds a connection may stay over its decompression budget (its messages waiting
+        or refused) before it ends with GOAWAY ENHANCE_YOUR_CALM (``too_much_decompression``).
     ``peer_log_interval`` = 10.0 (no grpcio option)
         Per connection, at most one log line at WARNING or above (such as a handler's
         exception traceback) per this many seconds; the lines in between are counted and the
@@ -157,6 +165,8 @@ class ServerSettings:
     enabled_compression: frozenset[Compression] = frozenset(Compression)
     handshake_timeout: float = 120.0
     max_pending_handshakes: int = 1000
+    max_decompression_rate: int = 64 * 1024 * 1024
+    max_decompression_overrun: float = 5.0
     peer_log_interval: float = 10.0
     so_reuseport: bool = True
     stream_reset_burst: int = 1000
@@ -266,6 +276,8 @@ _LIMITS: dict[str, _Range] = {
     "enabled_compression": _Range("compression set"),
     "handshake_timeout": _Range("float", positive=True),
     "max_pending_handshakes": _Range("int", 1, _INT32_MAX),
+    "max_decompression_rate": _Range("int", 0, UNLIMITED_MESSAGE_LENGTH),
+    "max_decompression_overrun": _Range("float"),
     "peer_log_interval": _Range("float"),
     "so_reuseport": _Range("bool"),
     "stream_reset_burst": _Range("int", 1, _INT32_MAX),

@@ -3,7 +3,7 @@
 They complement ``echo_service`` with what protocol tests need to observe: how far a
 streaming handler got while flow control blocks it, a handler that does not read its requests
 until released, a response that fails after a message was sent, and methods whose request
-deserializer rejects malformed input (``Strict``, ``StrictStream``).
+deserializer rejects malformed input (``Strict``, ``StrictStream``), and ``Size``.
 """
 
 from __future__ import annotations
@@ -75,7 +75,12 @@ def handlers(probe: Probe) -> dict[str, fastinject.RpcMethodHandler]:
         """Join streamed requests that must be UTF-8 with ``|``."""
         return "|".join([request async for request in requests]).encode()
 
+    async def size(request: bytes, context: Any) -> bytes:
+        """Answer the request's length (after decompression), in decimal."""
+        return b"%d" % len(request)
+
     return {
+        "Size": fastinject.unary_unary_rpc_method_handler(size),
         "Strict": fastinject.unary_unary_rpc_method_handler(
             strict, request_deserializer=_utf8
         ),
