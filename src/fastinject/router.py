@@ -29,14 +29,13 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from .errors import ServerStateError
-from .injector import ConnectionInjector
 from .server import bind_address, port_number
 from .sniff import MAX_SNIFF_BYTES, Sniffed, sniff
 
-__all__ = ["ConnectionInfo", "ConnectionRouter", "Rule"]
+__all__ = ["ConnectionInfo", "ConnectionRouter", "InjectionTarget", "Rule"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +49,30 @@ _ACCEPT_BATCH = 64
 # Out of file descriptors or memory: wait this long before accepting again (as asyncio does).
 _ACCEPT_BACKOFF = 1.0
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+@runtime_checkable
+class InjectionTarget(Protocol):
+    """Where a router sends a connection: a ``ConnectionInjector``, or a worker pool's target.
+
+    A worker pool's target (:meth:`fastinject.workers.Supervisor.add_target`) has its
+    connections served by worker processes.
+    """
+
+    @property
+    def destroyed(self) -> bool:
+        """Whether the target refuses new connections for good."""
+
+    def inject_connection(
+        self, connection: socket.socket, *, initial_data: bytes = b""
+    ) -> Awaitable[None]:
+        """Serve ``connection`` (the target owns it from now on)."""
+
+    def drain(self, grace_time_ms: float) -> Awaitable[None]:
+        """Gracefully close the connections sent so far."""
+
+    def destroy(self) -> Awaitable[None]:
+        """Refuse new connections and close the existing ones gracefully."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -83,7 +106,7 @@ class Rule:
     left ``None`` matches anything; a rule with no fields is a catch-all.
     """
 
-    injector: ConnectionInjector
+    injector: InjectionTarget
     source: str | None = None
     destination: str | None = None
     server_name: str | None = None
@@ -93,7 +116,7 @@ class Rule:
     _server_name: str | None = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.injector, ConnectionInjector):
+        if not isinstance(self.injector, InjectionTarget):
             raise TypeError(
                 f"Rule.injector must be a fastinject ConnectionInjector, "
                 f"not {type(self.injector).__name__}"
@@ -161,7 +184,7 @@ def _name_matches(name: str | None, pattern: str) -> bool:
     return name == pattern
 
 
-Chooser = Callable[[ConnectionInfo], ConnectionInjector | None]
+Chooser = Callable[[ConnectionInfo], InjectionTarget | None]
 
 
 class ConnectionRouter:
@@ -182,7 +205,7 @@ class ConnectionRouter:
         rules: Sequence[Rule] | None = None,
         *,
         choose: Chooser | None = None,
-        default: ConnectionInjector | None = None,
+        default: InjectionTarget | None = None,
         sniff_timeout: float = 10.0,
         max_pending: int = 1024,
     ) -> None:
@@ -206,7 +229,7 @@ class ConnectionRouter:
         self._accept_backoff: asyncio.TimerHandle | None = None
         self._pending: set[_Sniffer] = set()
         self._attaching: set[asyncio.Future[None]] = set()
-        self._retiring: dict[ConnectionInjector, asyncio.Task[None]] = {}
+        self._retiring: dict[InjectionTarget, asyncio.Task[None]] = {}
         self._port: int | None = None
         self._started = False
         self._closed = False
@@ -219,14 +242,14 @@ class ConnectionRouter:
         return self._rules
 
     @property
-    def default(self) -> ConnectionInjector | None:
+    def default(self) -> InjectionTarget | None:
         """The injector of connections no rule (and no ``choose``) claimed, if any."""
         return self._default
 
     def set_rules(
         self,
         rules: Sequence[Rule],
-        default: ConnectionInjector | None = None,
+        default: InjectionTarget | None = None,
         *,
         retire_grace: float = 30.0,
     ) -> None:
@@ -262,19 +285,19 @@ class ConnectionRouter:
                     self._retire(injector, drained)
                 )
 
-    def _referenced(self) -> set[ConnectionInjector]:
+    def _referenced(self) -> set[InjectionTarget]:
         injectors = {rule.injector for rule in self._rules}
         if self._default is not None:
             injectors.add(self._default)
         return injectors
 
-    async def _retire(self, injector: ConnectionInjector, drained: Awaitable[None]) -> None:
+    async def _retire(self, injector: InjectionTarget, drained: Awaitable[None]) -> None:
         # Shielded: cancelling this task (the injector came back) must not cut the drain short.
         await asyncio.shield(drained)
         self._retiring.pop(injector, None)
         injector.destroy()
 
-    def choose_injector(self, info: ConnectionInfo) -> ConnectionInjector | None:
+    def choose_injector(self, info: ConnectionInfo) -> InjectionTarget | None:
         """The injector a connection described by ``info`` goes to, or ``None`` (closed)."""
         for rule in self._rules:
             if rule.matches(info):
@@ -286,7 +309,7 @@ class ConnectionRouter:
                 logger.exception("the router's choose function failed; closing the connection")
                 return None
             if chosen is not None:
-                if isinstance(chosen, ConnectionInjector):
+                if isinstance(chosen, InjectionTarget):
                     return chosen
                 logger.error(
                     "the router's choose function returned %s, not a ConnectionInjector or "
@@ -428,8 +451,8 @@ class ConnectionRouter:
 
 
 def _check_table(
-    rules: Sequence[Rule], default: ConnectionInjector | None
-) -> tuple[tuple[Rule, ...], ConnectionInjector | None]:
+    rules: Sequence[Rule], default: InjectionTarget | None
+) -> tuple[tuple[Rule, ...], InjectionTarget | None]:
     """Validate a routing table; every injector in it must still be alive."""
     if isinstance(rules, Rule) or not isinstance(rules, Sequence):
         raise TypeError(f"rules must be a sequence of Rule, not {type(rules).__name__}")
@@ -437,7 +460,7 @@ def _check_table(
     for rule in table:
         if not isinstance(rule, Rule):
             raise TypeError(f"rules must hold fastinject.router.Rule, not {type(rule).__name__}")
-    if default is not None and not isinstance(default, ConnectionInjector):
+    if default is not None and not isinstance(default, InjectionTarget):
         raise TypeError(
             f"default must be a ConnectionInjector or None, not {type(default).__name__}"
         )

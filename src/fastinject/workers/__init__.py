@@ -10,5 +10,6 @@ from .binds import Bind, TlsFiles
 from .factory import FactoryError
 from .handle import WorkerBootError
 from .supervisor import Supervisor
+from .targets import WorkerTarget
 
-__all__ = ["Bind", "FactoryError", "Supervisor", "TlsFiles", "WorkerBootError"]
+__all__ = ["Bind", "FactoryError", "Supervisor", "TlsFiles", "WorkerBootError", "WorkerTarget"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .messages import CredentialsSpec
 
-__all__ = ["Bind", "TlsFiles"]
+__all__ = ["Bind", "TlsFiles", "load_credentials"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,9 +44,10 @@ class Bind:
     address: str
     tls: TlsFiles | None = None
 
-    def credentials(self) -> CredentialsSpec:
-        """The credentials a worker builds for this address's connections."""
-        return CredentialsSpec() if self.tls is None else self.tls.load()
+
+def load_credentials(tls: TlsFiles | None) -> CredentialsSpec:
+    """The credentials a worker builds from ``tls`` (plaintext for ``None``), files read now."""
+    return CredentialsSpec() if tls is None else tls.load()
 
 
 def _read(path: str | Path) -> bytes:

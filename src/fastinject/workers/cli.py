@@ -16,7 +16,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .binds import Bind, TlsFiles
+from .binds import Bind, TlsFiles, load_credentials
 from .factory import FactoryError, build_server
 from .handle import WorkerBootError
 from .supervisor import Supervisor, usable_cpus
@@ -146,7 +146,7 @@ async def _serve_in_process(factory: str, binds: Sequence[Bind], grace: float) -
         logger.exception("cannot serve: the factory %s failed", factory)
         return BOOT_FAILED
     for bind in binds:
-        credentials = build_credentials(bind.credentials())
+        credentials = build_credentials(load_credentials(bind.tls))
         port = server.add_secure_port(bind.address, credentials)
         logger.info("listening on %s", _resolved(bind.address, port))
     await server.start()

@@ -29,11 +29,13 @@ import socket
 import sys
 from collections.abc import Sequence
 
+from ..router import ConnectionRouter
 from ..server import bind_address
 from .balancer import least_loaded
-from .binds import Bind
+from .binds import Bind, TlsFiles, load_credentials
 from .handle import WorkerBootError, WorkerHandle
 from .messages import WorkerConfig
+from .targets import WorkerTarget
 from .worker import build_credentials
 
 __all__ = ["KILL_MARGIN", "PLATFORM_SUPPORTED", "Supervisor", "WorkerBootError", "usable_cpus"]
@@ -87,8 +89,6 @@ class Supervisor:
                 f"the worker pool needs Linux (SOCK_SEQPACKET and fd passing), not "
                 f"{sys.platform}; serve with --workers 1"
             )
-        if not binds:
-            raise ValueError("a supervisor needs at least one address to bind")
         count = usable_cpus() if workers is None else workers
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"workers must be an int >= 1, not {workers!r}")
@@ -96,6 +96,8 @@ class Supervisor:
             raise ValueError(f"grace must be >= 0 seconds, not {grace}")
         self.factory = factory
         self.binds = tuple(binds)
+        self._tls: list[TlsFiles | None] = [bind.tls for bind in self.binds]
+        self._routers: list[tuple[str, ConnectionRouter]] = []
         self.workers = count
         self.grace = float(grace)
         self.log_level = log_level
@@ -114,10 +116,37 @@ class Supervisor:
 
     # -- public ------------------------------------------------------------------------------
 
+    def add_target(self, tls: TlsFiles | None = None) -> WorkerTarget:
+        """A target for a :class:`~fastinject.router.ConnectionRouter` rule (before start).
+
+        Connections the router sends there are served by the workers with ``tls``
+        (plaintext when ``None``).
+        """
+        self._check_not_started("add_target")
+        self._tls.append(tls)
+        return WorkerTarget(len(self._tls) - 1, self.hand_off)
+
+    def add_router(self, address: str, router: ConnectionRouter) -> None:
+        """Run ``router`` on ``address`` in the supervisor once the workers are ready.
+
+        Its rules are evaluated here; their injectors are targets of :meth:`add_target`.
+        """
+        self._check_not_started("add_router")
+        self._routers.append((address, router))
+
+    def _check_not_started(self, method: str) -> None:
+        if self._stopped is not None:
+            raise RuntimeError(f"Supervisor.{method} must be called before start()")
+
     @property
     def addresses(self) -> list[str]:
         """The bound addresses, ports resolved (``127.0.0.1:50051``, ``[::]:50051``)."""
         return [_address_text(sock) for sock, _ in self._listeners]
+
+    @property
+    def router_ports(self) -> list[int]:
+        """The ports of the routers of :meth:`add_router` (once started)."""
+        return [router.port for _, router in self._routers if router.port is not None]
 
     @property
     def stopping(self) -> bool:
@@ -141,6 +170,8 @@ class Supervisor:
         :class:`ValueError` (bad PEM) or :class:`WorkerBootError` (a worker could not build
         its server); nothing is left running then.
         """
+        if not self.binds and not self._routers:
+            raise ValueError("a supervisor needs at least one address to bind or router to run")
         loop = asyncio.get_running_loop()
         self._stopped = loop.create_future()
         config = self._config(1)
@@ -158,6 +189,13 @@ class Supervisor:
             logger.info("listening on %s", address)
         self._log_generation()
         self._resume_accepting()
+        try:
+            for address, router in self._routers:
+                port = await router.start(address)
+                logger.info("router listening on %s (port %d)", address, port)
+        except BaseException:
+            await self.shutdown(0.0)
+            raise
 
     def reload(self) -> asyncio.Task[bool]:
         """Start a new generation; once ready it takes new connections and the old drains.
@@ -208,7 +246,7 @@ class Supervisor:
     # -- generations -------------------------------------------------------------------------
 
     def _config(self, generation: int) -> WorkerConfig:
-        targets = tuple(bind.credentials() for bind in self.binds)
+        targets = tuple(load_credentials(tls) for tls in self._tls)
         for spec in targets:
             build_credentials(spec)  # bad PEM fails here, in the supervisor, with its message
         return WorkerConfig(
@@ -312,6 +350,8 @@ class Supervisor:
     async def _shutdown(self, grace: float) -> None:
         self._pause_accepting()
         self._close_listeners()
+        for _, router in self._routers:
+            await router.close()
         if self._reloading is not None:
             await asyncio.gather(self._reloading, return_exceptions=True)
         workers = self._all_workers()
@@ -379,6 +419,15 @@ class Supervisor:
     def _end_accept_backoff(self) -> None:
         self._accept_backoff = None
         self._resume_accepting()
+
+    def hand_off(self, conn: socket.socket, target: int, initial_data: bytes = b"") -> None:
+        """Send ``conn`` to the least-loaded worker (closed if no worker can serve now)."""
+        worker = self._pick()
+        if worker is None:
+            logger.warning("no worker can serve now: a routed connection is closed")
+            conn.close()
+            return
+        self.dispatch(worker, conn, target, initial_data)
 
     def dispatch(
         self, worker: WorkerHandle, conn: socket.socket, target: int, initial_data: bytes = b""
