@@ -384,14 +384,18 @@ class Server:
         self._terminated.set()
 
     async def wait_for_termination(self, timeout: float | None = None) -> bool:
-        """Wait until the server has stopped; False if ``timeout`` seconds passed first."""
+        """Wait until the server has stopped, or ``timeout`` seconds (None: no limit).
+
+        Returns whether the wait *timed out*, as grpc.aio's does: True if ``timeout`` passed
+        with the server still running, False once it has stopped.
+        """
         if self._terminated is None:
             self._terminated = asyncio.Event()
         try:
             await asyncio.wait_for(self._terminated.wait(), timeout)
         except TimeoutError:
-            return False
-        return True
+            return True
+        return False
 
     async def __aenter__(self) -> Server:
         await self.start()

@@ -250,3 +250,11 @@ async def test_server_is_a_grpc_aio_server(start: Any) -> None:
     server, _ = await start()
     assert isinstance(server, grpc.aio.Server)
     assert isinstance(server, experimental_aio.Server)  # where grpcio-reflection looks
+
+
+async def test_wait_for_termination_returns_whether_it_timed_out(start: Any) -> None:
+    """As grpc.aio: True when the timeout passed first, False once the server has stopped."""
+    server, _ = await start()
+    assert await server.wait_for_termination(timeout=0.01) is True
+    await server.stop(None)
+    assert await server.wait_for_termination(timeout=30) is False
