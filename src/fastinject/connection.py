@@ -43,6 +43,9 @@ _NO_ERROR = 0x0
 _FLUSH_AT = 4 * 1024 * 1024
 # How long phase one of a graceful close waits for its PING before phase two goes anyway.
 _DRAIN_PING_TIMEOUT = 5.0
+# How long a closing connection may take to send what it still holds before it is aborted
+# (a peer that does not read would otherwise keep it, and a server's stop(), forever).
+_CLOSE_FLUSH_TIMEOUT = 5.0
 # grpc core's interval when a client pings with no calls and permit_without_calls is off.
 _IDLE_PING_INTERVAL = 7200.0
 
@@ -417,9 +420,12 @@ class Connection(asyncio.Protocol):
         await asyncio.shield(self._closed)
 
     def _close_transport(self) -> None:
+        """Close once the output is sent; abort if the peer does not take it in time."""
         self._flush()
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
+            if self._transport.get_write_buffer_size():
+                self._set_timer("close_flush", _CLOSE_FLUSH_TIMEOUT, self._abort)
 
     def _abort(self) -> None:
         self._flush()
