@@ -131,8 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _supervise(supervisor: Supervisor) -> int:
-    await supervisor.start()
     supervisor.install_signal_handlers()
+    await supervisor.start()
     await supervisor.wait_stopped()
     return 0
 

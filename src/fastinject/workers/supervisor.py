@@ -27,7 +27,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..router import ConnectionRouter
 from ..server import bind_address
@@ -113,6 +113,8 @@ class Supervisor:
         self._stopping: asyncio.Task[None] | None = None
         self._stopped: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._serving = False  # start() has completed
+        self._deferred: list[Callable[[], object]] = []  # signals that came during start()
 
     # -- public ------------------------------------------------------------------------------
 
@@ -187,7 +189,6 @@ class Supervisor:
         self._current = generation
         for address in self.addresses:
             logger.info("listening on %s", address)
-        self._log_generation()
         self._resume_accepting()
         try:
             for address, router in self._routers:
@@ -196,6 +197,11 @@ class Supervisor:
         except BaseException:
             await self.shutdown(0.0)
             raise
+        self._log_generation()
+        self._serving = True
+        for action in self._deferred:
+            action()
+        self._deferred.clear()
 
     def reload(self) -> asyncio.Task[bool]:
         """Start a new generation; once ready it takes new connections and the old drains.
@@ -229,7 +235,11 @@ class Supervisor:
         await asyncio.shield(self._stopped)
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM and SIGINT: :meth:`shutdown`; SIGHUP: :meth:`reload`."""
+        """SIGTERM and SIGINT: :meth:`shutdown`; SIGHUP: :meth:`reload`.
+
+        Install them before :meth:`start`: a signal that comes while the first generation
+        boots is then acted on once it serves, instead of killing the process.
+        """
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
@@ -237,11 +247,17 @@ class Supervisor:
 
     def _on_stop_signal(self, signum: int) -> None:
         logger.info("%s: shutting down", signal.Signals(signum).name)
-        self.shutdown()
+        self._when_serving(self.shutdown)
 
     def _on_reload_signal(self) -> None:
         logger.info("SIGHUP: reloading")
-        self.reload()
+        self._when_serving(self.reload)
+
+    def _when_serving(self, action: Callable[[], object]) -> None:
+        if self._serving:
+            action()
+        else:
+            self._deferred.append(action)
 
     # -- generations -------------------------------------------------------------------------
 
