@@ -346,9 +346,9 @@ class ServicerContext:
         """The status code set so far, if any."""
         return self._code
 
-    def details(self) -> str | None:
-        """The status details set so far, if any."""
-        return self._details
+    def details(self) -> str:
+        """The status details set so far; ``""`` before any, as in grpc.aio."""
+        return self._details or ""
 
     def set_trailing_metadata(self, trailing_metadata: MetadataLike) -> None:
         """Metadata sent with the status, checked now.

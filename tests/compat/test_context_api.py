@@ -55,6 +55,11 @@ async def bad_trailers(request: bytes, context: Any) -> bytes:
     return json.dumps(raised).encode()
 
 
+async def fresh_status(request: bytes, context: Any) -> bytes:
+    """FreshStatus: answer code() and details() before the handler set anything."""
+    return json.dumps([repr(context.code()), context.details()]).encode()
+
+
 class Held:
     """Hold: a handler that waits until cancelled, recording ``context.cancelled()`` then."""
 
@@ -81,6 +86,7 @@ async def served() -> AsyncIterator[tuple[fastinject.Server, Held, int]]:
     server.add_registered_method_handlers(SERVICE, {
         "JoinUntilEof": grpc.stream_unary_rpc_method_handler(join_until_eof),
         "BadTrailers": grpc.unary_unary_rpc_method_handler(bad_trailers),
+        "FreshStatus": grpc.unary_unary_rpc_method_handler(fresh_status),
         "Hold": grpc.unary_unary_rpc_method_handler(held.hold),
     })
     port = server.add_insecure_port("127.0.0.1:0")
@@ -119,6 +125,14 @@ def test_set_trailing_metadata_type_error_message() -> None:
         "Invalid trailing metadata type, expected Tuple[Tuple[str, Union[str, bytes]]...]: "
         "(('k', 1),)"
     )
+
+
+async def test_code_and_details_before_any_are_none_and_empty(served: Any) -> None:
+    """As grpc.aio: code() is None and details() is "" until the handler sets them."""
+    _, _, port = served
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        answer = await channel.unary_unary(f"/{SERVICE}/FreshStatus")(b"", timeout=TIMEOUT)
+    assert json.loads(answer) == ["None", ""]
 
 
 async def test_cancelled_is_true_when_shutdown_cancels(served: Any) -> None:
