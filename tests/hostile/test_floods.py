@@ -13,6 +13,7 @@ import struct
 from collections.abc import Callable
 
 import grpc
+import h2.settings
 import hpack
 import pytest
 
@@ -23,6 +24,7 @@ from protocol.wire import (
     DATA,
     ENHANCE_YOUR_CALM,
     HEADERS,
+    MAX_STREAM_ID,
     PRIORITY,
     SETTINGS,
     WINDOW_UPDATE,
@@ -82,6 +84,26 @@ async def test_rejected_requests_count_as_reset_streams(
     not_grpc = [*request_headers()[:4], (b"content-type", b"text/plain")]
     for _ in range(ATTACK_FRAMES):
         wire.client.start_call(headers=not_grpc)
+    await wire.wait_for(lambda: bool(wire.client.goaways), "GOAWAY")
+    goaway = wire.client.goaways[-1]
+    assert (goaway.error_code, goaway.debug) == (ENHANCE_YOUR_CALM, b"too_many_resets")
+    await wire.wait_closed()
+    assert await client.finish() >= MIN_CALLS
+
+
+async def test_streams_refused_past_the_limit_count_as_reset_streams(
+    start_server: StartServer, open_wire: OpenWire, legitimate: StartLegitimate
+) -> None:
+    """New streams past max_concurrent_streams, refused one by one, spend the reset budget."""
+    served = await start_server(max_concurrent_streams=2, **BUDGET)
+    client = await legitimate(target(served.port))
+    wire = await open_wire(served.port)
+    # Our h2 client would respect the limit: make it forget it.
+    remote = wire.client.h2.remote_settings
+    remote[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = MAX_STREAM_ID
+    remote.acknowledge()
+    for _ in range(ATTACK_FRAMES):  # the first two stay open, the rest are refused
+        wire.client.start_call(end=False)
     await wire.wait_for(lambda: bool(wire.client.goaways), "GOAWAY")
     goaway = wire.client.goaways[-1]
     assert (goaway.error_code, goaway.debug) == (ENHANCE_YOUR_CALM, b"too_many_resets")

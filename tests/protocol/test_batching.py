@@ -28,6 +28,7 @@ class RecordingTransport(asyncio.Transport):
         super().__init__()
         self.writes: list[bytes] = []
         self.closed = False
+        self.reading = True
         self.written = asyncio.Event()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -56,10 +57,12 @@ class RecordingTransport(asyncio.Transport):
         return 0
 
     def pause_reading(self) -> None:
-        """Nothing to pause: the test feeds the connection itself."""
+        """Record that the connection wants no more bytes for now."""
+        self.reading = False
 
     def resume_reading(self) -> None:
-        """Nothing to resume."""
+        """Record that the connection takes bytes again."""
+        self.reading = True
 
 
 class NoGroup:
@@ -79,12 +82,14 @@ def pool() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
         yield executor
 
 
-def connection(pool: concurrent.futures.Executor) -> tuple[Connection, RecordingTransport]:
-    """A connection serving test.Echo on a recording transport."""
+def connection(
+    pool: concurrent.futures.Executor, **settings: Any
+) -> tuple[Connection, RecordingTransport]:
+    """A connection serving test.Echo (with ``settings``) on a recording transport."""
     registry = HandlerRegistry()
     registry.add_registered(SERVICE, handlers(Recorder()))
     conn = Connection(
-        settings=ServerSettings(),
+        settings=ServerSettings(**settings),
         registry=registry,
         interceptors=(),
         executor=lambda: pool,

@@ -1,0 +1,91 @@
+"""Fairness on the event loop: a connection's burst of frames is handled a turn at a time.
+
+Two connections run on recording transports (no sockets, so the count of loop turns is
+deterministic): one receives a thousand PINGs in a single read, the other a unary call right
+after.  The call is answered while the flood is still being worked through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import struct
+
+from fastinject import StatusCode
+from fastinject.connection import Connection
+from hostile.conftest import MIN_CALLS
+from hostile.test_floods import StartLegitimate, target
+from protocol.probe_service import StartServer
+from protocol.test_batching import RecordingTransport, connection, feed_until, pool
+from protocol.wire import PING, H2Client, OpenWire, raw_frame
+
+__all__ = ["pool"]
+
+FLOOD = 1000
+TURN = 64
+
+
+def handshake(conn: Connection, transport: RecordingTransport) -> H2Client:
+    """A client that exchanged prefaces and SETTINGS with the connection."""
+    client = H2Client()
+    client.receive(b"".join(transport.writes))
+    conn.data_received(client.data_to_send())
+    return client
+
+
+def acks(transport: RecordingTransport) -> int:
+    """PING ACKs the connection wrote so far."""
+    client = H2Client()
+    client.receive(b"".join(transport.writes))
+    return len(client.ping_acks)
+
+
+async def test_flood_is_handled_a_turn_at_a_time(pool: concurrent.futures.Executor) -> None:
+    """Reading pauses after max_frames_per_turn frames and the rest waits for later turns.
+
+    A call on another connection is answered before the flood's last PING; reading resumes
+    once the flood is done.
+    """
+    flooder, flood_transport = connection(pool, max_frames_per_turn=TURN, max_ping_strikes=0)
+    attacker = handshake(flooder, flood_transport)
+    legit, legit_transport = connection(pool)
+    client = handshake(legit, legit_transport)
+    for index in range(FLOOD):
+        attacker.send_raw(raw_frame(PING, 0, 0, struct.pack(">Q", index)))
+    flooder.data_received(attacker.data_to_send())
+    assert acks(flood_transport) == TURN
+    assert not flood_transport.reading
+
+    stream_id = client.start_call(b"/test.Echo/Unary", [b"served meanwhile"])
+    legit.data_received(client.data_to_send())
+    await feed_until(client, legit_transport, [stream_id])
+    response = client.response(stream_id)
+    assert response.status == StatusCode.OK.number
+    assert response.messages == [(False, b"served meanwhile")]
+    assert acks(flood_transport) < FLOOD
+
+    async with asyncio.timeout(10):
+        while acks(flood_transport) < FLOOD:
+            await asyncio.sleep(0)
+    assert flood_transport.reading
+    flooder.connection_lost(None)
+    legit.connection_lost(None)
+
+
+async def test_flood_over_a_socket_is_answered_in_full_while_grpcio_is_served(
+    start_server: StartServer, open_wire: OpenWire, legitimate: StartLegitimate
+) -> None:
+    """Over real sockets, 20,000 PINGs in one write are all answered, in order.
+
+    They are handled a turn of 64 at a time, while a grpcio client's calls on another
+    connection all succeed.
+    """
+    served = await start_server(max_frames_per_turn=TURN, max_ping_strikes=0)
+    client = await legitimate(target(served.port))
+    wire = await open_wire(served.port)
+    count = 20 * FLOOD
+    for index in range(count):
+        wire.client.send_raw(raw_frame(PING, 0, 0, struct.pack(">Q", index)))
+    await wire.wait_for(lambda: len(wire.client.ping_acks) >= count, "every PING's ACK")
+    assert wire.client.ping_acks == [struct.pack(">Q", index) for index in range(count)]
+    assert await client.finish() >= MIN_CALLS
