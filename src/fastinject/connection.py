@@ -134,7 +134,9 @@ class Connection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
         self.group.add(self)
-        self._flush()
+        # Our SETTINGS leave with the first answer to the client's preface (its SETTINGS ACK),
+        # not in a write of their own: one send (and TLS record) less per connection.  A
+        # client sends its preface without waiting for ours (RFC 9113 3.4).
         if self._initial_data:
             data, self._initial_data = self._initial_data, b""
             self.data_received(data)
