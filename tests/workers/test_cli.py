@@ -15,7 +15,7 @@ from workers.supervised import APP_DIR, TIMEOUT, channel, pid_of
 pytestmark = pytest.mark.skipif(not PLATFORM_SUPPORTED, reason="the worker pool is Linux-only")
 
 FLAGS = ("--bind", "--workers", "--certfile", "--keyfile", "--client-ca", "--grace",
-         "--log-level", "--app-dir")
+         "--log-level", "--loop", "--app-dir")
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -42,6 +42,20 @@ def test_one_worker_serves_in_process(supervise: Supervise) -> None:
     with channel(address) as chan:
         assert pid_of(chan) == supervised.pid
     assert supervised.signal(signal.SIGTERM) == 0
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_loop_chooses_the_event_loop(supervise: Supervise, loop: str, workers: str) -> None:
+    """--loop runs the workers (or the in-process server) on the event loop named."""
+    pytest.importorskip(loop)
+    supervised = supervise("pid_app:make_server", "--bind", "127.0.0.1:0", "--workers", workers,
+                           "--loop", loop)
+    address = supervised.wait_for(r"listening on (\S+)").group(1)
+    supervised.wait_for(r"serving in process|generation 1 ready")
+    with channel(address) as chan:
+        module = chan.unary_unary("/pid.Pid/Loop")(b"", timeout=TIMEOUT).decode()
+    assert module.split(".")[0] == loop
 
 
 @pytest.mark.parametrize(("factory", "message"), [

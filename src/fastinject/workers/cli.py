@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from .binds import Bind, TlsFiles, load_credentials
 from .factory import FactoryError, build_server
 from .handle import WorkerBootError
+from .loops import LOOPS, check_loop, run
 from .supervisor import Supervisor, usable_cpus
 from .worker import BOOT_FAILED, LOG_FORMAT, build_credentials
 
@@ -76,6 +77,11 @@ def parser() -> argparse.ArgumentParser:
         "--log-level", choices=_LEVELS, default="info", help="log level (default: %(default)s)"
     )
     serve.add_argument(
+        "--loop", choices=LOOPS, default="auto",
+        help="event loop of the workers: uvloop when installed (auto, the default), or force "
+        "one",
+    )
+    serve.add_argument(
         "--app-dir", default=".", metavar="DIR",
         help="directory put first on sys.path to import FACTORY from (default: the current "
         "directory)",
@@ -113,16 +119,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     top = parser()
     args = top.parse_args(argv)
     binds = _binds(args, top)
+    loop_problem = check_loop(args.loop)
+    if loop_problem is not None:
+        top.error(f"--loop {args.loop}: {loop_problem}")
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     app_dir = os.path.abspath(args.app_dir)
     if app_dir not in sys.path:
         sys.path.insert(0, app_dir)
     try:
         if args.workers == 1:
-            return asyncio.run(_serve_in_process(args.factory, binds, args.grace))
+            return run(_serve_in_process(args.factory, binds, args.grace), args.loop)
         supervisor = Supervisor(
             args.factory, binds, workers=args.workers, grace=args.grace,
-            log_level=args.log_level, sys_path=[app_dir],
+            log_level=args.log_level, sys_path=[app_dir], loop=args.loop,
         )
         return asyncio.run(_supervise(supervisor))
     except (OSError, ValueError, RuntimeError, FactoryError, WorkerBootError) as exc:

@@ -38,8 +38,9 @@ class WorkerHandle:
     :class:`WorkerBootError` if it exits first); :attr:`exited` resolves to its exit status.
     """
 
-    def __init__(self, generation: int) -> None:
+    def __init__(self, generation: int, loop_name: str = "auto") -> None:
         self.generation = generation
+        self._loop_name = loop_name
         self.load = WorkerLoad()
         self.pid = 0
         self.draining = False
@@ -67,7 +68,7 @@ class WorkerHandle:
         )
         try:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", _WORKER_MAIN, str(theirs.fileno()),
+                sys.executable, "-c", _WORKER_MAIN, str(theirs.fileno()), self._loop_name,
                 pass_fds=(theirs.fileno(),), env=env,
             )
         except BaseException:

@@ -34,6 +34,7 @@ from ..server import bind_address
 from .balancer import least_loaded
 from .binds import Bind, TlsFiles, load_credentials
 from .handle import WorkerBootError, WorkerHandle
+from .loops import check_loop
 from .messages import WorkerConfig
 from .targets import WorkerTarget
 from .worker import build_credentials
@@ -69,9 +70,10 @@ def usable_cpus() -> int:
 class Supervisor:
     """Runs ``workers`` processes of the server ``factory`` (``"module:function"``).
 
-    ``grace`` is the seconds running calls get on shutdown and reload.  ``log_level`` and
+    ``grace`` is the seconds running calls get on shutdown and reload.  ``log_level``,
     ``sys_path`` (directories put first on the workers' ``sys.path``, to find the factory)
-    are passed to every worker.  All methods run on the supervisor's event loop.
+    and ``loop`` (the workers' event loop: ``auto`` = uvloop when installed, ``asyncio``,
+    ``uvloop``) are passed to every worker.  All methods run on the supervisor's event loop.
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class Supervisor:
         grace: float = 30.0,
         log_level: str = "info",
         sys_path: Sequence[str] = (),
+        loop: str = "auto",
     ) -> None:
         if not PLATFORM_SUPPORTED:
             raise RuntimeError(
@@ -94,6 +97,10 @@ class Supervisor:
             raise ValueError(f"workers must be an int >= 1, not {workers!r}")
         if grace < 0:
             raise ValueError(f"grace must be >= 0 seconds, not {grace}")
+        loop_problem = check_loop(loop)
+        if loop_problem is not None:
+            raise ValueError(loop_problem)
+        self.loop = loop
         self.factory = factory
         self.binds = tuple(binds)
         self._tls: list[TlsFiles | None] = [bind.tls for bind in self.binds]
@@ -272,7 +279,7 @@ class Supervisor:
 
     async def _boot(self, config: WorkerConfig) -> list[WorkerHandle]:
         """Start a whole generation; all ready, or none left running."""
-        workers = [WorkerHandle(config.generation) for _ in range(self.workers)]
+        workers = [WorkerHandle(config.generation, self.loop) for _ in range(self.workers)]
         try:
             for worker in workers:
                 await worker.spawn(config)
@@ -334,7 +341,7 @@ class Supervisor:
                 await asyncio.sleep(delay)
             if self._stopping is not None or worker not in self._current:
                 return
-            replacement = WorkerHandle(config.generation)
+            replacement = WorkerHandle(config.generation, self.loop)
             started = asyncio.get_running_loop().time()
             try:
                 await replacement.spawn(config)

@@ -1,6 +1,6 @@
 """A worker process: builds the user's server and serves the connections the supervisor sends.
 
-Started by the supervisor as ``main([FD])`` in a new interpreter, where FD is its end of
+Started by the supervisor as ``main([FD, LOOP])`` in a new interpreter, where FD is its end of
 a :class:`~fastinject.workers.messages.Channel`.  The first message is the
 :class:`~fastinject.workers.messages.WorkerConfig`; the worker calls the user's factory, makes
 one ``ConnectionInjector`` per target (so TLS handshakes run here, with the target's
@@ -29,6 +29,7 @@ from ..credentials import ServerCredentials
 from ..injector import ConnectionInjector
 from ..server import Server
 from .factory import build_server
+from .loops import check_loop, run
 from .messages import (
     Channel,
     ChannelClosed,
@@ -198,15 +199,15 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a worker on the channel fd given as the only argument; the exit status."""
+    """Run a worker on the channel fd and event loop given as arguments; the exit status."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or not args[0].isdigit():
-        print("usage: fastinject worker CHANNEL_FD (started by the supervisor)", file=sys.stderr)
+    if len(args) != 2 or not args[0].isdigit() or check_loop(args[1]) is not None:
+        print("usage: CHANNEL_FD LOOP (a worker is started by the supervisor)", file=sys.stderr)
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     channel = Channel(socket.socket(fileno=int(args[0])))
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(Worker(channel).run())
+        return run(Worker(channel).run(), args[1])
     return 0
 
