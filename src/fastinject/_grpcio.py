@@ -3,6 +3,9 @@
 * The end-of-stream object: ``context.read()`` returns ``grpc.aio.EOF`` itself, so handlers
   written for grpc.aio (``if request is grpc.aio.EOF``) work unchanged; without grpcio it is
   fastinject's own.  ``fastinject.EOF`` is that same object either way.
+* The abort error: ``context.abort()`` raises an error that is also a ``grpc.aio.AbortError``,
+  so handlers that let it pass with ``except grpc.aio.AbortError: raise`` before a broad
+  ``except Exception`` (a common grpc.aio idiom) do not turn an abort into a second one.
 * Being a ``grpc.aio.Server``: :class:`fastinject.Server` is registered as a virtual subclass,
   so packages that choose their servicer with ``isinstance(server, grpc.aio.Server)``
   (grpcio-reflection) choose the asyncio one.
@@ -16,6 +19,8 @@ from __future__ import annotations
 import functools
 from types import ModuleType
 from typing import Any
+
+from .errors import AbortError
 
 
 class EndOfStream:
@@ -45,6 +50,15 @@ def end_of_stream() -> Any:
     """The one EOF object: ``grpc.aio.EOF`` when grpcio is installed, else fastinject's own."""
     aio = grpc_aio()
     return _OWN_EOF if aio is None else aio.EOF
+
+
+@functools.cache
+def abort_error_class() -> type[AbortError]:
+    """What ``abort()`` raises: :class:`AbortError`, also ``grpc.aio.AbortError`` with grpcio."""
+    aio = grpc_aio()
+    if aio is None:
+        return AbortError
+    return type("AbortError", (AbortError, aio.AbortError), {"__module__": AbortError.__module__})
 
 
 def register_server_class(server_class: type) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import compression
 from . import metadata as md
-from ._grpcio import end_of_stream
+from ._grpcio import abort_error_class, end_of_stream
 from .errors import AbortError, DeserializationError, RpcError
 from .framing import frame_message
 from .status import StatusCode, coerce_status
@@ -36,6 +36,7 @@ class ServicerContext:
     """State and controls of one RPC, compatible with ``grpc.aio.ServicerContext``."""
 
     __slots__ = (
+        "_abort",
         "_accept_encoding",
         "_code",
         "_compression",
@@ -89,6 +90,7 @@ class ServicerContext:
         self._skip_next_compression = False
         self._done = False
         self._status_sent = False
+        self._abort: AbortError | None = None  # the first abort; later ones change nothing
         self._done_callbacks: list[DoneCallback] = []
         self._task: asyncio.Task[None] | None = None
         self._started = False  # set by the RPC task when it begins running
@@ -323,7 +325,13 @@ class ServicerContext:
     def _abort_error(
         self, code: Any, details: str | None, trailing_metadata: MetadataLike | None
     ) -> AbortError:
-        """Record an abort's status and metadata; the error for the caller to raise."""
+        """Record an abort's status and metadata; the error for the caller to raise.
+
+        Only the first abort counts, as in grpc.aio (which refuses a second one): its status
+        is what the client gets, so ``code()``/``details()`` keep reporting it.
+        """
+        if self._abort is not None:
+            return self._abort
         status = coerce_status(code)
         if status is StatusCode.OK:
             raise ValueError("abort() needs a non-OK status code")
@@ -332,7 +340,8 @@ class ServicerContext:
         if details:
             self._details = details
         self._code = status
-        return AbortError(status, self._details or "")
+        self._abort = abort_error_class()(status, self._details or "")
+        return self._abort
 
     def set_code(self, code: Any) -> None:
         """Set the status sent when the handler returns."""
