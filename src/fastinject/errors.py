@@ -175,6 +175,14 @@ class InvalidAddressError(BindError, ValueError):
     """The address is not one the server can bind (``host:port``, ``unix:path``, ...)."""
 
 
+class InvalidInterceptorError(FastInjectError, TypeError, ValueError):
+    """An object given as a server interceptor has no ``intercept_service`` method.
+
+    A :class:`TypeError` and also a :class:`ValueError`, which is what ``grpc.aio.server()``
+    raises for one, so code (and tests) written for either keeps catching it.
+    """
+
+
 class HandshakeError(FastInjectError):
     """A connection's TLS handshake failed or timed out (a peer fault: logged, never raised)."""
 
@@ -201,6 +209,7 @@ __all__ = [
     "InjectorDestroyedError",
     "InvalidAddressError",
     "InvalidFlagsError",
+    "InvalidInterceptorError",
     "InvalidMetadataError",
     "InvalidTimeoutError",
     "MessageTooLargeError",

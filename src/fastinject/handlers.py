@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
+from .errors import InvalidInterceptorError
 from .metadata import Metadata
 
 logger = logging.getLogger(__name__)
@@ -184,13 +185,14 @@ class HandlerRegistry:
 def checked_interceptors(interceptors: Iterable[Any]) -> tuple[ServerInterceptor, ...]:
     """``interceptors`` as a tuple, each checked to have an ``intercept_service`` method.
 
-    Checked when the server (or injector) is made rather than at the first call, with a
-    :class:`TypeError` naming the object that is not an interceptor.
+    Checked when the server (or injector) is made rather than at the first call, with an
+    :class:`~fastinject.errors.InvalidInterceptorError` (a ``TypeError`` and, as grpc.aio
+    raises, a ``ValueError``) naming the object that is not an interceptor.
     """
     checked = tuple(interceptors)
     for interceptor in checked:
         if not callable(getattr(interceptor, "intercept_service", None)):
-            raise TypeError(
+            raise InvalidInterceptorError(
                 f"interceptors must be grpc.aio.ServerInterceptor objects (with an "
                 f"intercept_service method), not {interceptor!r}"
             )

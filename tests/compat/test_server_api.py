@@ -205,7 +205,10 @@ def test_option_names_must_be_str_or_bytes() -> None:
 
 
 def test_interceptors_are_checked_at_construction() -> None:
-    """Something that is not an interceptor is refused at once, named in a TypeError."""
+    """Something that is not an interceptor is refused at once, named in a TypeError.
+
+    The error is also the ValueError grpc.aio raises, so a switched test still catches it.
+    """
 
     class NotAnInterceptor:
         def __repr__(self) -> str:
@@ -213,6 +216,8 @@ def test_interceptors_are_checked_at_construction() -> None:
 
     with pytest.raises(TypeError, match="NotAnInterceptor 42"):
         fastinject.Server(interceptors=[RecordingInterceptor(), NotAnInterceptor()])
+    with pytest.raises(ValueError, match="NotAnInterceptor 42"):
+        fastinject.Server(interceptors=[NotAnInterceptor()])
     server = fastinject.Server()
     with pytest.raises(TypeError, match="NotAnInterceptor 42"):
         server.create_connection_injector(
