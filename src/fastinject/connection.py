@@ -18,6 +18,7 @@ import socket
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import quote
 
 from . import protocol as p
 from .context import ServicerContext
@@ -62,7 +63,10 @@ def format_peer(address: Any, family: int | None) -> str:
         host, port = address[0], address[1]
         if host.startswith("::ffff:") and "." in host:
             host = host[len("::ffff:"):]  # an IPv4 client of a dual-stack socket, as grpc reports
-        return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+        if ":" not in host:
+            return f"ipv4:{host}:{port}"
+        # grpc core writes the peer as a URI, so the brackets (and a zone's %) are escaped
+        return f"ipv6:{quote(f'[{host}]', safe=':')}:{port}"
     return "unknown"
 
 

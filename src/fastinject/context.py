@@ -381,7 +381,11 @@ class ServicerContext:
     # -- peer ------------------------------------------------------------------------------
 
     def peer(self) -> str:
-        """The peer's address: ``ipv4:IP:PORT``, ``ipv6:[IP]:PORT``, ``unix:PATH`` or a name."""
+        """The peer's address as grpc core writes it.
+
+        ``ipv4:IP:PORT``, ``ipv6:%5BIP%5D:PORT`` (a URI: brackets escaped), ``unix:PATH`` or
+        ``unix-abstract:NAME``.
+        """
         return self._conn.peer
 
     def auth_context(self) -> dict[str, list[bytes]]:

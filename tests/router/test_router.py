@@ -151,7 +151,7 @@ async def test_source_cidr_rules(
         assert "127.0.0.1" in (await peer_of_call(channel))["peer"]
         assert (plaintext.connections, v6.connections) == (1, 0)
     async with insecure_channel(f"[::1]:{port}") as channel:
-        assert (await peer_of_call(channel))["peer"].startswith("ipv6:[::1]:")
+        assert (await peer_of_call(channel))["peer"].startswith("ipv6:%5B::1%5D:")
         assert v6.connections == 1
 
 

@@ -274,7 +274,7 @@ async def test_ipv6_and_unix_ports(recorder: Recorder, tmp_path: object) -> None
     async with server:
         async with grpc.aio.insecure_channel(f"[::1]:{v6_port}") as channel:
             info = json.loads(await method(channel, "Peer")(b""))
-            assert info["peer"].startswith("ipv6:[::1]:")
+            assert info["peer"].startswith("ipv6:%5B::1%5D:")
         async with grpc.aio.insecure_channel(f"unix:{path}") as channel:
             info = json.loads(await method(channel, "Peer")(b""))
             assert info["peer"].startswith("unix:")

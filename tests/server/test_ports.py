@@ -74,7 +74,7 @@ async def test_one_port_number_on_two_hosts_is_drained_as_one(recorder: Recorder
                 await channel.close()
         # Drained, not unbound: both addresses still take new connections.
         assert (await peer_of(targets[0])).startswith("ipv4:127.0.0.1:")
-        assert (await peer_of(targets[1])).startswith("ipv6:[::1]:")
+        assert (await peer_of(targets[1])).startswith("ipv6:%5B::1%5D:")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract sockets are Linux's")
