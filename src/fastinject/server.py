@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import functools
 import logging
 import os
@@ -539,6 +540,47 @@ def bind_address(address: str, *, reuse_port: bool = False) -> list[socket.socke
         )
     host = host.strip("[]") or "::"
     port = int(port_text)
+    try:
+        if host in _WILDCARDS:
+            return _bind_wildcard(port, reuse_port)
+        if host == "localhost":
+            return _bind_localhost(port, reuse_port)
+        return _bind_host(host, port, reuse_port)
+    except OSError as exc:
+        raise _bind_error(address, exc) from exc
+
+
+# As grpc core does: a wildcard host is one dual-stack socket (IPv6 clients reach 0.0.0.0 too),
+# and localhost is both loopbacks whatever /etc/hosts says.
+_WILDCARDS = ("::", "0.0.0.0")
+_NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
+
+
+def _bind_wildcard(port: int, reuse_port: bool) -> list[socket.socket]:
+    """One dual-stack socket on every address; IPv4 only where the host has no IPv6."""
+    try:
+        return _bind_host("::", port, reuse_port)
+    except OSError as exc:
+        if exc.errno not in _NO_IPV6:
+            raise
+        return _bind_host("0.0.0.0", port, reuse_port)
+
+
+def _bind_localhost(port: int, reuse_port: bool) -> list[socket.socket]:
+    """127.0.0.1 and ::1 on the same port (::1 skipped where the host has no IPv6)."""
+    sockets = _bind_host("127.0.0.1", port, reuse_port)
+    try:
+        sockets += _bind_host("::1", port_number(sockets), reuse_port)
+    except OSError as exc:
+        if exc.errno not in _NO_IPV6:
+            for sock in sockets:
+                sock.close()
+            raise
+    return sockets
+
+
+def _bind_host(host: str, port: int, reuse_port: bool) -> list[socket.socket]:
+    """Listening sockets on every address ``host`` resolves to, on one port (0: a free one)."""
     sockets: list[socket.socket] = []
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -556,10 +598,10 @@ def bind_address(address: str, *, reuse_port: bool = False) -> list[socket.socke
             port = sock.getsockname()[1]
             if host == "::":
                 break  # dual-stack socket covers IPv4 too
-    except OSError as exc:
+    except OSError:
         for sock in sockets:
             sock.close()
-        raise _bind_error(address, exc) from exc
+        raise
     return sockets
 
 
