@@ -405,6 +405,10 @@ def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+# An HTTP/2 client connection preface: the magic string, then an empty SETTINGS frame.
+CLIENT_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
 async def test_no_leaks_after_many_inject_close_cycles(
     injector: fastinject.ConnectionInjector,
 ) -> None:
@@ -415,6 +419,8 @@ async def test_no_leaks_after_many_inject_close_cycles(
         ours, theirs = socket.socketpair()
         await injector.inject_connection(ours)
         theirs.setblocking(False)
+        # The server's SETTINGS go out with its answer to a client preface, so send one.
+        await loop.sock_sendall(theirs, CLIENT_PREFACE)
         await loop.sock_recv(theirs, 100)  # the server's SETTINGS: it is being served
         theirs.close()
 
