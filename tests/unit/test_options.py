@@ -195,6 +195,13 @@ def test_malformed_option_items_raise(item: Any) -> None:
         ("default_compression", "brotli"),
         ("handshake_timeout", 0),
         ("so_reuseport", "yes"),
+        ("stream_reset_burst", 0),
+        ("stream_reset_rate", -1.0),
+        ("stream_reset_rate", "33/s"),
+        ("useless_frame_burst", 0),
+        ("useless_frame_rate", math.nan),
+        ("max_frames_per_turn", 0),
+        ("max_pending_control_frames", 0),
     ],
 )
 def test_invalid_settings_raise_naming_the_setting(field: str, value: Any) -> None:
@@ -214,6 +221,11 @@ def test_invalid_settings_raise_naming_the_setting(field: str, value: Any) -> No
         ("max_receive_message_length", 0),
         ("min_ping_interval_without_data", 0),
         ("max_connection_age_grace", 0),
+        ("stream_reset_burst", 1),
+        ("stream_reset_rate", 0.0),
+        ("useless_frame_burst", 1),
+        ("max_frames_per_turn", 1),
+        ("max_pending_control_frames", 1),
     ],
 )
 def test_boundary_values_are_accepted(field: str, value: Any) -> None:
