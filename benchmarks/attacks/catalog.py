@@ -30,8 +30,11 @@ class RawConnection:
     """An attacker's HTTP/2 connection: writes raw bytes, parses (or ignores) what comes back."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 target: Target, read: bool) -> None:
+                 target: Target, read: bool, speaks_h2: bool) -> None:
         self.writer = writer
+        # Whether we sent the preface: only then are the server's SETTINGS acknowledged (a
+        # slowloris connection must send nothing more).
+        self.speaks_h2 = speaks_h2
         self.blocks = f.HeaderBlocks()
         self.next_stream_id = 1
         self.closed = False
@@ -57,7 +60,7 @@ class RawConnection:
                     elif kind == f.RST_STREAM and len(payload) == 4:
                         code = int.from_bytes(payload, "big")
                         view.resets[code] = view.resets.get(code, 0) + 1
-                    elif kind == f.SETTINGS and not flags & 1:
+                    elif kind == f.SETTINGS and not flags & 1 and self.speaks_h2:
                         self.writer.write(f.frame(f.SETTINGS, 1, 0))
         except (ConnectionError, ssl.SSLError):
             pass
@@ -141,7 +144,7 @@ class Target:
                 self.view.connect_failures += 1
             return None
         self.view.connections += 1
-        connection = RawConnection(reader, writer, self, read)
+        connection = RawConnection(reader, writer, self, read, preface)
         if preface and not await connection.send(f.PREFACE + f.frame(f.SETTINGS, 0, 0)):
             connection.close()
             return None

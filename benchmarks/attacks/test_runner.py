@@ -143,7 +143,8 @@ def test_unknown_attack_name_is_refused() -> None:
 class Sink:
     """A loopback server that keeps everything it reads until each peer leaves."""
 
-    def __init__(self) -> None:
+    def __init__(self, greeting: bytes = b"") -> None:
+        self.greeting = greeting  # sent to each peer at once, as a server's SETTINGS
         self.received = bytearray()
         self.open = 0
         self.server: asyncio.Server | None = None
@@ -155,6 +156,7 @@ class Sink:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.open += 1
+        writer.write(self.greeting)
         with contextlib.suppress(ConnectionError):
             while data := await reader.read(65536):
                 self.received.extend(data)
@@ -192,14 +194,19 @@ async def test_a_flood_stops_at_its_budget_and_counts_what_it_sent() -> None:
 
 
 async def test_an_attack_stops_at_its_deadline() -> None:
-    """Slowloris connections are held only until the deadline, then dropped."""
-    sink = Sink()
+    """Silent slowloris connections are held until the deadline, then dropped.
+
+    They send nothing at all, not even an ACK of the server's SETTINGS.
+    """
+    sink = Sink(greeting=f.frame(f.SETTINGS, 0, 0))
     port = await sink.start()
     view = AttackerView()
     loop = asyncio.get_running_loop()
     target = catalog.Target(port, False, loop.time() + 0.5, 0.01, view)  # 5 connections
     async with asyncio.timeout(5):
-        await catalog.slowloris_preface(target)
+        await catalog.slowloris_silent(target)
     assert view.connections == 5
+    assert view.closed_by_server == 0
     assert loop.time() >= target.deadline
     await sink.stop()
+    assert sink.received == b""
