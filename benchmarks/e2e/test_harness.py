@@ -268,16 +268,7 @@ def test_self_check_passes_against_the_reference_servers() -> None:
     """``--self-check`` starts grpc.aio and grpclib, verifies every workload and exits 0."""
     # The reference servers only: this checks the harness, not fastinject (which
     # ``python -m benchmarks.e2e --self-check`` checks too).
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks.e2e", "--self-check", "--servers", "grpc.aio,grpclib"],
-        cwd=runner.REPOSITORY,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    assert "self-check passed" in completed.stdout
+    assert_self_check_passes("grpc.aio,grpclib", timeout_s=300)
 
 
 def test_parse_summary_reads_the_instruction_total_of_a_dump() -> None:
@@ -473,16 +464,7 @@ def test_grpcjs_install_is_reused_while_the_lock_file_is_unchanged(tmp_path: Pat
 @needs_node
 def test_self_check_passes_against_grpcjs() -> None:
     """grpc-js is installed by npm ci on first use and answers every workload correctly."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks.e2e", "--self-check", "--servers", "grpc-js"],
-        cwd=runner.REPOSITORY,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    assert "self-check passed" in completed.stdout
+    assert_self_check_passes("grpc-js", timeout_s=900)
 
 
 def test_consecutive_runs_combine_into_one_summary() -> None:
@@ -579,3 +561,17 @@ def test_tls_self_check_passes_against_the_reference_servers() -> None:
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "over TLS" in completed.stdout
     assert "p99.9" in completed.stdout
+
+
+def assert_self_check_passes(servers: str, timeout_s: float) -> None:
+    """Run ``python -m benchmarks.e2e --self-check --servers SERVERS``; it must pass."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.e2e", "--self-check", "--servers", servers],
+        cwd=runner.REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "self-check passed" in completed.stdout

@@ -87,9 +87,13 @@ async def outcome(call: Any) -> grpc.StatusCode:
 
 
 async def assert_readers_woken(readers: Readers) -> None:
-    """Every blocked handler's request iterator raised (its pool thread is free again)."""
-    await eventually(lambda: len(readers.ended) == POOL)
-    assert readers.ended == ["RpcError"] * POOL
+    """Every handler that started reading had its request iterator raise (threads are free).
+
+    A queued call may still reach a thread freed a moment before its own deadline passes;
+    it must then be woken too.
+    """
+    await eventually(lambda: len(readers.ended) == readers.started >= POOL)
+    assert readers.ended == ["RpcError"] * readers.started
 
 
 async def assert_pool_still_serves(target: str) -> None:
