@@ -32,6 +32,7 @@ from .rpc import run_rpc
 
 if TYPE_CHECKING:
     from .concurrency import ConcurrentRpcLimit
+    from .memory import MessageMemory
     from .server import ConnectionGroup
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class Connection(asyncio.Protocol):
         peer: str | None = None,
         initial_data: bytes = b"",
         rpc_limit: ConcurrentRpcLimit | None = None,
+        memory: MessageMemory | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -105,7 +107,10 @@ class Connection(asyncio.Protocol):
         self._executor_factory = executor
         self.group = group
         self.loop = asyncio.get_running_loop()
-        self.protocol = p.ServerProtocol(settings, self.loop.time)
+        # ``memory``: the server's budget of bytes held for partly received messages, shared.
+        self.protocol = p.ServerProtocol(settings, self.loop.time, memory)
+        self.protocol.on_shed = self._on_shed
+        self._shed_scheduled = False
         self._transport: asyncio.Transport | None = None
         self._peer = peer
         self._auth_context: dict[str, list[bytes]] | None = None
@@ -181,6 +186,18 @@ class Connection(asyncio.Protocol):
             self._schedule_turn()
         else:
             self._resume_reading("turn")
+
+    def _on_shed(self) -> None:
+        """Another connection's bytes made the server shed calls of this one: report them."""
+        if not self._shed_scheduled:
+            self._shed_scheduled = True
+            self.loop.call_soon(self._report_shed)
+
+    def _report_shed(self) -> None:
+        self._shed_scheduled = False
+        shed = self.protocol.take_shed()
+        if shed and self._transport is not None:
+            self._handle(shed)
 
     def _pause_reading(self, reason: str) -> None:
         if not self._read_pauses and self._transport is not None:
@@ -268,6 +285,7 @@ class Connection(asyncio.Protocol):
         self.resume_writing()
         self._wake_writers(0)
         self.group.discard(self)
+        self.protocol.release_memory()
         self.peer_log.close()
         if not self._closed.done():
             self._closed.set_result(None)

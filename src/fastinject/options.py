@@ -46,6 +46,12 @@ class ServerSettings:
         connection past it fails with ``RESOURCE_EXHAUSTED`` and its buffer is dropped; the
         connection and its other calls go on.  One message of ``max_receive_message_length``
         always fits: the limit applied is at least that plus its 5-byte prefix.
+    ``max_server_partial_message_bytes`` = 32 MiB (no grpcio option)
+        The same bytes summed over every connection of the server (ports and injectors).
+        Past it, the connection holding the most loses its largest call (which fails with
+        ``RESOURCE_EXHAUSTED`` and drops its buffer), again until the sum is back within it:
+        the peer piling up half messages pays, not the client whose message arrives next.
+        At least one message of ``max_receive_message_length`` plus its prefix.
     ``max_concurrent_streams`` = 1000 (``grpc.max_concurrent_streams``)
         HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: RPCs one client connection may run at once.
     ``max_header_list_size`` = 16 KiB (``grpc.absolute_max_metadata_size``)
@@ -148,6 +154,7 @@ class ServerSettings:
     max_receive_message_length: int = 4 * 1024 * 1024
     max_send_message_length: int = _INT32_MAX
     max_partial_message_bytes: int = 32 * 1024 * 1024
+    max_server_partial_message_bytes: int = 32 * 1024 * 1024
     max_concurrent_streams: int = 1000
     max_header_list_size: int = 16 * 1024
     initial_stream_window_size: int = 1024 * 1024
@@ -259,6 +266,7 @@ _LIMITS: dict[str, _Range] = {
     "max_receive_message_length": _Range("int", 0, UNLIMITED_MESSAGE_LENGTH),
     "max_send_message_length": _Range("int", 0, UNLIMITED_MESSAGE_LENGTH),
     "max_partial_message_bytes": _Range("int", 0, UNLIMITED_MESSAGE_LENGTH),
+    "max_server_partial_message_bytes": _Range("int", 0, UNLIMITED_MESSAGE_LENGTH),
     "max_concurrent_streams": _Range("int", 0, _UINT32_MAX),
     "max_header_list_size": _Range("int", 1, _UINT32_MAX),
     "initial_stream_window_size": _Range("int", 1, _INT32_MAX),

@@ -31,6 +31,7 @@ from ._h2tuning import HARD_HEADER_LIST_FACTOR, StreamRefused, TunedH2Connection
 from .compression import accept_encoding_header, is_enabled, is_supported
 from .errors import FloodError, FramingError, InvalidMetadataError, RpcError
 from .framing import Deframer
+from .memory import MessageMemory
 from .options import ServerSettings
 from .status import StatusCode
 
@@ -184,7 +185,10 @@ class ServerProtocol:
     """
 
     def __init__(
-        self, settings: ServerSettings, clock: Callable[[], float] = time.monotonic
+        self,
+        settings: ServerSettings,
+        clock: Callable[[], float] = time.monotonic,
+        memory: MessageMemory | None = None,
     ) -> None:
         self.settings = settings
         self._accept_encoding = (
@@ -197,6 +201,12 @@ class ServerProtocol:
         self._partial_message_limit = max(
             settings.max_partial_message_bytes, settings.max_receive_message_length + 5
         )
+        # The server's budget over all its connections (this connection's own, when alone).
+        self._memory = MessageMemory.for_settings(settings) if memory is None else memory
+        # Calls failed to keep that budget while another connection was receiving: they are
+        # reported by the next receive() or take_shed(); on_shed() says there are some.
+        self._shed: list[Event] = []
+        self.on_shed: Callable[[], None] | None = None
         self._goaway_last_stream_id = MAX_STREAM_ID
         self.highest_stream_id = 0
         self.closed = False
@@ -266,6 +276,8 @@ class ServerProtocol:
             self._backlog = None
             self._h2.terminate(exc.http2_error_code, exc.debug)
             events.append(ConnectionClosedByPeer(exc.http2_error_code, str(exc)))
+        if self._shed:
+            events.extend(self.take_shed())
         return events
 
     @property
@@ -597,8 +609,9 @@ class ServerProtocol:
             self._return_credit(stream_id, advance)
             state.prepaid += advance
         held = state.deframer.held
-        self.partial_message_bytes += held - state.held
-        state.held = held
+        if held == state.held:
+            return
+        self._hold(state, held)
         if self.partial_message_bytes > self._partial_message_limit:
             # Early credit lets a peer fill every stream up to its message limit; this bounds
             # the sum.  The stream crossing it fails (as grpc core cancels a stream when its
@@ -606,6 +619,41 @@ class ServerProtocol:
             self._fail(stream_id, StatusCode.RESOURCE_EXHAUSTED,
                        f"request messages being received on this connection hold over "
                        f"{self._partial_message_limit} bytes (max_partial_message_bytes)", events)
+        elif self._memory.over:
+            # Over the server's budget: the connection holding the most pays, which may be
+            # this one (its calls fail in order with the others) or another.
+            self._memory.reclaim()
+            if self._shed:
+                events.extend(self.take_shed())
+
+    def _hold(self, state: _StreamState, held: int) -> None:
+        """Account that a stream's deframer now holds ``held`` bytes, here and server-wide."""
+        delta = held - state.held
+        state.held = held
+        self.partial_message_bytes += delta
+        self._memory.change(self, delta)
+
+    def shed_largest_stream(self) -> None:
+        """Fail the call holding the most bytes: the server's budget is exhausted.
+
+        Its :class:`CallFailed` is reported by :meth:`take_shed` (and the next :meth:`receive`).
+        """
+        stream_id = max(self._streams, key=lambda stream: self._streams[stream].held)
+        self._fail(stream_id, StatusCode.RESOURCE_EXHAUSTED,
+                   f"request messages being received by this server hold over "
+                   f"{self._memory.limit} bytes (max_server_partial_message_bytes)", self._shed)
+        if self.on_shed is not None:
+            self.on_shed()
+
+    def take_shed(self) -> list[Event]:
+        """The calls failed by :meth:`shed_largest_stream` since last asked."""
+        shed, self._shed = self._shed, []
+        return shed
+
+    def release_memory(self) -> None:
+        """The connection is gone: drop every partly received message (its budget share)."""
+        for stream_id in list(self._streams):
+            self._forget(stream_id)
 
     def _on_stream_ended(self, stream_id: int, events: list[Event]) -> None:
         state = self._streams.get(stream_id)
@@ -622,16 +670,16 @@ class ServerProtocol:
         state = self._streams.get(stream_id)
         if state is not None:
             state.failed = True
-            self.partial_message_bytes -= state.held
-            state.held = 0
+            if state.held:
+                self._hold(state, 0)
             state.deframer = Deframer(0)  # drops the partial message now; nothing more is fed
         events.append(CallFailed(stream_id, status, details))
 
     def _forget(self, stream_id: int) -> _StreamState | None:
         """Drop a stream's receive state (and its share of :attr:`partial_message_bytes`)."""
         state = self._streams.pop(stream_id, None)
-        if state is not None:
-            self.partial_message_bytes -= state.held
+        if state is not None and state.held:
+            self._hold(state, 0)
         return state
 
     # -- flow control -----------------------------------------------------------------------

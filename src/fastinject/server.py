@@ -34,6 +34,7 @@ from .handlers import (
     ServerInterceptor,
     checked_interceptors,
 )
+from .memory import MessageMemory
 from .options import ServerSettings
 from .tls import Handshake, NativeTlsHandshake, TlsLayer
 
@@ -184,6 +185,8 @@ class Server:
             None if maximum_concurrent_rpcs is None
             else ConcurrentRpcLimit(maximum_concurrent_rpcs)
         )
+        # Bytes held for partly received messages, over every connection (ports, injectors).
+        self._message_memory = MessageMemory.for_settings(self.settings)
         self.registry = HandlerRegistry(interceptors or ())
         if handlers:
             self.registry.add_generic(handlers)
@@ -293,6 +296,7 @@ class Server:
                 peer=peer,
                 initial_data=data,
                 rpc_limit=self._rpc_limit,
+                memory=self._message_memory,
             )
 
         context = credentials.ssl_context()

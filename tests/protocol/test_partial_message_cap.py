@@ -14,9 +14,11 @@ import struct
 import grpc
 
 from fastinject import StatusCode
-from fastinject.protocol import CallFailed, MessagesReceived
+from fastinject.memory import MessageMemory
+from fastinject.options import ServerSettings
+from fastinject.protocol import CallFailed, MessagesReceived, ServerProtocol
 from protocol.probe_service import StartServer
-from protocol.wire import OpenWire, connected, exchange, grpc_frame
+from protocol.wire import H2Client, OpenWire, connected, exchange, grpc_frame
 
 MIB = 1024 * 1024
 HALF = MIB // 2
@@ -160,3 +162,48 @@ async def test_attacker_past_the_cap_gets_resource_exhausted_while_grpcio_is_ser
     assert completed.status == StatusCode.OK.number
     assert completed.messages == [(False, b"k" * MIB)]
 
+
+
+def test_connections_share_the_server_budget_and_the_largest_holder_pays() -> None:
+    """Two connections of one server: the one crossing its budget keeps its message.
+
+    The other, which holds more, loses its largest call; it learns of it via ``on_shed``.
+    """
+    settings = ServerSettings(max_receive_message_length=MIB)
+    memory = MessageMemory(2 * MIB)
+    pairs = []
+    for _ in range(2):
+        client, server = H2Client(), ServerProtocol(settings, memory=memory)
+        exchange(client, server)
+        exchange(client, server)
+        pairs.append((client, server))
+    (piling_client, piling), (crossing_client, crossing) = pairs
+    told: list[bool] = []
+    piling.on_shed = lambda: told.append(True)
+    piled = [piling_client.start_call(end=False) for _ in range(12)]
+    for stream_id in piled:  # the last one holds the most
+        piling_client.send(stream_id, prefix(MIB) + b"p" * (64 * 1024 if stream_id < piled[-1]
+                                                              else 160 * 1024))
+    assert failures(exchange(piling_client, piling)) == {}
+    assert memory.used == piling.partial_message_bytes > MIB
+
+    big = crossing_client.start_call(end=False)
+    crossing_client.send(big, prefix(MIB) + b"m" * HALF)
+    assert failures(exchange(crossing_client, crossing)) == {}
+    assert memory.used == piling.partial_message_bytes + crossing.partial_message_bytes
+    assert memory.used <= 2 * MIB
+    assert told
+    shed = failures(piling.take_shed())
+    assert piled[-1] in shed  # the largest first
+    assert 0 < len(shed) < len(piled)
+    for event in shed.values():
+        assert event.status is StatusCode.RESOURCE_EXHAUSTED
+        assert "max_server_partial_message_bytes" in event.details
+    assert piling.take_shed() == []
+
+    crossing_client.send(big, b"m" * (MIB - HALF), end=True)
+    received = [e for e in exchange(crossing_client, crossing) if isinstance(e, MessagesReceived)]
+    assert [e.messages for e in received] == [[(b"m" * MIB, False)]]
+    piling.release_memory()
+    assert memory.used == 0
+    assert memory.holders == 0

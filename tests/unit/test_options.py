@@ -31,6 +31,7 @@ def test_defaults_follow_grpc() -> None:
     assert settings.default_compression is Compression.NoCompression
     assert settings.max_frame_size == 16384
     assert settings.max_partial_message_bytes == 32 * 1024 * 1024
+    assert settings.max_server_partial_message_bytes == 32 * 1024 * 1024
 
 
 def test_every_setting_and_option_is_documented() -> None:
@@ -171,6 +172,8 @@ def test_malformed_option_items_raise(item: Any) -> None:
         ("max_receive_message_length", 1.5),
         ("max_receive_message_length", "4"),
         ("max_partial_message_bytes", -1),
+        ("max_server_partial_message_bytes", -1),
+        ("max_server_partial_message_bytes", 2.5),
         ("max_concurrent_streams", True),
         ("max_concurrent_streams", 2**32),
         ("max_header_list_size", 0),

@@ -1,0 +1,84 @@
+"""The server-wide budget of bytes held for partly received request messages.
+
+Flow-control credit for a message being assembled is returned early (a message larger than the
+window must be able to arrive), so every stream of every connection can make the server hold
+bytes that no handler has taken yet.  ``max_partial_message_bytes`` bounds that per connection;
+:class:`MessageMemory` bounds the sum over every connection of a server, accepted and injected
+alike (grpc core's resource quota idea: one counter that all transports draw from).
+
+Past the budget, the connection holding the most gives up its largest stream (which fails with
+``RESOURCE_EXHAUSTED``), again until the sum is back within the budget.  The stream whose bytes
+crossed the line is not the one that pays unless it belongs to that connection: an attacker
+holding half messages on many streams loses them, a client whose one message arrives while the
+budget is full keeps it.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .options import ServerSettings
+
+
+class Holder(Protocol):
+    """A connection that holds bytes of partly received messages (a ``ServerProtocol``)."""
+
+    partial_message_bytes: int
+
+    def shed_largest_stream(self) -> None:
+        """Fail the stream holding the most bytes, dropping its buffer."""
+
+
+class MessageMemory:
+    """Bytes held for partly received messages by every connection of a server, and the cap.
+
+    Holders report every change with :meth:`change` (after updating their own
+    ``partial_message_bytes``) and call :meth:`reclaim` when :attr:`over`.
+    """
+
+    __slots__ = ("_holders", "limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        # The holders with bytes held, as an insertion-ordered set.
+        self._holders: dict[Holder, None] = {}
+
+    @classmethod
+    def for_settings(cls, settings: ServerSettings) -> MessageMemory:
+        """The budget ``settings`` ask for: never below one message of the receive limit."""
+        return cls(max(
+            settings.max_server_partial_message_bytes, settings.max_receive_message_length + 5
+        ))
+
+    @property
+    def over(self) -> bool:
+        """Whether more bytes are held than the budget allows."""
+        return self.used > self.limit
+
+    @property
+    def holders(self) -> int:
+        """How many connections hold bytes now."""
+        return len(self._holders)
+
+    def change(self, holder: Holder, delta: int) -> None:
+        """``holder`` holds ``delta`` bytes more (or fewer, if negative) than before."""
+        self.used += delta
+        if holder.partial_message_bytes:
+            self._holders[holder] = None
+        else:
+            self._holders.pop(holder, None)
+
+    def reclaim(self) -> None:
+        """Shed the largest streams of the largest holders until the budget is kept."""
+        holders = self._holders
+        while self.used > self.limit and holders:
+            largest = max(holders, key=_held_by)
+            largest.shed_largest_stream()
+
+
+def _held_by(holder: Holder) -> int:
+    return holder.partial_message_bytes
+
+
+__all__ = ["Holder", "MessageMemory"]
