@@ -26,6 +26,7 @@ from .credentials import auth_context
 from .decompressor import ConnectionDecompressor
 from .errors import RpcError
 from .handlers import HandlerRegistry, ServerInterceptor
+from .linger import Linger
 from .options import ServerSettings
 from .peerlog import PeerLog
 from .rpc import run_rpc
@@ -45,9 +46,6 @@ _NO_ERROR = 0x0
 _FLUSH_AT = 4 * 1024 * 1024
 # How long phase one of a graceful close waits for its PING before phase two goes anyway.
 _DRAIN_PING_TIMEOUT = 5.0
-# How long a closing connection may take to send what it still holds before it is aborted
-# (a peer that does not read would otherwise keep it, and a server's stop(), forever).
-_CLOSE_FLUSH_TIMEOUT = 5.0
 # grpc core's interval when a client pings with no calls and permit_without_calls is off.
 _IDLE_PING_INTERVAL = 7200.0
 
@@ -124,6 +122,7 @@ class Connection(asyncio.Protocol):
         self._turn_scheduled = False
         self._closing = False  # a graceful close has begun
         self._final_goaway_sent = False
+        self._linger: Linger | None = None  # the transport is closing (see linger.py)
         self._closed = asyncio.get_running_loop().create_future()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._last_ping_received: float | None = None
@@ -167,6 +166,9 @@ class Connection(asyncio.Protocol):
         handled on later loop turns, with reading paused meanwhile, so that the other
         connections' work runs in between.
         """
+        if self._linger is not None:
+            self._linger.discard(data)
+            return
         self._handle(self.protocol.receive(data))
         if self.protocol.has_backlog:
             self._schedule_turn()
@@ -179,8 +181,8 @@ class Connection(asyncio.Protocol):
 
     def _next_turn(self) -> None:
         self._turn_scheduled = False
-        if self._transport is None or self._writable is not None:
-            return  # gone, or resume_writing() takes over
+        if self._transport is None or self._writable is not None or self._linger is not None:
+            return  # gone, resume_writing() takes over, or closing
         self._handle(self.protocol.receive(b""))
         if self.protocol.has_backlog:
             self._schedule_turn()
@@ -255,13 +257,15 @@ class Connection(asyncio.Protocol):
             if event.error_code == _NO_ERROR:
                 self.close_gracefully()
             else:
-                self._abort()
+                self._end()
 
     def pause_writing(self) -> None:
         """The transport's buffer is full: senders wait, and nothing is read, until it drains.
 
         A peer that sends but does not read would otherwise make us queue answers without end.
         """
+        if self._linger is not None:
+            return  # closing: what it sends is discarded, and nothing waits to write
         if self._writable is None:
             self._writable = self.loop.create_future()
         self._pause_reading("writing")
@@ -271,6 +275,9 @@ class Connection(asyncio.Protocol):
         writable, self._writable = self._writable, None
         if writable is not None and not writable.done():
             writable.set_result(None)
+        if self._linger is not None:
+            self._linger.output_left()
+            return
         self._resume_reading("writing")
         if self.protocol.has_backlog:
             self._schedule_turn()
@@ -278,6 +285,9 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """The transport is gone: cancel the calls and forget the connection."""
         self._transport = None
+        linger, self._linger = self._linger, None
+        if linger is not None:
+            linger.cancel()
         for name in list(self._timers):
             self._cancel_timer(name)
         for call in list(self._calls.values()):
@@ -444,12 +454,12 @@ class Connection(asyncio.Protocol):
         await asyncio.shield(self._closed)
 
     def _close_transport(self) -> None:
-        """Close once the output is sent; abort if the peer does not take it in time."""
+        """Send what is left, half-close, read and discard a while, close (``linger.py``)."""
         self._flush()
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
-            if self._transport.get_write_buffer_size():
-                self._set_timer("close_flush", _CLOSE_FLUSH_TIMEOUT, self._abort)
+        transport = self._transport
+        if transport is not None and self._linger is None and not transport.is_closing():
+            self._read_pauses.clear()  # the linger reads (and drops) what the peer still sends
+            self._linger = Linger(transport, self.loop)
 
     def _abort(self) -> None:
         self._flush()
@@ -529,6 +539,13 @@ class Connection(asyncio.Protocol):
             return
         logger.debug("peer %s: GOAWAY ENHANCE_YOUR_CALM %s", self.peer, reason.decode())
         self.protocol.goaway(self.protocol.highest_stream_id, _ENHANCE_YOUR_CALM, reason)
+        self._end()
+
+    def _end(self) -> None:
+        """The connection is over (a GOAWAY of ours, if any, says why): cancel its calls, close.
+
+        The close lingers (``linger.py``), so that a peer still sending reads our GOAWAY.
+        """
         self._final_goaway_sent = self._closing = True
         for call in list(self._calls.values()):
             call._cancel_by_client()

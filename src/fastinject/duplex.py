@@ -174,6 +174,10 @@ class DuplexTransport(asyncio.Transport):
         """Whether the transport is closing or closed."""
         return self._closing
 
+    def can_write_eof(self) -> bool:
+        """False: a :class:`Duplex` has no half-close."""
+        return False
+
     def pause_reading(self) -> None:
         """Stop delivering received bytes until resume_reading()."""
         self._reading.clear()

@@ -80,6 +80,7 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
+        self._eof_sent = False  # our close_notify is out: nothing more is written
 
     # -- protocol side (the transport below) ---------------------------------------------------
 
@@ -201,10 +202,25 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send bytes to the peer."""
-        if self._lower is None or self._closing:
+        if self._lower is None or self._closing or self._eof_sent:
             return
         self._ssl.write(data)
         self._send_outgoing()
+
+    def can_write_eof(self) -> bool:
+        """Whether the transport below can half-close (a socket can, a Duplex cannot)."""
+        return self._lower is not None and self._lower.can_write_eof()
+
+    def write_eof(self) -> None:
+        """Send close_notify, then half-close the transport below; reading goes on."""
+        if self._lower is None or self._closing or self._eof_sent:
+            return
+        self._eof_sent = True
+        # The peer's close_notify is not awaited here: its records are still read after ours.
+        with contextlib.suppress(ssl.SSLError):
+            self._ssl.unwrap()
+        self._send_outgoing()
+        self._lower.write_eof()
 
     def close(self) -> None:
         """Close after sending what is buffered."""

@@ -1,0 +1,76 @@
+"""Closing a connection without losing its last frames: send, half-close, linger, close.
+
+When the server ends a connection (a GOAWAY after a flood or a protocol error, or the last
+GOAWAY of a graceful close) while the peer is still sending, closing the socket with unread
+input makes the kernel answer with a TCP RST, and dropping what is still buffered (an abort)
+loses the GOAWAY outright.  A peer that meets the RST while it writes may then never read the
+GOAWAY that told it why.  So, as HTTP/2 servers on nghttp2 and grpc core do, a closing
+connection first lets its output leave, then shuts down its sending side (TCP FIN: the peer
+reads the GOAWAY, then end of stream), keeps reading and discarding what the peer still
+sends for a short while, and only then closes.  The bounds:
+
+* the output must leave within :data:`FLUSH_TIMEOUT` (a peer that does not read is aborted);
+* after that, input is read and discarded for :data:`LINGER_TIME` at most, or until the peer
+  closes its side;
+* at most :data:`LINGER_BYTES` are read and discarded; past that, reading stops (the bytes
+  left unread may then provoke the RST, but only once the GOAWAY has left).
+
+Transports that cannot half-close (TLS run by the event loop, which sends its close_notify
+and reads until the peer's; injected :class:`~fastinject.duplex.Duplex` streams) are closed
+the ordinary way, and aborted if they are not gone within :data:`FLUSH_TIMEOUT`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+FLUSH_TIMEOUT = 5.0
+"""Seconds a closing connection's output may take to leave before it is aborted."""
+LINGER_TIME = 1.0
+"""Seconds input is read and discarded after the output left and the sending side closed."""
+LINGER_BYTES = 1024 * 1024
+"""Bytes read and discarded at most while lingering; past them, reading stops."""
+
+
+class Linger:
+    """The closing of one connection's transport; the connection hands it its input and drain."""
+
+    __slots__ = ("_discarded", "_drained", "_loop", "_timer", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._discarded = 0
+        self._drained = False
+        self._timer = loop.call_later(FLUSH_TIMEOUT, transport.abort)
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        try:
+            transport.write_eof()  # once the buffered output has left
+        except OSError:  # the peer is gone already (asyncio's write_eof lets this through)
+            transport.abort()
+            return
+        # Learn when the last byte has left: resume_writing() at an empty buffer.
+        transport.set_write_buffer_limits(high=0, low=0)
+        transport.resume_reading()
+        if not transport.get_write_buffer_size():
+            self.output_left()
+
+    def output_left(self) -> None:
+        """Everything we sent has left: linger for :data:`LINGER_TIME`, then close."""
+        if self._drained:
+            return
+        self._drained = True
+        self._timer.cancel()
+        self._timer = self._loop.call_later(LINGER_TIME, self._transport.close)
+
+    def discard(self, data: bytes) -> None:
+        """Bytes the peer sent after we closed: dropped; past the bound, reading stops."""
+        self._discarded += len(data)
+        if self._discarded > LINGER_BYTES:
+            self._transport.pause_reading()
+
+    def cancel(self) -> None:
+        """The transport is gone."""
+        self._timer.cancel()

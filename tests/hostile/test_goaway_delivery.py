@@ -1,0 +1,95 @@
+"""The GOAWAY that ends an abusive connection reaches the abuser, even one that keeps sending.
+
+Closing a socket with unread input makes the kernel send a TCP RST, and aborting a transport
+drops the output it still holds: either way a peer that is still writing may never read the
+GOAWAY that says why it was cut off.  The server therefore sends what it holds, half-closes
+and reads (and drops) what still comes for a while before closing (``fastinject.linger``).
+
+The attacker here floods SETTINGS frames (each owes an ACK) without reading, over a socket
+whose buffers are small at both ends, so that the server's ACKs, and then its GOAWAY, are
+still queued in the server when its budget runs out.  It then keeps sending while it reads.
+A grpcio client calls the same server throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+
+from hostile.conftest import MIN_CALLS
+from hostile.test_floods import StartLegitimate, target
+from hostile.test_slow_reader import attacker_socket, server_side
+from protocol.probe_service import StartServer
+from protocol.wire import ENHANCE_YOUR_CALM, GOAWAY, SETTINGS, H2Client, eventually, raw_frame
+from serving import TIMEOUT, Served
+
+BURST = 5000
+"""The useless-frame budget: its SETTINGS ACKs (45 KB) overflow both kernel buffers."""
+KEEP_SENDING = 256 * 1024
+"""Bytes the attacker sends after its budget ran out, while it reads."""
+ROUNDS = 3
+"""Attacks per test: each one is a fresh chance for the GOAWAY to be lost."""
+
+
+def goaways(received: bytes) -> list[tuple[int, bytes]]:
+    """(error code, debug data) of every GOAWAY frame in ``received``."""
+    found = []
+    offset = 0
+    while offset + 9 <= len(received):
+        length = int.from_bytes(received[offset : offset + 3], "big")
+        if received[offset + 3] == GOAWAY:
+            payload = received[offset + 9 : offset + 9 + length]
+            found.append((struct.unpack_from(">I", payload, 4)[0], payload[8:]))
+        offset += 9 + length
+    return found
+
+
+async def read_all(sock: socket.socket) -> bytes:
+    """What the server sends until it closes (cleanly or with a reset)."""
+    loop = asyncio.get_running_loop()
+    received = bytearray()
+    with contextlib.suppress(ConnectionError):
+        async with asyncio.timeout(TIMEOUT):
+            while data := await loop.sock_recv(sock, 65536):
+                received += data
+    return bytes(received)
+
+
+async def keep_sending(sock: socket.socket, frame: bytes) -> None:
+    """Send ``frame`` over and over, :data:`KEEP_SENDING` bytes, until the server closes."""
+    loop = asyncio.get_running_loop()
+    chunk = frame * (4096 // len(frame))
+    with contextlib.suppress(ConnectionError):
+        for _ in range(KEEP_SENDING // len(chunk)):
+            await asyncio.wait_for(loop.sock_sendall(sock, chunk), TIMEOUT)
+
+
+async def attack(served: Served) -> bytes:
+    """One flood as described above; what the server sent the attacker."""
+    loop = asyncio.get_running_loop()
+    settings = raw_frame(SETTINGS, 0, 0, b"")
+    with attacker_socket(served.port) as sock:
+        conn = await server_side(served, sock)
+        flood = H2Client().data_to_send() + settings * (BURST + 100)
+        await asyncio.wait_for(loop.sock_sendall(sock, flood), TIMEOUT)
+        # The budget is spent: the server answered, and its GOAWAY is out or queued.
+        await eventually(lambda: conn.protocol.closed, "the end of the attack")
+        reading = asyncio.ensure_future(read_all(sock))
+        await keep_sending(sock, settings)
+        received = await reading
+    await eventually(lambda: conn not in served.server._connections, "the close")
+    return received
+
+
+async def test_flooder_that_keeps_sending_reads_its_goaway(
+    start_server: StartServer, legitimate: StartLegitimate
+) -> None:
+    """GOAWAY too_many_useless_frames arrives whole after the queued ACKs, every time."""
+    served = await start_server(useless_frame_burst=BURST, useless_frame_rate=1.0)
+    client = await legitimate(target(served.port))
+    for _ in range(ROUNDS):
+        received = await attack(served)
+        assert goaways(received) == [(ENHANCE_YOUR_CALM, b"too_many_useless_frames")]
+    assert await client.finish() >= MIN_CALLS
