@@ -27,12 +27,12 @@ class ConcurrentRpcLimit:
         self.maximum = maximum
         self.active = 0
 
-    def admit(self, context: Any) -> bool:
-        """Count the call of ``context`` until it is done, if the cap allows; else False."""
+    def admit(self, call: Any) -> bool:
+        """Count ``call`` until it is done, if the cap allows; else False."""
         if self.active >= self.maximum:
             return False
         self.active += 1
-        context.add_done_callback(self._release)
+        call.add_done_callback(self._release)
         return True
 
     def _release(self, context: Any) -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
 from . import protocol as p
-from .context import ServicerContext
+from .call import Call
 from .credentials import auth_context
 from .decompressor import ConnectionDecompressor
 from .errors import RpcError
@@ -112,7 +112,7 @@ class Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._peer = peer
         self._auth_context: dict[str, list[bytes]] | None = None
-        self._calls: dict[int, ServicerContext] = {}
+        self._calls: dict[int, Call] = {}
         self._window_waiters: dict[int, asyncio.Future[None]] = {}
         self._writable: asyncio.Future[None] | None = None
         self._flush_scheduled = False
@@ -218,7 +218,7 @@ class Connection(asyncio.Protocol):
             if isinstance(event, p.MessagesReceived):
                 call = self._calls.get(event.stream_id)
                 if call is not None:
-                    call._deliver(event.messages, event.prepaid)
+                    call.deliver(event.messages, event.prepaid)
                 else:
                     size = sum(len(payload) + 5 for payload, _ in event.messages)
                     self.protocol.consumed(event.stream_id, size - event.prepaid)
@@ -227,7 +227,7 @@ class Connection(asyncio.Protocol):
             elif isinstance(event, p.RequestEnded):
                 call = self._calls.get(event.stream_id)
                 if call is not None:
-                    call._end_request()
+                    call.end_request()
             elif isinstance(event, p.WindowOpened):
                 self._wake_writers(event.stream_id)
             else:
@@ -238,12 +238,12 @@ class Connection(asyncio.Protocol):
         if isinstance(event, p.CallReset):
             call = self._calls.get(event.stream_id)
             if call is not None:
-                call._cancel_by_client()
+                call.cancel_by_client()
             self._wake_writers(event.stream_id)
         elif isinstance(event, p.CallFailed):
             call = self._calls.get(event.stream_id)
             if call is not None:
-                call._fail_request(RpcError(event.details, event.status))
+                call.fail_request(RpcError(event.details, event.status))
         elif isinstance(event, p.PingReceived):
             self._police_ping()
         elif isinstance(event, p.PingAcked):
@@ -291,7 +291,7 @@ class Connection(asyncio.Protocol):
         for name in list(self._timers):
             self._cancel_timer(name)
         for call in list(self._calls.values()):
-            call._cancel_by_client()
+            call.cancel_by_client()
         self.resume_writing()
         self._wake_writers(0)
         self.group.discard(self)
@@ -303,25 +303,25 @@ class Connection(asyncio.Protocol):
     # -- calls -------------------------------------------------------------------------------
 
     def _start_call(self, head: p.RequestHead) -> None:
-        ctx = ServicerContext(self, head)
-        self._calls[head.stream_id] = ctx
+        call = Call(self, head)
+        self._calls[head.stream_id] = call
         if len(self._calls) == 1:
             self._cancel_timer("idle")
-        ctx._task = self.loop.create_task(run_rpc(self, ctx))
+        call.task = self.loop.create_task(run_rpc(self, call))
 
-    def call_done(self, ctx: ServicerContext) -> None:
+    def call_done(self, call: Call) -> None:
         """A call finished: forget it; close the connection if it was the last one draining."""
-        self._calls.pop(ctx.stream_id, None)
-        self._window_waiters.pop(ctx.stream_id, None)
+        self._calls.pop(call.stream_id, None)
+        self._window_waiters.pop(call.stream_id, None)
         if not self._calls:
             if self._final_goaway_sent:
                 self._close_transport()
             elif self.settings.max_connection_idle is not None and not self._closing:
                 self._set_timer("idle", self.settings.max_connection_idle, self._on_idle)
 
-    def reset_call(self, ctx: ServicerContext) -> None:
+    def reset_call(self, call: Call) -> None:
         """Abandon a call with RST_STREAM(CANCEL): the client sees CANCELLED."""
-        self.protocol.reset(ctx.stream_id)
+        self.protocol.reset(call.stream_id)
         self.schedule_flush()
 
     def consumed(self, stream_id: int, size: int) -> None:
@@ -444,7 +444,7 @@ class Connection(asyncio.Protocol):
     def cancel_calls(self) -> None:
         """Grace ran out: cancel every running call (clients see UNAVAILABLE) and close."""
         for call in list(self._calls.values()):
-            call._cancel_by_server()
+            call.cancel_by_server()
         if not self._final_goaway_sent:
             self._send_final_goaway()
         self._close_transport()
@@ -548,5 +548,5 @@ class Connection(asyncio.Protocol):
         """
         self._final_goaway_sent = self._closing = True
         for call in list(self._calls.values()):
-            call._cancel_by_client()
+            call.cancel_by_client()
         self._close_transport()
