@@ -29,6 +29,7 @@ from .handlers import HandlerRegistry, ServerInterceptor
 from .linger import Linger
 from .options import ServerSettings
 from .peerlog import PeerLog
+from .pending import Arrival
 from .rpc import run_rpc
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ class Connection(asyncio.Protocol):
         initial_data: bytes = b"",
         rpc_limit: ConcurrentRpcLimit | None = None,
         memory: MessageMemory | None = None,
+        arrival: Arrival,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -128,6 +130,9 @@ class Connection(asyncio.Protocol):
         self._last_ping_received: float | None = None
         self._ping_strikes = 0
         self._initial_data = initial_data
+        # Until the client's first SETTINGS: the connection's arrival (deadline, the count of
+        # connections not serving yet).
+        self._arrival: Arrival | None = arrival
         self.peer_log = PeerLog(lambda: self.peer, settings.peer_log_interval)
         self.decompressor = ConnectionDecompressor(
             settings, self.loop.time, lambda: self._calm_down(b"too_much_decompression")
@@ -142,6 +147,10 @@ class Connection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
         self.group.add(self)
+        assert self._arrival is not None
+        self._arrival.hold(self)  # counted among the connections not serving yet
+        if self._transport is None or self._transport.is_closing():
+            return  # dropped at once (too many of them, or the server is stopping)
         # Our SETTINGS leave with the first answer to the client's preface (its SETTINGS ACK),
         # not in a write of their own: one send (and TLS record) less per connection.  A
         # client sends its preface without waiting for ours (RFC 9113 3.4).
@@ -149,8 +158,10 @@ class Connection(asyncio.Protocol):
             data, self._initial_data = self._initial_data, b""
             self.data_received(data)
         s = self.settings
-        if not self.protocol.settings_received:
-            self._set_timer("handshake", s.handshake_timeout, self._on_handshake_timeout)
+        if self._arrival is not None:
+            # The deadline counts from arrival: a TLS handshake used part of it already.
+            delay = self._arrival.deadline - self.loop.time()
+            self._set_timer("handshake", delay, self._on_handshake_timeout)
         if 0 < s.keepalive_time < math.inf:
             self._set_timer("keepalive", s.keepalive_time, self._send_keepalive)
         if s.max_connection_idle is not None:
@@ -172,6 +183,10 @@ class Connection(asyncio.Protocol):
         self._handle(self.protocol.receive(data))
         if self.protocol.has_backlog:
             self._schedule_turn()
+        if self._arrival is not None and self.protocol.settings_received:
+            self._arrival.end()  # the client's preface and SETTINGS are here: it serves
+            self._arrival = None
+            self._cancel_timer("handshake")
 
     def _schedule_turn(self) -> None:
         self._pause_reading("turn")
@@ -285,6 +300,8 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """The transport is gone: cancel the calls and forget the connection."""
         self._transport = None
+        if self._arrival is not None:
+            self._arrival.end()
         linger, self._linger = self._linger, None
         if linger is not None:
             linger.cancel()
@@ -461,7 +478,8 @@ class Connection(asyncio.Protocol):
             self._read_pauses.clear()  # the linger reads (and drops) what the peer still sends
             self._linger = Linger(transport, self.loop)
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
+        """Drop the connection at once (also: pending too long, or the server stopping)."""
         self._flush()
         if self._transport is not None:
             self._transport.abort()
@@ -489,16 +507,17 @@ class Connection(asyncio.Protocol):
 
     def _keepalive_lost(self) -> None:
         logger.debug("peer %s did not answer a keepalive ping: closing", self.peer)
-        self._abort()
+        self.abort()
 
     def _on_handshake_timeout(self) -> None:
         # grpc core's server handshake deadline, too, runs until the client's first SETTINGS.
         if not self.protocol.settings_received:
             logger.debug(
-                "closing connection from %s: no HTTP/2 preface and SETTINGS within %s s "
-                "(handshake_timeout)", self.peer, self.settings.handshake_timeout,
+                "closing connection from %s: no HTTP/2 preface and SETTINGS within "
+                "handshake_timeout (%s s) of its arrival",
+                self.peer, self.settings.handshake_timeout,
             )
-            self._abort()
+            self.abort()
 
     def _on_idle(self) -> None:
         if not self._calls:

@@ -101,12 +101,14 @@ class ServerSettings:
         disabled."), ``grpc-accept-encoding`` lists only the enabled ones, and responses are
         never compressed with a disabled one (they go uncompressed).
     ``handshake_timeout`` = 120.0 (``grpc.server_handshake_timeout_ms``)
-        Time a new connection has to complete its TLS handshake, and then to send the HTTP/2
-        client preface and its first SETTINGS frame (each closes it when missed).
+        Time a new connection has, from its arrival, to complete its TLS handshake and send
+        the HTTP/2 client preface and its first SETTINGS frame (one deadline for both, as
+        grpc core); closed when missed.
     ``max_pending_handshakes`` = 1000 (no grpc option)
-        Connections that may be in their TLS handshake at once, over all ports and
-        injectors; past it the oldest one is dropped (a peer that is slow on purpose holds
-        one longest), so a flood of silent connections cannot shut out real clients.
+        Connections that may be not serving yet at once (in their TLS handshake, or before
+        their preface and SETTINGS; plaintext too), over all ports and injectors; past it the
+        oldest one is dropped (a peer that is slow on purpose holds one longest), so a flood
+        of silent connections cannot shut out real clients.
     ``max_decompression_rate`` = 64 MiB (no grpcio option)
         Bytes of decompression work per second per connection (compressed bytes read plus
         bytes produced); a message may overdraw it.  While it is overdrawn the connection's

@@ -36,7 +36,8 @@ from .handlers import (
 )
 from .memory import MessageMemory
 from .options import ServerSettings
-from .tls import Handshake, NativeTlsHandshake, TlsLayer
+from .pending import Arrival
+from .tls import NativeTlsHandshake, TlsLayer
 
 if TYPE_CHECKING:
     from .injector import ConnectionInjector
@@ -47,26 +48,27 @@ logger = logging.getLogger(__name__)
 class ConnectionGroup:
     """Connections of one origin (a port or an injector), drained and closed together.
 
-    Connections still in their TLS handshake are tracked too (``handshakes``, a
-    :class:`~fastinject.tls.HandshakeTracker`): they are dropped when the group closes or the
-    server stops, and a handshake that completes after that is refused.
+    Connections not serving yet (in their TLS handshake, or waiting for the client's preface
+    and SETTINGS) are tracked too (``pending``, as a :class:`~fastinject.pending.PendingTracker`):
+    they are dropped when the group closes or the server stops, and a TLS handshake that
+    completes after that is refused.
     """
 
     def __init__(self, server: Server) -> None:
         self._server = server
         self.connections: set[Connection] = set()
-        self.handshakes: set[Handshake] = set()
+        self.pending: set[Arrival] = set()
         self.closed = False
 
-    def handshake_started(self, handshake: Handshake) -> None:
-        """Track a connection in its handshake (called when it arrives)."""
-        self.handshakes.add(handshake)
-        self._server._handshake_started(handshake)
+    def pending_started(self, arrival: Arrival) -> None:
+        """Track a connection that arrived and does not serve yet."""
+        self.pending.add(arrival)
+        self._server._pending_started(arrival)
 
-    def handshake_ended(self, handshake: Handshake) -> None:
-        """Forget a connection's handshake (completed, failed or dropped)."""
-        self.handshakes.discard(handshake)
-        self._server._handshakes.pop(handshake, None)
+    def pending_ended(self, arrival: Arrival) -> None:
+        """Forget a pending connection (it serves now, failed or closed)."""
+        self.pending.discard(arrival)
+        self._server._pending.pop(arrival, None)
 
     @property
     def accepting(self) -> bool:
@@ -74,9 +76,9 @@ class ConnectionGroup:
         return not self.closed and not self._server.stopped
 
     def stop_accepting(self) -> None:
-        """No more connections for this group: drop those still in their handshake."""
+        """No more connections for this group: drop those not serving yet."""
         self.closed = True
-        abort_handshakes(self.handshakes)
+        abort_pending(self.pending)
 
     def add(self, conn: Connection) -> None:
         """Track a new connection (called when it is made)."""
@@ -97,10 +99,10 @@ class ConnectionGroup:
         return self._server.loop.create_task(close_connections(list(self.connections), grace))
 
 
-def abort_handshakes(handshakes: Iterable[Handshake]) -> None:
-    """Drop every connection still in its handshake (they have no calls to finish)."""
-    for handshake in list(handshakes):
-        handshake.abort()
+def abort_pending(pending: Iterable[Arrival]) -> None:
+    """Drop every connection not serving yet (they have no calls to finish)."""
+    for arrival in list(pending):
+        arrival.abort()
 
 
 async def close_connections(connections: Sequence[Connection], grace: float | None) -> None:
@@ -196,8 +198,8 @@ class Server:
         # same port on two hosts; every unix socket is 1, as in grpcio), so each keeps a list.
         self._ports: dict[int, list[_Port]] = {}
         self._connections: set[Connection] = set()
-        # Every connection in its TLS handshake, oldest first (a dict keeps insertion order).
-        self._handshakes: dict[Handshake, None] = {}
+        # Every connection not serving yet, oldest first (a dict keeps insertion order).
+        self._pending: dict[Arrival, None] = {}
         self._injectors: set[ConnectionInjector] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
@@ -285,6 +287,8 @@ class Server:
         ``native_tls``: the connection will be a socket transport of this loop, so the loop's
         own TLS can run the handshake (unless ``initial_data`` was already read from it).
         """
+        # One deadline from arrival for the TLS handshake and the preface, as grpc core.
+        arrival = Arrival(group, self.loop.time() + self.settings.handshake_timeout)
 
         def make_connection(data: bytes = b"") -> Connection:
             return Connection(
@@ -296,16 +300,16 @@ class Server:
                 peer=peer,
                 initial_data=data,
                 rpc_limit=self._rpc_limit,
+                arrival=arrival,
                 memory=self._message_memory,
             )
 
         context = credentials.ssl_context()
         if context is None:
             return make_connection(initial_data)
-        timeout = self.settings.handshake_timeout
         if native_tls and not initial_data:
-            return NativeTlsHandshake(context, make_connection, timeout, group)
-        return TlsLayer(context, make_connection, timeout, group, initial_data)
+            return NativeTlsHandshake(context, make_connection, arrival)
+        return TlsLayer(context, make_connection, arrival, initial_data)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -348,17 +352,17 @@ class Server:
             self._stopping = loop.create_task(self._shutdown())
         await asyncio.shield(self._stopping)
 
-    def _handshake_started(self, handshake: Handshake) -> None:
-        """Count a new handshake; past ``max_pending_handshakes``, drop the oldest one."""
+    def _pending_started(self, arrival: Arrival) -> None:
+        """Count a connection not serving yet; past ``max_pending_handshakes``, drop the oldest."""
         if self._stopping is not None:
-            handshake.abort()
+            arrival.abort()
             return
-        self._handshakes[handshake] = None
-        if len(self._handshakes) > self.settings.max_pending_handshakes:
-            oldest = next(iter(self._handshakes))
-            del self._handshakes[oldest]
+        self._pending[arrival] = None
+        if len(self._pending) > self.settings.max_pending_handshakes:
+            oldest = next(iter(self._pending))
+            del self._pending[oldest]
             logger.debug(
-                "more than %d connections in their TLS handshake: dropping the oldest",
+                "more than %d connections not serving yet: dropping the oldest",
                 self.settings.max_pending_handshakes,
             )
             oldest.abort()
@@ -368,7 +372,7 @@ class Server:
             close_port(port)
         for injector in list(self._injectors):
             injector._server_stopping()
-        abort_handshakes(self._handshakes)
+        abort_pending(self._pending)
         connections = list(self._connections)
         for conn in connections:
             conn.close_gracefully()

@@ -2,10 +2,12 @@
 
 Two ways to run the handshake, with the same rules: the certificate used is the credentials'
 *current* one when the connection arrives (so rotation applies to new handshakes), ALPN ``h2``
-is required, a peer that does not finish in time is dropped at the handshake timeout, and a
+is required, a peer that does not finish by its connection's deadline (``handshake_timeout``
+from arrival, which also covers the HTTP/2 preface after the handshake) is dropped, and a
 handshake that completes after the server (or the connection's port or injector) stopped is
-refused.  Every connection in its handshake is tracked by a :class:`HandshakeTracker` from
-the moment it arrives, so ``stop`` reaches it and the number of them stays capped.
+refused.  Every connection in its handshake is followed by its
+:class:`~fastinject.pending.Arrival` from the moment it arrives, so ``stop`` reaches it and
+the number of connections not serving yet stays capped.
 
 * :class:`NativeTlsHandshake` is for connections on a real socket transport (accepted on a
   port, or an injected socket): ``loop.start_tls`` runs the handshake and the TLS records,
@@ -22,10 +24,11 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from .credentials import check_alpn
 from .errors import HandshakeError
+from .pending import Arrival
 
 logger = logging.getLogger(__name__)
 
@@ -35,27 +38,6 @@ UpperFactory = Callable[[bytes], asyncio.Protocol]
 """Makes the HTTP/2 connection once the handshake is done, given bytes already decrypted."""
 
 
-class Handshake(Protocol):
-    """A connection in its TLS handshake, as its tracker sees it."""
-
-    def abort(self) -> None:
-        """Drop the connection at once."""
-
-
-class HandshakeTracker(Protocol):
-    """Where a connection's handshake is accounted for (its port's or injector's group)."""
-
-    def handshake_started(self, handshake: Handshake) -> None:
-        """``handshake`` began (the connection arrived); it may be aborted at once (a cap)."""
-
-    def handshake_ended(self, handshake: Handshake) -> None:
-        """``handshake`` completed, failed or was dropped; idempotent."""
-
-    @property
-    def accepting(self) -> bool:
-        """Whether a connection whose handshake completes now may be served."""
-
-
 class TlsLayer(asyncio.Protocol, asyncio.Transport):
     """Terminates TLS between a lower transport and an upper protocol (made after the handshake)."""
 
@@ -63,16 +45,14 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         self,
         context: ssl.SSLContext,
         upper_factory: UpperFactory,
-        handshake_timeout: float,
-        tracker: HandshakeTracker,
+        arrival: Arrival,
         initial_data: bytes = b"",
     ) -> None:
         asyncio.Transport.__init__(self)
         self._context = context
         self._upper_factory = upper_factory
         self._upper: asyncio.Protocol | None = None
-        self._handshake_timeout = handshake_timeout
-        self._tracker = tracker
+        self._arrival = arrival
         self._initial_data = initial_data
         self._lower: asyncio.Transport | None = None
         self._incoming = ssl.MemoryBIO()
@@ -89,10 +69,10 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._lower = cast(asyncio.Transport, transport)
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._handshake_timeout, self._on_handshake_timeout)
-        self._tracker.handshake_started(self)
+        self._timer = loop.call_at(self._arrival.deadline, self._on_handshake_timeout)
+        self._arrival.hold(self)
         if self._closing:
-            return  # dropped at once: too many connections in their handshake
+            return  # dropped at once: too many connections not serving yet
         if self._initial_data:
             data, self._initial_data = self._initial_data, b""
             self.data_received(data)
@@ -118,7 +98,7 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         if self._upper is not None:
             self._upper.connection_lost(exc)
         else:
-            self._tracker.handshake_ended(self)
+            self._arrival.end()
             logger.debug("connection lost during the TLS handshake: %s", exc)
 
     def pause_writing(self) -> None:
@@ -149,10 +129,10 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
             self._fail(str(exc))
             return False
         self._cancel_timer()
-        self._tracker.handshake_ended(self)
-        if not self._tracker.accepting:
+        if not self._arrival.accepting:
             self._fail("TLS handshake completed after the server stopped accepting")
             return False
+        # The connection, still pending until the client's SETTINGS, keeps its arrival.
         self._upper = self._upper_factory(b"")
         self._upper.connection_made(self)
         return True
@@ -184,7 +164,7 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
     def _fail(self, reason: str) -> None:
         logger.debug("closing connection: %s", reason)
         self._cancel_timer()
-        self._tracker.handshake_ended(self)
+        self._arrival.end()
         if self._lower is not None:
             self._lower.abort()
 
@@ -289,13 +269,11 @@ class NativeTlsHandshake(asyncio.Protocol):
         self,
         context: ssl.SSLContext,
         upper_factory: UpperFactory,
-        handshake_timeout: float,
-        tracker: HandshakeTracker,
+        arrival: Arrival,
     ) -> None:
         self._context = context
         self._upper_factory = upper_factory
-        self._handshake_timeout = handshake_timeout
-        self._tracker = tracker
+        self._arrival = arrival
         self._transport: asyncio.Transport | None = None
         self._task: asyncio.Task[None] | None = None
         self._taken_over = False  # start_tls owns the plain transport
@@ -305,7 +283,7 @@ class NativeTlsHandshake(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Track the new connection and start its handshake on the next loop turn."""
         self._transport = cast(asyncio.Transport, transport)
-        self._tracker.handshake_started(self)
+        self._arrival.hold(self)
         if self._transport is not None:
             self._task = asyncio.get_running_loop().create_task(self._handshake(self._transport))
 
@@ -317,12 +295,9 @@ class NativeTlsHandshake(asyncio.Protocol):
         transport, self._transport = self._transport, None
         if self._task is not None:
             self._task.cancel()
-        self._tracker.handshake_ended(self)
         if transport is None:
             return
-        layer = TlsLayer(
-            self._context, self._upper_factory, self._handshake_timeout, self._tracker, data
-        )
+        layer = TlsLayer(self._context, self._upper_factory, self._arrival, data)
         transport.set_protocol(layer)
         layer.connection_made(transport)
 
@@ -334,7 +309,7 @@ class NativeTlsHandshake(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """The connection closed during its handshake."""
         self._transport = None
-        self._tracker.handshake_ended(self)
+        self._arrival.end()
 
     def abort(self) -> None:
         """Drop the connection at once (server stopping, or too many handshakes)."""
@@ -351,7 +326,8 @@ class NativeTlsHandshake(asyncio.Protocol):
                 self,
                 self._context,
                 server_side=True,
-                ssl_handshake_timeout=self._handshake_timeout,
+                # What is left of the connection's deadline (start_tls wants more than 0).
+                ssl_handshake_timeout=max(self._arrival.deadline - loop.time(), 1e-3),
             )
             ssl_object = None if tls is None else tls.get_extra_info("ssl_object")
             if tls is None or ssl_object is None:
@@ -359,11 +335,10 @@ class NativeTlsHandshake(asyncio.Protocol):
             check_alpn(ssl_object)
         except (OSError, TimeoutError, HandshakeError) as exc:  # ssl.SSLError is an OSError
             logger.debug("closing connection: TLS handshake failed: %s", exc)
-            self._tracker.handshake_ended(self)
+            self._arrival.end()
             transport.abort()
             return
-        self._tracker.handshake_ended(self)
-        if self._transport is None or not self._tracker.accepting:
+        if self._transport is None or not self._arrival.accepting:
             logger.debug("closing connection: TLS handshake completed after the server stopped")
             tls.abort()
             return

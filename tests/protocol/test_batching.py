@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from fastinject import StatusCode
 from fastinject.connection import Connection
 from fastinject.handlers import HandlerRegistry
 from fastinject.options import ServerSettings
+from fastinject.pending import Arrival
 from protocol.wire import H2Client
 
 
@@ -74,6 +76,14 @@ class NoGroup:
     def discard(self, conn: Connection) -> None:
         """Nothing to forget."""
 
+    def pending_started(self, arrival: Arrival) -> None:
+        """Nothing to count."""
+
+    def pending_ended(self, arrival: Arrival) -> None:
+        """Nothing to forget."""
+
+    accepting = True
+
 
 @pytest.fixture
 def pool() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
@@ -94,6 +104,7 @@ def connection(
         interceptors=(),
         executor=lambda: pool,
         group=NoGroup(),  # type: ignore[arg-type]
+        arrival=Arrival(NoGroup(), math.inf),
     )
     transport = RecordingTransport()
     conn.connection_made(transport)

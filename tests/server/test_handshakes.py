@@ -1,10 +1,12 @@
 """Connections that never finish their handshake: slowloris peers, the cap, and ``stop``.
 
 A peer that sends nothing, half a ClientHello, a ClientHello but never its Finished, half the
-HTTP/2 preface, or the preface without SETTINGS is closed at ``handshake_timeout``; past
-``max_pending_handshakes`` connections in their TLS handshake the oldest is dropped; ``stop``
-drops every connection still in its handshake.  Throughout, a grpcio client keeps calling and
-every one of its calls succeeds.  Run with ``FASTINJECT_TEST_LOOP=uvloop`` for uvloop's TLS.
+HTTP/2 preface, or the preface without SETTINGS is closed at ``handshake_timeout`` from its
+arrival (one deadline for the TLS handshake and the preface); past ``max_pending_handshakes``
+connections not serving yet (in their TLS handshake or before their preface and SETTINGS) the
+oldest is dropped; ``stop`` drops every connection still in its handshake.  Throughout, a
+grpcio client keeps calling and every one of its calls succeeds.  Run with
+``FASTINJECT_TEST_LOOP=uvloop`` for uvloop's TLS.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pytest
 
 import fastinject
 from echo_service import Recorder
-from serving import TIMEOUT, echo_server, method
+from serving import TIMEOUT, echo_server, eventually, method
 from tls_material import TlsMaterial
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -203,6 +205,74 @@ async def test_past_the_cap_the_oldest_handshake_is_dropped(
     assert await closed_by_server(silent[5])
     for _, writer in silent[6:]:
         writer.close()
+
+
+async def test_past_the_cap_the_oldest_silent_plaintext_connection_is_dropped(
+    serve: Any,
+) -> None:
+    """Plaintext connections before their preface count too: 8 silent ones, 3 allowed."""
+    served = await serve(max_pending_handshakes=3)
+    silent = [await connect(served.port) for _ in range(8)]
+    closed = [asyncio.ensure_future(closed_by_server(connection)) for connection in silent[:5]]
+    assert all(await asyncio.gather(*closed))
+    assert all(still_open(connection) for connection in silent[5:])
+    async with grpc.aio.insecure_channel(served.target) as channel:
+        caller = Caller(channel)
+        await caller.calls(10)
+        await caller.stop()
+    assert await closed_by_server(silent[5])
+    for _, writer in silent[6:]:
+        writer.close()
+
+
+async def test_grpcio_client_is_served_through_a_flood_of_silent_connections(
+    serve: Any,
+) -> None:
+    """200 silent plaintext connections, 20 pending allowed: a client connecting midway is served.
+
+    The flood goes on while the client connects and calls; every silent connection but the
+    20 newest is closed by the server.
+    """
+    served = await serve(max_pending_handshakes=20)
+    silent = [await connect(served.port) for _ in range(100)]
+    async with grpc.aio.insecure_channel(served.target) as channel:
+        unary = method(channel, "Unary")
+        # wait_for_ready: should its connection be the oldest pending one, grpcio reconnects.
+        first = asyncio.ensure_future(unary(b"first", timeout=TIMEOUT, wait_for_ready=True))
+        silent += [await connect(served.port) for _ in range(100)]
+        assert await first == b"first"
+        caller = Caller(channel)
+        await caller.calls(10)
+        await caller.stop()
+    closed = [asyncio.ensure_future(closed_by_server(connection)) for connection in silent[:180]]
+    assert all(await asyncio.gather(*closed))
+    assert all(still_open(connection) for connection in silent[180:])
+    for _, writer in silent[180:]:
+        writer.close()
+
+
+async def test_one_deadline_from_arrival_covers_tls_handshake_and_preface(
+    tls_server: Any, tls: TlsMaterial
+) -> None:
+    """After a slow TLS handshake, the preface must come by the deadline set at arrival.
+
+    grpc core's server handshake deadline covers both; restarting it after the handshake
+    would give a slowloris peer twice ``handshake_timeout``.
+    """
+    server, port = await tls_server(handshake_timeout=3.0)
+    loop = asyncio.get_running_loop()
+    _, writer = await connect(port)
+    await eventually(lambda: bool(server._pending))  # accepted: its deadline is set
+    accepted_by = loop.time()
+    await asyncio.sleep(0.2)  # a slow ClientHello
+    await asyncio.wait_for(
+        writer.start_tls(client_context(tls), server_hostname="localhost"), TIMEOUT
+    )
+    await eventually(lambda: any("handshake" in c._timers for c in server._connections))
+    (conn,) = server._connections
+    assert conn._timers["handshake"].when() <= accepted_by + 3.0
+    assert list(server._pending) == [conn._arrival]  # still counted, until its SETTINGS
+    writer.close()
 
 
 async def test_stop_drops_connections_in_their_handshake(
