@@ -1,9 +1,10 @@
 """Build script: everything is in pyproject.toml except the optional Cython extension.
 
-``fastinject._framing`` is compiled from ``src/fastinject/_framing.pyx``.  Rules:
+The extensions ``fastinject._framing`` (message framing) and ``fastinject._stream`` (the
+per-stream core) are compiled from ``src/fastinject/<name>.pyx``.  Rules:
 
 * ``FASTINJECT_NO_EXTENSIONS`` set to anything but ``""``/``"0"`` at build time: no extension,
-  the pure-Python twin ``fastinject._framing_py`` is used.
+  the pure-Python twins ``fastinject._framing_py`` and ``fastinject._stream_py`` are used.
 * No C compiler, or the C compiler fails: the install still succeeds as pure Python and a
   warning says why (the msgpack/aiohttp convention).  Under cibuildwheel (``CIBUILDWHEEL=1``)
   a failed compile is an error, so no pure-Python wheel is ever published by mistake.
@@ -42,9 +43,9 @@ C_BUILD_ERRORS = (CCompilerError, ExecError, PlatformError, OSError, ValueError)
 def _warn(reason: object) -> None:
     bar = "*" * 75
     print(
-        f"\n{bar}\nWARNING: the C extension fastinject._framing could not be built "
+        f"\n{bar}\nWARNING: the C extensions of fastinject could not be built "
         f"({reason}).\nfastinject is installed as pure Python and works, but its message "
-        f"framing is about 10x slower.\n{bar}\n",
+        f"framing and streams are several times slower.\n{bar}\n",
         file=sys.stderr,
     )
 
@@ -85,8 +86,12 @@ class OptionalBuildExt(build_ext):
             _warn(exc)
 
 
+EXTENSIONS = ("_framing", "_stream")
+
 ext_modules = (
-    [] if NO_EXTENSIONS else [Extension("fastinject._framing", ["src/fastinject/_framing.pyx"])]
+    []
+    if NO_EXTENSIONS
+    else [Extension(f"fastinject.{name}", [f"src/fastinject/{name}.pyx"]) for name in EXTENSIONS]
 )
 
 setup(ext_modules=ext_modules, cmdclass={"build_ext": OptionalBuildExt})

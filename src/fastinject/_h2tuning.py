@@ -40,6 +40,8 @@ import h2.stream
 import hpack
 import hyperframe.frame
 
+from .stream import SendQueue
+
 SUPPORTED_H2 = ">=4.1,<4.5"
 """The h2 versions whose internals this module was checked against (CI runs the oldest and
 newest); keep in step with the dependency in ``pyproject.toml``."""
@@ -138,8 +140,6 @@ HARD_HEADER_LIST_FACTOR = 4
 """A request header block over this many times ``max_header_list_size`` ends the connection."""
 # A frame header: length (high byte, low 16 bits), type, flags, stream id.
 _FRAME_HEADER = struct.Struct(">BHBBI")
-# DATA payload slices at least this long are written from the caller's buffer, not copied.
-_KEEP_APART = 4096
 _HEADERS_TYPE = 0x1
 _CONTINUATION_TYPE = 0x9
 _END_STREAM = 0x1
@@ -411,13 +411,13 @@ class TunedH2Connection(h2.connection.H2Connection):
             out += fragment
             frame_type, flags = _CONTINUATION_TYPE, 0
 
-    def send_data_frames(self, stream_id: int, data: bytes | memoryview) -> int:
-        """Queue as much of ``data`` as the send windows allow, as DATA frames without flags.
+    def send_data_frames(self, stream_id: int, queue: SendQueue) -> int:
+        """Send as much of ``stream_id``'s queued DATA as the send windows allow.
 
-        Frames are at most the peer's maximum frame size and go straight to h2's output
-        buffer; both send windows shrink as h2's ``send_data`` would shrink them.  Returns
-        how many bytes were queued.  Raises :class:`h2.exceptions.StreamClosedError` when the
-        stream can no longer send.
+        ``queue`` writes the frames (at most the peer's maximum frame size, without flags)
+        straight to h2's output buffer; both send windows shrink as h2's ``send_data`` would
+        shrink them.  Returns how many bytes were sent.  Raises
+        :class:`h2.exceptions.StreamClosedError` when the stream can no longer send.
         """
         stream = self.streams.get(stream_id)
         if (
@@ -426,25 +426,15 @@ class TunedH2Connection(h2.connection.H2Connection):
             or self.state_machine.state is ConnectionState.CLOSED
         ):
             raise h2.exceptions.StreamClosedError(stream_id)
-        size = min(len(data), self.outbound_flow_control_window,
+        size = min(queue.queued(stream_id), self.outbound_flow_control_window,
                    stream.outbound_flow_control_window)
         if size <= 0:
             return 0
-        limit = self.max_outbound_frame_size
-        pack = _FRAME_HEADER.pack
-        view = memoryview(data)
-        for offset in range(0, size, limit):
-            length = min(limit, size - offset)
-            self._data_to_send += pack(length >> 16, length & 0xFFFF, 0, 0, stream_id)
-            if length < _KEEP_APART:
-                self._data_to_send += view[offset : offset + length]
-            else:
-                self._buffers.append(bytes(self._data_to_send))
-                self._buffers.append(view[offset : offset + length])
-                self._data_to_send = bytearray()
+        self.data_frames_sent += queue.frame(
+            stream_id, size, self.max_outbound_frame_size, self._data_to_send, self._buffers
+        )
         self.outbound_flow_control_window -= size
         stream.outbound_flow_control_window -= size
-        self.data_frames_sent += -(-size // limit)
         return size
 
     def send_raw_frame(self, frame: bytes) -> None:

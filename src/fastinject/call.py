@@ -20,7 +20,6 @@ from . import metadata as md
 from ._grpcio import abort_error_class, end_of_stream
 from .context import DoneCallback, ServicerContext
 from .errors import AbortError, DeserializationError, RpcError
-from .framing import frame_message
 from .status import StatusCode, coerce_status
 
 if TYPE_CHECKING:
@@ -286,7 +285,7 @@ class Call:
                 f"Sent message larger than max ({len(payload)} vs. {limit})",
                 StatusCode.RESOURCE_EXHAUSTED,
             )
-        await self._conn.send_data(self.stream_id, frame_message(payload, compressed))
+        await self._conn.send_message(self.stream_id, payload, compressed)
 
     async def write(self, message: Any) -> None:
         """Serialize and send one response message."""

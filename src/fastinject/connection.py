@@ -25,6 +25,7 @@ from .call import Call
 from .credentials import auth_context
 from .decompressor import ConnectionDecompressor
 from .errors import RpcError
+from .framing import frame_message
 from .handlers import HandlerRegistry, ServerInterceptor
 from .linger import Linger
 from .options import ServerSettings
@@ -110,6 +111,7 @@ class Connection(asyncio.Protocol):
         # ``memory``: the server's budget of bytes held for partly received messages, shared.
         self.protocol = p.ServerProtocol(settings, self.loop.time, memory)
         self.protocol.on_shed = self._on_shed
+        self._outbound = self.protocol.outbound
         self._shed_scheduled = False
         self._transport: asyncio.Transport | None = None
         self._peer = peer
@@ -391,6 +393,22 @@ class Connection(asyncio.Protocol):
                 transport.writelines(buffers)
             if self.protocol.answers_owed and not transport.get_write_buffer_size():
                 self.protocol.output_drained()
+
+    async def send_message(self, stream_id: int, payload: bytes, compressed: bool) -> None:
+        """Send one response message, waiting for flow-control window and transport room."""
+        outbound = self._outbound
+        if (
+            self._writable is None
+            and self._transport is not None
+            and outbound.write_message(stream_id, payload, compressed)
+        ):
+            self.reset_ping_policy()
+            if outbound.queued_bytes > _FLUSH_AT:
+                self._flush()  # bound what waits in memory; the transport pushes back
+            else:
+                self.schedule_flush()
+            return
+        await self.send_data(stream_id, frame_message(payload, compressed))
 
     async def send_data(self, stream_id: int, data: bytes) -> None:
         """Send DATA for a call, waiting for flow-control window and transport room."""

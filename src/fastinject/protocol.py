@@ -34,6 +34,7 @@ from .framing import Deframer
 from .memory import MessageMemory
 from .options import ServerSettings
 from .status import StatusCode
+from .stream import SendQueue
 
 MAX_STREAM_ID = 2**31 - 1
 _CLIENT_PREFACE_LENGTH = len(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
@@ -230,13 +231,11 @@ class ServerProtocol:
         # Flow-control credit to return at the next data_to_send(), per stream: one h2 call
         # (and at most one WINDOW_UPDATE) per stream per flush, not one per message.
         self._credit_due: dict[int, int] = {}
-        # DATA handed to send_data() and not yet given to h2: consecutive small messages of a
-        # stream leave as one DATA frame per flush instead of one h2 frame each.
-        self._queued: dict[int, list[bytes | memoryview]] = {}
-        self._queued_size: dict[int, int] = {}
-        self.queued_bytes = 0
         s = h2.settings.SettingCodes
         self._h2.initiate_connection()
+        # Response messages not yet given to h2, per stream, with mirrors of the send windows:
+        # consecutive small messages of a stream leave as one DATA frame per flush.
+        self.outbound = SendQueue(self._h2.outbound_flow_control_window)
         # Sent as an update, so that (RFC 9113 6.9.3) our values bind the client only once it
         # acknowledges them: bytes it sent before seeing them are within the defaults.
         self._h2.update_settings({
@@ -470,12 +469,17 @@ class ServerProtocol:
             elif isinstance(event, h2.events.StreamEnded):
                 self._on_stream_ended(event.stream_id, events)
             elif isinstance(event, h2.events.WindowUpdated):
-                events.append(WindowOpened(event.stream_id or 0))
+                stream_id = event.stream_id or 0
+                self._mirror_window(stream_id)
+                events.append(WindowOpened(stream_id))
             elif isinstance(event, h2.events.StreamReset):
+                self.outbound.close(event.stream_id)
                 if self._forget(event.stream_id) is not None:
                     events.append(CallReset(event.stream_id, int(event.error_code or 0)))
             elif isinstance(event, h2.events.RemoteSettingsChanged):
                 self.settings_received = True
+                for stream_id in self.outbound.stream_ids():  # INITIAL_WINDOW_SIZE moves them
+                    self._mirror_window(stream_id)
                 events.append(WindowOpened(0))
             elif isinstance(event, h2.events.PingReceived):
                 events.append(PingReceived())
@@ -512,6 +516,7 @@ class ServerProtocol:
             self.send_trailers_only(stream_id, exc.status, str(exc), ())
             return
         self._streams[stream_id] = _StreamState(self.settings.max_receive_message_length)
+        self.outbound.open(stream_id, self._h2.streams[stream_id].outbound_flow_control_window)
         events.append(CallStarted(head, ended))
         if ended:
             events.append(RequestEnded(stream_id))
@@ -693,19 +698,21 @@ class ServerProtocol:
         due = self._credit_due
         due[stream_id] = due.get(stream_id, 0) + size
 
+    def _mirror_window(self, stream_id: int) -> None:
+        """Tell the outbound queue h2's send window of ``stream_id`` (0: the connection)."""
+        if stream_id == 0:
+            self.outbound.update_window(0, self._h2.outbound_flow_control_window)
+            return
+        stream = self._h2.streams.get(stream_id)
+        if stream is not None:
+            self.outbound.update_window(stream_id, stream.outbound_flow_control_window)
+
     def send_window(self, stream_id: int) -> int:
         """Bytes that may be sent on ``stream_id`` now, or -1 when the stream is gone.
 
         The least of the stream's and the connection's windows, less what is already queued.
         """
-        try:
-            window = self._h2.local_flow_control_window(stream_id)
-        except h2.exceptions.StreamClosedError:
-            return -1
-        return min(
-            window - self._queued_size.get(stream_id, 0),
-            self._h2.outbound_flow_control_window - self.queued_bytes,
-        )
+        return self.outbound.window(stream_id)
 
     @property
     def max_frame_size(self) -> int:
@@ -731,44 +738,35 @@ class ServerProtocol:
             raise StreamGone(stream_id) from exc
 
     def send_data(self, stream_id: int, data: bytes | memoryview) -> None:
-        """Queue DATA that fits the current window (the caller checks :meth:`send_window`).
+        """Queue framed DATA that fits the current window (the caller checks :meth:`send_window`).
 
         Queued DATA reaches h2 at the next :meth:`data_to_send` (or before the stream's
         trailers).  Raises :class:`StreamGone` when the stream can no longer send.
         """
-        stream = self._h2.streams.get(stream_id)
-        if stream is None or stream.closed:
-            raise StreamGone(stream_id)
-        queue = self._queued.get(stream_id)
-        if queue is None:
-            self._queued[stream_id] = [data]
-            self._queued_size[stream_id] = len(data)
-        else:
-            queue.append(data)
-            self._queued_size[stream_id] += len(data)
-        self.queued_bytes += len(data)
+        try:
+            self.outbound.write(stream_id, data)
+        except KeyError:
+            raise StreamGone(stream_id) from None
+
+    @property
+    def queued_bytes(self) -> int:
+        """DATA bytes queued on all streams."""
+        return self.outbound.queued_bytes
 
     def _flush_queued(self) -> None:
         """Hand every stream's queued DATA to h2, as few frames as the frame size allows."""
-        for stream_id in list(self._queued):
+        for stream_id in self.outbound.pending():
             self._flush_stream(stream_id)
 
     def _flush_stream(self, stream_id: int) -> None:
-        chunks = self._queued.pop(stream_id, None)
-        if chunks is None:
+        if not self.outbound.queued(stream_id):
             return
-        self.queued_bytes -= self._queued_size.pop(stream_id)
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
-            # The window can only have shrunk since queueing if the peer lowered
+            # The window can only be smaller than what is queued if the peer lowered
             # INITIAL_WINDOW_SIZE; what no longer fits stays queued for a later flush.
-            sent = self._h2.send_data_frames(stream_id, data)
+            self._h2.send_data_frames(stream_id, self.outbound)
         except h2.exceptions.StreamClosedError:
-            return  # the stream was reset meanwhile: nobody reads it
-        if sent < len(data):
-            self._queued[stream_id] = [memoryview(data)[sent:]]
-            self._queued_size[stream_id] = len(data) - sent
-            self.queued_bytes += len(data) - sent
+            self.outbound.drop(stream_id)  # the stream was reset meanwhile: nobody reads it
 
     def send_trailers(
         self,
@@ -816,6 +814,7 @@ class ServerProtocol:
         """
         self._forget(stream_id)
         self._flush_stream(stream_id)
+        self.outbound.close(stream_id)
         try:
             self._h2.send_header_block(stream_id, headers, end_stream=True)
         except h2.exceptions.ProtocolError:
@@ -825,8 +824,7 @@ class ServerProtocol:
     def reset(self, stream_id: int, error_code: int = h2.errors.ErrorCodes.CANCEL) -> None:
         """Reset a stream (the call is abandoned, queued DATA with it)."""
         self._forget(stream_id)
-        if self._queued.pop(stream_id, None) is not None:
-            self.queued_bytes -= self._queued_size.pop(stream_id)
+        self.outbound.close(stream_id)
         self._reset_if_open(stream_id, error_code)
 
     def _reset_if_open(self, stream_id: int, error_code: int) -> None:
@@ -861,7 +859,7 @@ class ServerProtocol:
         if self._credit_due:
             self._h2.return_credit(self._credit_due)
             self._credit_due = {}
-        if self._queued:
+        if self.outbound.queued_bytes:
             self._flush_queued()
         return self._h2.buffers_to_send()
 

@@ -1,4 +1,4 @@
-"""Fixtures that run every framing test against both implementations in one pytest run."""
+"""Fixtures that run every framing and stream-core test against both implementations."""
 
 from __future__ import annotations
 
@@ -40,10 +40,21 @@ def python_impl() -> ModuleType:
     return importlib.import_module(PYTHON_MODULE)
 
 
+def _implementation(request: pytest.FixtureRequest, python: str, cython: str) -> ModuleType:
+    if request.param == "cython":
+        if _extensions_disabled():
+            pytest.skip("FASTINJECT_NO_EXTENSIONS is set: the Cython module is not under test")
+        return importlib.import_module(cython)
+    return importlib.import_module(python)
+
+
 @pytest.fixture(scope="session", params=["python", "cython"])
 def impl(request: pytest.FixtureRequest) -> ModuleType:
     """The framing implementation under test, once per implementation."""
-    if request.param == "cython":
-        module: ModuleType = request.getfixturevalue("cython_impl")
-        return module
-    return importlib.import_module(PYTHON_MODULE)
+    return _implementation(request, PYTHON_MODULE, CYTHON_MODULE)
+
+
+@pytest.fixture(scope="session", params=["python", "cython"])
+def stream_impl(request: pytest.FixtureRequest) -> ModuleType:
+    """The per-stream core (``_stream``) under test, once per implementation."""
+    return _implementation(request, "fastinject._stream_py", "fastinject._stream")

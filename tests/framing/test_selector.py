@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastinject.framing as framing
+import fastinject.stream as stream
 
 PUBLIC_NAMES = {"DEFAULT_MAX_MESSAGE_LENGTH", "Deframer", "frame_message", "frame_messages"}
 
@@ -30,6 +31,16 @@ def test_compiled_module_is_active_unless_disabled(extensions_disabled: bool) ->
         assert framing.IMPLEMENTATION == "cython"
         assert framing.Deframer.__module__ == "fastinject._framing"
     assert framing.frame_message.__module__ == framing.Deframer.__module__
+
+
+def test_compiled_stream_core_is_active_unless_disabled(extensions_disabled: bool) -> None:
+    """The stream core's selector follows the same rule as the framing selector."""
+    implementation, module = (
+        ("python", "fastinject._stream_py") if extensions_disabled
+        else ("cython", "fastinject._stream")
+    )
+    assert implementation == stream.IMPLEMENTATION
+    assert stream.SendQueue.__module__ == module
 
 
 def _implementation_in_subprocess(env_value: str | None) -> str:

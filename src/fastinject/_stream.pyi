@@ -1,0 +1,85 @@
+"""Cython per-stream core of a connection (compiled from ``_stream.pyx``).
+
+Same API and behaviour as the pure-Python twin :mod:`fastinject._stream_py`; use
+:mod:`fastinject.stream`, which picks this module when it is available.  Sans-IO: bytes in,
+bytes out; h2 keeps the authoritative flow-control windows and stream states.
+"""
+
+from typing import Final, final
+
+KEEP_APART: Final[int]
+"""Payload pieces at least this long (4 KiB) are kept and written as views, never copied."""
+
+@final
+class SendQueue:
+    """A connection's outbound DATA: each stream's response messages, until the next flush.
+
+    :meth:`write_message` writes a message's 5-byte gRPC header and its payload straight into
+    the stream's buffer (a payload of :data:`KEEP_APART` bytes or more is kept by reference,
+    not copied) if both send windows take all of it.  The windows are *mirrors*: the queue
+    holds, per stream and for the connection, the HTTP/2 send window less what is queued; the
+    caller reports every change of the real windows (:meth:`open`, :meth:`update_window`) and
+    takes what :meth:`frame` wrote off the real windows, which leaves the mirrors as they are.
+    """
+
+    def __init__(self, connection_window: int = 65535) -> None: ...
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes queued on all streams together."""
+    def open(self, stream_id: int, window: int) -> None:
+        """Start sending on ``stream_id``, whose send window is ``window`` (or set it again)."""
+    def update_window(self, stream_id: int, window: int) -> None:
+        """The send window of ``stream_id`` (0: the connection) is now ``window``.
+
+        A stream that is not open is ignored.
+        """
+    def close(self, stream_id: int) -> None:
+        """Stop sending on ``stream_id``: what it queued is dropped (a stream not open: no-op)."""
+    def drop(self, stream_id: int) -> None:
+        """Drop what ``stream_id`` has queued (its windows get it back); it stays open."""
+    def stream_ids(self) -> list[int]:
+        """The open streams, in the order they were opened."""
+    def pending(self) -> list[int]:
+        """The open streams with queued bytes, in the order they were opened."""
+    def queued(self, stream_id: int) -> int:
+        """Bytes queued on ``stream_id`` (0 for a stream that is not open)."""
+    def window(self, stream_id: int) -> int:
+        """Bytes ``stream_id`` may queue now, or -1 when it is not open.
+
+        The least of its and the connection's window, less what is queued (negative if a
+        window shrank below it).
+        """
+    def write_message(
+        self, stream_id: int, payload: bytes | bytearray | memoryview, compressed: bool = False
+    ) -> bool:
+        """Queue ``payload`` as one gRPC message if the windows take all of it.
+
+        Returns True if queued; otherwise, or when the stream is not open, queues nothing and
+        returns False.  ``compressed`` sets the message's flag.  Raises ``ValueError`` for a
+        payload over 4 GiB - 1 bytes.
+        """
+    def write(self, stream_id: int, data: bytes | memoryview) -> None:
+        """Queue ``data``: bytes already framed as gRPC messages, or part of one.
+
+        The caller checked them against :meth:`window`; ``data`` must not change afterwards.
+        Raises ``KeyError`` when the stream is not open.
+        """
+    def frame(
+        self,
+        stream_id: int,
+        size: int,
+        max_frame_size: int,
+        out: bytearray,
+        buffers: list[bytes | memoryview],
+    ) -> int:
+        """Write the first ``size`` queued bytes of ``stream_id`` as DATA frames; count them.
+
+        The frames have no flags and carry at most ``max_frame_size`` bytes each.
+        Frame headers and pieces shorter than :data:`KEEP_APART` are appended to ``out``; a
+        longer piece is not copied: ``out``'s bytes so far are moved to ``buffers`` (``out``
+        is emptied in place), then a view of the piece.  The wire order is ``buffers`` then
+        ``out``.  Raises ``KeyError`` when the stream is not open, ``ValueError`` when ``size``
+        exceeds what is queued.  The caller must take ``size`` off the real send windows.
+        """
+
+__all__ = ["KEEP_APART", "SendQueue"]

@@ -1,0 +1,231 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+"""Cython per-stream core of a connection; the pure-Python twin is ``_stream_py``.
+
+Use :mod:`fastinject.stream`, which picks this module when it is available.  The public API and
+its documentation are in ``_stream.pyi``; both modules behave identically.
+
+A response message is written once, header and payload, into its stream's buffer (payloads of
+``KEEP_APART`` bytes or more are kept by reference, not copied) after a check against mirrors of
+the send windows; :meth:`SendQueue.frame` then writes DATA frame headers and the queued bytes
+into the connection's output buffer, and large pieces into its list of buffers as views.
+"""
+
+cimport cython
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from libc.string cimport memcpy
+
+cdef enum:
+    KEEP_APART_BYTES = 4096
+    MESSAGE_HEADER = 5
+    DATA_HEADER = 9
+
+cdef unsigned long long MAX_WIRE_LENGTH = 0xFFFFFFFF
+
+KEEP_APART = KEEP_APART_BYTES
+
+
+cdef inline int _extend(bytearray out, const unsigned char* data, Py_ssize_t length) except -1:
+    cdef Py_ssize_t size = PyByteArray_GET_SIZE(out)
+    PyByteArray_Resize(out, size + length)
+    memcpy(PyByteArray_AS_STRING(out) + size, data, length)
+    return 0
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class _Outbound:
+    """One stream's queued bytes: ``chunks`` from ``offset`` on; ``tail`` takes small writes."""
+
+    def __init__(self, Py_ssize_t window):
+        self.chunks = []
+        self.window = window
+
+    cdef int append(self, const unsigned char* data, Py_ssize_t length, object owner) except -1:
+        """Queue ``length`` bytes at ``data``; ``owner`` (immutable, or None) is kept if long."""
+        if length >= KEEP_APART_BYTES and owner is not None:
+            self.chunks.append(owner)
+            self.tail = None
+            return 0
+        if self.tail is None:
+            self.tail = bytearray()
+            self.chunks.append(self.tail)
+        _extend(self.tail, data, length)
+        return 0
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class SendQueue:
+    """A connection's outbound DATA, per stream; see ``_stream.pyi``."""
+
+    def __init__(self, Py_ssize_t connection_window=65535):
+        self._streams = {}
+        self._connection_window = connection_window
+
+    def open(self, stream_id, Py_ssize_t window):
+        """Start sending on ``stream_id``, whose send window is ``window``."""
+        cdef _Outbound stream = self._streams.get(stream_id)
+        if stream is None:
+            self._streams[stream_id] = _Outbound(window)
+        else:
+            stream.window = window - stream.queued
+
+    def update_window(self, stream_id, Py_ssize_t window):
+        """The send window of ``stream_id`` (0: the connection) is now ``window``."""
+        cdef _Outbound stream
+        if stream_id == 0:
+            self._connection_window = window - self.queued_bytes
+            return
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream.window = window - stream.queued
+
+    def close(self, stream_id):
+        """Stop sending on ``stream_id``: what it has queued is dropped."""
+        cdef _Outbound stream = self._streams.pop(stream_id, None)
+        if stream is not None:
+            self._drop(stream)
+
+    def drop(self, stream_id):
+        """Drop what ``stream_id`` has queued; it may send again."""
+        cdef _Outbound stream = self._streams.get(stream_id)
+        if stream is not None:
+            self._drop(stream)
+
+    cdef int _drop(self, _Outbound stream) except -1:
+        self.queued_bytes -= stream.queued
+        self._connection_window += stream.queued
+        stream.window += stream.queued
+        stream.queued = 0
+        stream.offset = 0
+        stream.chunks = []
+        stream.tail = None
+        return 0
+
+    def stream_ids(self):
+        """The open streams, in the order they were opened."""
+        return list(self._streams)
+
+    def pending(self):
+        """The streams with queued bytes, in the order they were opened."""
+        cdef _Outbound stream
+        return [stream_id for stream_id, stream in self._streams.items() if stream.queued]
+
+    def queued(self, stream_id):
+        """Bytes queued on ``stream_id`` (0 for a stream that is not open)."""
+        cdef _Outbound stream = self._streams.get(stream_id)
+        return 0 if stream is None else stream.queued
+
+    def window(self, stream_id):
+        """Bytes ``stream_id`` may queue now, or -1 when it is not open."""
+        cdef _Outbound stream = self._streams.get(stream_id)
+        if stream is None:
+            return -1
+        return min(stream.window, self._connection_window)
+
+    def write_message(self, stream_id, payload, bint compressed=False):
+        """Queue ``payload`` as one gRPC message if the windows take all of it; else False."""
+        cdef _Outbound stream = self._streams.get(stream_id)
+        cdef Py_buffer view
+        cdef unsigned char header[MESSAGE_HEADER]
+        cdef Py_ssize_t length, size
+        if stream is None:
+            return False
+        PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
+        try:
+            length = view.len
+            if <unsigned long long>length > MAX_WIRE_LENGTH:
+                raise ValueError(
+                    f"a gRPC message holds at most {MAX_WIRE_LENGTH} bytes, got {length}"
+                )
+            size = length + MESSAGE_HEADER
+            if size > stream.window or size > self._connection_window:
+                return False
+            header[0] = 1 if compressed else 0
+            header[1] = (length >> 24) & 0xFF
+            header[2] = (length >> 16) & 0xFF
+            header[3] = (length >> 8) & 0xFF
+            header[4] = length & 0xFF
+            stream.append(header, MESSAGE_HEADER, None)
+            if length >= KEEP_APART_BYTES and type(payload) is not bytes:
+                payload = bytes(payload)  # the caller may change its buffer after we return
+            stream.append(<const unsigned char*>view.buf, length, payload)
+            self._account(stream, size)
+            return True
+        finally:
+            PyBuffer_Release(&view)
+
+    def write(self, stream_id, data):
+        """Queue bytes already framed as gRPC messages (the caller checked :meth:`window`)."""
+        cdef _Outbound stream = self._streams.get(stream_id)
+        cdef Py_buffer view
+        if stream is None:
+            raise KeyError(stream_id)
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            stream.append(<const unsigned char*>view.buf, view.len, data)
+            self._account(stream, view.len)
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef int _account(self, _Outbound stream, Py_ssize_t size) except -1:
+        stream.queued += size
+        stream.window -= size
+        self._connection_window -= size
+        self.queued_bytes += size
+        return 0
+
+    def frame(self, stream_id, Py_ssize_t size, Py_ssize_t max_frame_size, bytearray out,
+              list buffers):
+        """Write the first ``size`` queued bytes of ``stream_id`` as DATA frames; see the .pyi."""
+        cdef _Outbound stream = self._streams[stream_id]
+        cdef list chunks = stream.chunks
+        cdef Py_ssize_t first = 0, offset = stream.offset, frames = 0, left = size
+        cdef Py_ssize_t length, take
+        cdef unsigned long long sid = stream_id
+        cdef unsigned char header[DATA_HEADER]
+        cdef Py_buffer view
+        cdef object chunk
+        if not 0 <= size <= stream.queued or max_frame_size <= 0:
+            raise ValueError(f"cannot frame {size} of {stream.queued} queued bytes")
+        header[3] = header[4] = 0  # DATA, no flags
+        header[5] = (sid >> 24) & 0xFF
+        header[6] = (sid >> 16) & 0xFF
+        header[7] = (sid >> 8) & 0xFF
+        header[8] = sid & 0xFF
+        while left:
+            length = min(max_frame_size, left)
+            header[0] = (length >> 16) & 0xFF
+            header[1] = (length >> 8) & 0xFF
+            header[2] = length & 0xFF
+            _extend(out, header, DATA_HEADER)
+            left -= length
+            frames += 1
+            while length:
+                chunk = chunks[first]
+                PyObject_GetBuffer(chunk, &view, PyBUF_SIMPLE)
+                try:
+                    take = min(view.len - offset, length)
+                    if take >= KEEP_APART_BYTES:
+                        buffers.append(bytes(out))
+                        PyByteArray_Resize(out, 0)
+                        buffers.append(memoryview(chunk)[offset : offset + take])
+                    else:
+                        _extend(out, <const unsigned char*>view.buf + offset, take)
+                    length -= take
+                    offset += take
+                    if offset == view.len:
+                        first += 1
+                        offset = 0
+                finally:
+                    PyBuffer_Release(&view)
+        del chunks[:first]
+        stream.offset = offset
+        stream.tail = None  # views may now refer to it: later writes start a new buffer
+        stream.queued -= size
+        self.queued_bytes -= size  # the windows' mirrors stay: the caller takes ``size`` off
+        return frames
+
+
+__all__ = ["KEEP_APART", "SendQueue"]

@@ -1,0 +1,194 @@
+"""Pure-Python per-stream core of a connection, the twin of the Cython module ``_stream``.
+
+Use :mod:`fastinject.stream`, which picks the Cython module when it is available.  Both modules
+have the same API and behaviour, and the same tests run against both; the documentation of the
+API is in ``_stream.pyi``.
+
+:class:`SendQueue` is the outbound side: the response messages of every stream, framed as gRPC
+messages straight into the stream's buffer, checked against *mirrors* of the HTTP/2 send
+windows, then cut into DATA frames once per flush.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import final
+
+from ._framing_py import _flat
+
+KEEP_APART = 4096
+"""Payload pieces at least this long are not copied: they are kept (and written) as views."""
+
+_MESSAGE_HEADER = struct.Struct(">BI")
+_DATA_HEADER = struct.Struct(">BHBBI")  # length (high byte, low 16 bits), type, flags, stream
+
+
+class _Outbound:
+    """One stream's queued bytes: ``chunks`` from ``offset`` on; ``tail`` takes small writes."""
+
+    __slots__ = ("chunks", "offset", "queued", "tail", "window")
+
+    def __init__(self, window: int) -> None:
+        self.chunks: list[bytes | bytearray | memoryview] = []
+        self.offset = 0
+        self.queued = 0
+        self.tail: bytearray | None = None
+        self.window = window
+
+    def append(self, data: bytes | memoryview) -> None:
+        if len(data) >= KEEP_APART:
+            self.chunks.append(data)
+            self.tail = None
+            return
+        tail = self.tail
+        if tail is None:
+            tail = self.tail = bytearray()
+            self.chunks.append(tail)
+        tail += data
+
+
+@final
+class SendQueue:
+    """A connection's outbound DATA, per stream; see ``_stream.pyi``."""
+
+    __slots__ = ("_connection_window", "_streams", "queued_bytes")
+
+    def __init__(self, connection_window: int = 65535) -> None:
+        self._streams: dict[int, _Outbound] = {}
+        self._connection_window = connection_window
+        self.queued_bytes = 0
+
+    def open(self, stream_id: int, window: int) -> None:
+        """Start sending on ``stream_id``, whose send window is ``window``."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            self._streams[stream_id] = _Outbound(window)
+        else:
+            stream.window = window - stream.queued
+
+    def update_window(self, stream_id: int, window: int) -> None:
+        """The send window of ``stream_id`` (0: the connection) is now ``window``."""
+        if stream_id == 0:
+            self._connection_window = window - self.queued_bytes
+            return
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream.window = window - stream.queued
+
+    def close(self, stream_id: int) -> None:
+        """Stop sending on ``stream_id``: what it has queued is dropped."""
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None:
+            self._drop(stream)
+
+    def drop(self, stream_id: int) -> None:
+        """Drop what ``stream_id`` has queued; it may send again."""
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            self._drop(stream)
+
+    def _drop(self, stream: _Outbound) -> None:
+        self.queued_bytes -= stream.queued
+        self._connection_window += stream.queued
+        stream.window += stream.queued
+        stream.queued = stream.offset = 0
+        stream.chunks = []
+        stream.tail = None
+
+    def stream_ids(self) -> list[int]:
+        """The open streams, in the order they were opened."""
+        return list(self._streams)
+
+    def pending(self) -> list[int]:
+        """The streams with queued bytes, in the order they were opened."""
+        return [stream_id for stream_id, stream in self._streams.items() if stream.queued]
+
+    def queued(self, stream_id: int) -> int:
+        """Bytes queued on ``stream_id`` (0 for a stream that is not open)."""
+        stream = self._streams.get(stream_id)
+        return 0 if stream is None else stream.queued
+
+    def window(self, stream_id: int) -> int:
+        """Bytes ``stream_id`` may queue now, or -1 when it is not open."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return -1
+        return min(stream.window, self._connection_window)
+
+    def write_message(
+        self, stream_id: int, payload: bytes | bytearray | memoryview, compressed: bool = False
+    ) -> bool:
+        """Queue ``payload`` as one gRPC message if the windows take all of it; else False."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return False
+        flat, length = _flat(payload)
+        size = length + 5
+        if size > stream.window or size > self._connection_window:
+            return False
+        stream.append(_MESSAGE_HEADER.pack(1 if compressed else 0, length))
+        if length >= KEEP_APART and type(flat) is not bytes:
+            flat = bytes(flat)  # the caller may change its buffer after we return
+        stream.append(flat)
+        self._account(stream, size)
+        return True
+
+    def write(self, stream_id: int, data: bytes | memoryview) -> None:
+        """Queue bytes already framed as gRPC messages (the caller checked :meth:`window`)."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise KeyError(stream_id)
+        stream.append(data)
+        self._account(stream, len(data))
+
+    def _account(self, stream: _Outbound, size: int) -> None:
+        stream.queued += size
+        stream.window -= size
+        self._connection_window -= size
+        self.queued_bytes += size
+
+    def frame(
+        self,
+        stream_id: int,
+        size: int,
+        max_frame_size: int,
+        out: bytearray,
+        buffers: list[bytes | memoryview],
+    ) -> int:
+        """Write the first ``size`` queued bytes of ``stream_id`` as DATA frames; see the .pyi."""
+        stream = self._streams[stream_id]
+        if not 0 <= size <= stream.queued or max_frame_size <= 0:
+            raise ValueError(f"cannot frame {size} of {stream.queued} queued bytes")
+        chunks = stream.chunks
+        first = 0
+        offset = stream.offset
+        frames = 0
+        left = size
+        while left:
+            length = min(max_frame_size, left)
+            out += _DATA_HEADER.pack(length >> 16, length & 0xFFFF, 0, 0, stream_id)
+            left -= length
+            frames += 1
+            while length:
+                chunk = chunks[first]
+                take = min(len(chunk) - offset, length)
+                if take >= KEEP_APART:
+                    buffers.append(bytes(out))
+                    out.clear()
+                    buffers.append(memoryview(chunk)[offset : offset + take])
+                else:
+                    out += memoryview(chunk)[offset : offset + take]
+                length -= take
+                offset += take
+                if offset == len(chunk):
+                    first += 1
+                    offset = 0
+        del chunks[:first]
+        stream.offset = offset
+        stream.tail = None  # views may now refer to it: later writes start a new buffer
+        stream.queued -= size
+        self.queued_bytes -= size  # the windows' mirrors stay: the caller takes ``size`` off
+        return frames
+
+
+__all__ = ["KEEP_APART", "SendQueue"]
