@@ -61,6 +61,10 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._eof_sent = False  # our close_notify is out: nothing more is written
+        # The connection above paused reading: nothing is decrypted or delivered until it
+        # resumes (records that arrive meanwhile wait, encrypted, in the TLS object).
+        self._reading_paused = False
+        self._loop = asyncio.get_running_loop()
 
     # -- protocol side (the transport below) ---------------------------------------------------
 
@@ -139,7 +143,7 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
 
     def _read_application_data(self) -> None:
         upper = self._upper
-        while upper is not None and self._lower is not None:
+        while upper is not None and self._lower is not None and not self._reading_paused:
             try:
                 chunk = self._ssl.read(_READ_SIZE)
             except ssl.SSLWantReadError:
@@ -236,14 +240,23 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         return self._lower.get_extra_info(name, default)
 
     def pause_reading(self) -> None:
-        """Stop delivering received bytes until resume_reading()."""
+        """Stop delivering received bytes until resume_reading(), at once.
+
+        The transport below stops reading; records it already delivered, even in the middle
+        of a read, wait undecrypted.
+        """
+        self._reading_paused = True
         if self._lower is not None:
             self._lower.pause_reading()
 
     def resume_reading(self) -> None:
-        """Deliver received bytes again."""
+        """Deliver received bytes again: those that waited first, on the next loop turn."""
+        if not self._reading_paused:
+            return
+        self._reading_paused = False
         if self._lower is not None:
             self._lower.resume_reading()
+            self._loop.call_soon(self._read_application_data)
 
     def get_write_buffer_size(self) -> int:
         """Bytes written but not yet sent."""
