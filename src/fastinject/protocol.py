@@ -505,6 +505,11 @@ class ServerProtocol:
             self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         self.highest_stream_id = max(self.highest_stream_id, stream_id)
+        stream = self._h2.streams.get(stream_id)
+        if stream is None or stream.closed:
+            # Reset by the client in the same read (rapid reset): no call is started, which
+            # costs no task; its RST_STREAM spent a token of the reset budget.
+            return
         try:
             head = self._parse_head(stream_id, event.headers or ())
         except _HttpRejection as rejection:
@@ -516,7 +521,7 @@ class ServerProtocol:
             self.send_trailers_only(stream_id, exc.status, str(exc), ())
             return
         self._streams[stream_id] = _StreamState(self.settings.max_receive_message_length)
-        self.outbound.open(stream_id, self._h2.streams[stream_id].outbound_flow_control_window)
+        self.outbound.open(stream_id, stream.outbound_flow_control_window)
         events.append(CallStarted(head, ended))
         if ended:
             events.append(RequestEnded(stream_id))

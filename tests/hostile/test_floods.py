@@ -9,23 +9,28 @@ the attacks are short and their outcome does not depend on the machine's speed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 import h2.settings
 import hpack
 import pytest
 
+from fastinject.connection import Connection
 from hostile.conftest import MIN_CALLS, Legitimate
 from protocol.probe_service import StartServer
 from protocol.wire import (
+    CANCEL,
     CONTINUATION,
     DATA,
     ENHANCE_YOUR_CALM,
     HEADERS,
     MAX_STREAM_ID,
     PRIORITY,
+    RST_STREAM,
     SETTINGS,
     WINDOW_UPDATE,
     H2Client,
@@ -44,6 +49,10 @@ BUDGET = {
     "useless_frame_rate": 1.0,
 }
 """Server settings of these tests: a budget of 100 refilled at 1 per second."""
+
+END_HEADERS = 0x4
+RAPID_RESETS = 1200
+"""Streams opened and reset in one write: more than the default budget of 1000."""
 
 StartLegitimate = Callable[[str], "asyncio.Future[Legitimate]"]
 
@@ -71,6 +80,52 @@ async def test_rapid_reset_gets_enhance_your_calm(
     assert (goaway.error_code, goaway.debug) == (ENHANCE_YOUR_CALM, b"too_many_resets")
     assert goaway.last_stream_id < 2 * ATTACK_FRAMES - 1
     await wire.wait_closed()
+    assert await client.finish() >= MIN_CALLS
+
+
+async def test_streams_reset_in_the_same_read_start_no_call(
+    start_server: StartServer,
+    legitimate: StartLegitimate,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The whole attack in one write, before the server's SETTINGS: no call for most streams.
+
+    A stream whose RST_STREAM is handled with its HEADERS (the same read and turn) never
+    becomes a call (no task is made for it); only pairs that a turn's frame budget splits
+    do.  The connection still ends with GOAWAY too_many_resets, and nothing is logged.
+    """
+    started = 0
+    start_call = Connection._start_call
+
+    def counting(self: Connection, head: Any) -> None:
+        nonlocal started
+        started += 1
+        start_call(self, head)
+
+    monkeypatch.setattr(Connection, "_start_call", counting)
+    served = await start_server()  # the default budget: 1000 resets at once
+    client = await legitimate(target(served.port))
+    blocks = hpack.Encoder()
+    attack = [H2Client().data_to_send()]
+    for stream_id in range(1, 2 * RAPID_RESETS, 2):
+        attack.append(raw_frame(HEADERS, END_HEADERS, stream_id, blocks.encode(request_headers())))
+        attack.append(raw_frame(RST_STREAM, 0, stream_id, struct.pack(">I", CANCEL)))
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    writer.write(b"".join(attack))
+    received = H2Client()
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while data := await reader.read(65536):
+                received.receive(data)
+    except ConnectionError:
+        pass
+    writer.close()
+    assert [(g.error_code, g.debug) for g in received.goaways] == [
+        (ENHANCE_YOUR_CALM, b"too_many_resets")
+    ]
+    assert started < RAPID_RESETS // 10
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert await client.finish() >= MIN_CALLS
 
 
