@@ -33,6 +33,11 @@ from .pending import Arrival
 logger = logging.getLogger(__name__)
 
 _READ_SIZE = 256 * 1024
+# TLS records: content type, version, 16-bit length; a handshake record's fragment is at most
+# 2**14 bytes (RFC 8446 5.1).
+_RECORD_HEADER_LENGTH = 5
+_HANDSHAKE_RECORD = 0x16
+_MAX_FRAGMENT = 2**14
 
 UpperFactory = Callable[[bytes], asyncio.Protocol]
 """Makes the HTTP/2 connection once the handshake is done, given bytes already decrypted."""
@@ -55,9 +60,12 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         self._arrival = arrival
         self._initial_data = initial_data
         self._lower: asyncio.Transport | None = None
-        self._incoming = ssl.MemoryBIO()
+        # The TLS session is made once the peer's first record is whole (see data_received):
+        # until then a connection holds its few bytes, not OpenSSL's state and buffers.
+        self._first_record = bytearray()
+        self._incoming: ssl.MemoryBIO | None = None
         self._outgoing = ssl.MemoryBIO()
-        self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._ssl: ssl.SSLObject  # set with _incoming
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._eof_sent = False  # our close_notify is out: nothing more is written
@@ -83,13 +91,43 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
 
     def data_received(self, data: bytes) -> None:
         """Feed received bytes through the protocol and act on what they produced."""
-        self._incoming.write(data)
+        incoming = self._incoming
+        if incoming is None:
+            incoming = self._start_session(data)
+            if incoming is None:
+                return
+            data = bytes(self._first_record)
+            self._first_record = bytearray()
+        incoming.write(data)
         if self._upper is None and not self._handshake():
             return
         self._read_application_data()
 
+    def _start_session(self, data: bytes) -> ssl.MemoryBIO | None:
+        """The TLS session, made once the first record is whole; None while it is not.
+
+        A first record that is not a handshake or is too long for one is handed to OpenSSL at
+        once, to be refused.
+        """
+        first = self._first_record
+        first += data
+        if len(first) < _RECORD_HEADER_LENGTH:
+            return None
+        length = first[3] << 8 | first[4]
+        if (
+            first[0] == _HANDSHAKE_RECORD
+            and length <= _MAX_FRAGMENT
+            and len(first) < _RECORD_HEADER_LENGTH + length
+        ):
+            return None
+        self._incoming = ssl.MemoryBIO()
+        self._ssl = self._context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        return self._incoming
+
     def eof_received(self) -> bool | None:
         """The peer closed its sending side."""
+        if self._incoming is None:
+            return False  # before its first TLS record: close
         self._incoming.write_eof()
         if self._upper is not None:
             self._read_application_data()
@@ -229,10 +267,10 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """Transport information (``ssl_object``, ``peercert``, ``peername``, ...)."""
-        if name == "ssl_object":
-            return self._ssl
-        if name == "peercert":
-            return self._ssl.getpeercert()
+        if name in ("ssl_object", "peercert"):
+            if self._incoming is None:
+                return default
+            return self._ssl if name == "ssl_object" else self._ssl.getpeercert()
         if name == "sslcontext":
             return self._context
         if self._lower is None:
