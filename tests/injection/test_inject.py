@@ -434,3 +434,18 @@ async def test_no_leaks_after_many_inject_close_cycles(
     assert injector.connections == 0
     assert _open_fds() <= fds
     assert len(asyncio.all_tasks()) <= tasks
+
+
+async def test_injected_tcp_sockets_send_without_delay(
+    server: fastinject.Server, injector: fastinject.ConnectionInjector
+) -> None:
+    """Nagle's algorithm is off on injected TCP sockets, as on a port's accepted ones.
+
+    The test's listener is made with socket.create_server (proto 0), for which asyncio leaves
+    it on: a response written in two parts then waited for the client's delayed ACK (~40 ms).
+    """
+    async with injected_channel(injector, "socket") as channel:
+        assert await method(channel, "Unary")(b"x", timeout=10) == b"x"
+        (connection,) = server._connections
+        sock = connection._transport.get_extra_info("socket")  # type: ignore[union-attr]
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
