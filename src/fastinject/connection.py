@@ -124,6 +124,7 @@ class Connection(asyncio.Protocol):
         # (the peer does not read what we send).  Reading resumes when no reason is left.
         self._read_pauses: set[str] = set()
         self._turn_scheduled = False
+        self._turn_frames = 0  # frames handled since reading last yielded a loop turn
         self._closing = False  # a graceful close has begun
         self._final_goaway_sent = False
         self._linger: Linger | None = None  # the transport is closing (see linger.py)
@@ -177,13 +178,17 @@ class Connection(asyncio.Protocol):
 
         The protocol handles at most ``max_frames_per_turn`` frames per call: the rest is
         handled on later loop turns, with reading paused meanwhile, so that the other
-        connections' work runs in between.
+        connections' work runs in between.  Reading also yields a turn once that many frames
+        were handled over several calls: uvloop (libuv) reads a socket up to 32 times per
+        loop turn, each read a call here.
         """
         if self._linger is not None:
             self._linger.discard(data)
             return
-        self._handle(self.protocol.receive(data))
-        if self.protocol.has_backlog:
+        protocol = self.protocol
+        self._handle(protocol.receive(data))
+        self._turn_frames += protocol.frames_handled
+        if self._turn_frames >= self.settings.max_frames_per_turn:  # a backlog's are too
             self._schedule_turn()
         if self._arrival is not None and self.protocol.settings_received:
             self._arrival.end()  # the client's preface and SETTINGS are here: it serves
@@ -201,6 +206,7 @@ class Connection(asyncio.Protocol):
         if self._transport is None or self._writable is not None or self._linger is not None:
             return  # gone, resume_writing() takes over, or closing
         self._handle(self.protocol.receive(b""))
+        self._turn_frames = self.protocol.frames_handled
         if self.protocol.has_backlog:
             self._schedule_turn()
         else:
@@ -296,7 +302,7 @@ class Connection(asyncio.Protocol):
             self._linger.output_left()
             return
         self._resume_reading("writing")
-        if self.protocol.has_backlog:
+        if "turn" in self._read_pauses:  # a backlog, or a yield _next_turn() left to us
             self._schedule_turn()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -6,11 +6,11 @@ bytes that no handler has taken yet.  ``max_partial_message_bytes`` bounds that 
 :class:`MessageMemory` bounds the sum over every connection of a server, accepted and injected
 alike (grpc core's resource quota idea: one counter that all transports draw from).
 
-Past the budget, the connection holding the most gives up its largest stream (which fails with
-``RESOURCE_EXHAUSTED``), again until the sum is back within the budget.  The stream whose bytes
-crossed the line is not the one that pays unless it belongs to that connection: an attacker
-holding half messages on many streams loses them, a client whose one message arrives while the
-budget is full keeps it.
+Past the budget, the connection holding the most gives up the call that has held bytes the
+longest (it fails with ``RESOURCE_EXHAUSTED``), again until the sum is back within the budget.
+The stream whose bytes crossed the line is not the one that pays unless it belongs to that
+connection: an attacker holding half messages on many streams loses them, a client whose one
+message arrives while the budget is full keeps it.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ class Holder(Protocol):
 
     partial_message_bytes: int
 
-    def shed_largest_stream(self) -> None:
-        """Fail the stream holding the most bytes, dropping its buffer."""
+    def shed_stream(self) -> None:
+        """Fail one stream holding bytes, dropping its buffer."""
 
 
 class MessageMemory:
@@ -70,11 +70,11 @@ class MessageMemory:
             self._holders.pop(holder, None)
 
     def reclaim(self) -> None:
-        """Shed the largest streams of the largest holders until the budget is kept."""
+        """Shed streams of the largest holders until the budget is kept."""
         holders = self._holders
         while self.used > self.limit and holders:
             largest = max(holders, key=_held_by)
-            largest.shed_largest_stream()
+            largest.shed_stream()
 
 
 def _held_by(holder: Holder) -> int:

@@ -48,9 +48,10 @@ class ServerSettings:
         always fits: the limit applied is at least that plus its 5-byte prefix.
     ``max_server_partial_message_bytes`` = 32 MiB (no grpcio option)
         The same bytes summed over every connection of the server (ports and injectors).
-        Past it, the connection holding the most loses its largest call (which fails with
-        ``RESOURCE_EXHAUSTED`` and drops its buffer), again until the sum is back within it:
-        the peer piling up half messages pays, not the client whose message arrives next.
+        Past it, the connection holding the most loses the call holding bytes the longest
+        (it fails with ``RESOURCE_EXHAUSTED`` and drops its buffer), again until the sum is
+        back within it: the peer piling up half messages pays, not the client whose message
+        arrives next.
         At least one message of ``max_receive_message_length`` plus its prefix.
     ``max_concurrent_streams`` = 1000 (``grpc.max_concurrent_streams``)
         HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: RPCs one client connection may run at once.
@@ -138,8 +139,9 @@ class ServerSettings:
         CONTINUATION, and WINDOW_UPDATE beyond two per DATA frame sent (nghttp2's "glitches").
         Past it: GOAWAY ENHANCE_YOUR_CALM ``too_many_useless_frames``.
     ``max_frames_per_turn`` = 256
-        Frames of one connection handled per event-loop turn; the rest waits, with reading
-        paused, for the next turn, so one busy connection cannot starve the others.
+        Frames of one connection handled per event-loop turn, a HEADERS frame counting as 8
+        (it starts a call); the rest waits, with reading paused, for the next turn, so one
+        busy connection cannot starve the others.
     ``max_pending_control_frames`` = 10000
         Answers a client's frames oblige us to queue (SETTINGS and PING ACKs, RST_STREAM,
         rejections) while our output to it has not drained (grpc core's limit of "induced

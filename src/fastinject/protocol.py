@@ -55,6 +55,10 @@ _CONTINUATION_FRAME_TYPE = 0x9
 # the connection, and widen the window of each stream it opens; WINDOW_UPDATE frames beyond
 # that count against the useless-frame budget.
 _WINDOW_UPDATES_PER_DATA_FRAME = 2
+# A HEADERS frame spends this many frames of a turn's budget: a call it starts costs the loop
+# that much more than other frames (with the default budget, 32 new calls per connection and
+# turn, grpc core's max_requests_per_read).
+_HEADERS_FRAME_COST = 8
 _H2_CONFIG = h2.config.H2Configuration(
     client_side=False,
     header_encoding=None,
@@ -204,6 +208,8 @@ class ServerProtocol:
         )
         # The server's budget over all its connections (this connection's own, when alone).
         self._memory = MessageMemory.for_settings(settings) if memory is None else memory
+        # The streams holding bytes, those holding them the longest first.
+        self._holding: dict[int, _StreamState] = {}
         # Calls failed to keep that budget while another connection was receiving: they are
         # reported by the next receive() or take_shed(); on_shed() says there are some.
         self._shed: list[Event] = []
@@ -278,6 +284,11 @@ class ServerProtocol:
         if self._shed:
             events.extend(self.take_shed())
         return events
+
+    @property
+    def frames_handled(self) -> int:
+        """How many frames the last :meth:`receive` handled (at most ``max_frames_per_turn``)."""
+        return self.settings.max_frames_per_turn - self._frames_left
 
     @property
     def has_backlog(self) -> bool:
@@ -357,7 +368,7 @@ class ServerProtocol:
             frame_end = pos + 9 + length
             if frame_end > end or frames_left <= 0:
                 break
-            frames_left -= 1
+            frames_left -= 1 if frame_type != _HEADERS_FRAME_TYPE else _HEADERS_FRAME_COST
             if frame_type == 0:
                 # The stream may be opened by HEADERS still waiting for h2 in this run.
                 if handed < pos and stream_id not in streams:
@@ -621,7 +632,7 @@ class ServerProtocol:
         held = state.deframer.held
         if held == state.held:
             return
-        self._hold(state, held)
+        self._hold(stream_id, state, held)
         if self.partial_message_bytes > self._partial_message_limit:
             # Early credit lets a peer fill every stream up to its message limit; this bounds
             # the sum.  The stream crossing it fails (as grpc core cancels a stream when its
@@ -636,19 +647,23 @@ class ServerProtocol:
             if self._shed:
                 events.extend(self.take_shed())
 
-    def _hold(self, state: _StreamState, held: int) -> None:
+    def _hold(self, stream_id: int, state: _StreamState, held: int) -> None:
         """Account that a stream's deframer now holds ``held`` bytes, here and server-wide."""
         delta = held - state.held
+        if not held:
+            del self._holding[stream_id]
+        elif not state.held:
+            self._holding[stream_id] = state
         state.held = held
         self.partial_message_bytes += delta
         self._memory.change(self, delta)
 
-    def shed_largest_stream(self) -> None:
-        """Fail the call holding the most bytes: the server's budget is exhausted.
+    def shed_stream(self) -> None:
+        """Fail the call that has held bytes the longest: the server's budget is exhausted.
 
         Its :class:`CallFailed` is reported by :meth:`take_shed` (and the next :meth:`receive`).
         """
-        stream_id = max(self._streams, key=lambda stream: self._streams[stream].held)
+        stream_id = next(iter(self._holding))
         self._fail(stream_id, StatusCode.RESOURCE_EXHAUSTED,
                    f"request messages being received by this server hold over "
                    f"{self._memory.limit} bytes (max_server_partial_message_bytes)", self._shed)
@@ -656,7 +671,7 @@ class ServerProtocol:
             self.on_shed()
 
     def take_shed(self) -> list[Event]:
-        """The calls failed by :meth:`shed_largest_stream` since last asked."""
+        """The calls failed by :meth:`shed_stream` since last asked."""
         shed, self._shed = self._shed, []
         return shed
 
@@ -681,7 +696,7 @@ class ServerProtocol:
         if state is not None:
             state.failed = True
             if state.held:
-                self._hold(state, 0)
+                self._hold(stream_id, state, 0)
             state.deframer = Deframer(0)  # drops the partial message now; nothing more is fed
         events.append(CallFailed(stream_id, status, details))
 
@@ -689,7 +704,7 @@ class ServerProtocol:
         """Drop a stream's receive state (and its share of :attr:`partial_message_bytes`)."""
         state = self._streams.pop(stream_id, None)
         if state is not None and state.held:
-            self._hold(state, 0)
+            self._hold(stream_id, state, 0)
         return state
 
     # -- flow control -----------------------------------------------------------------------

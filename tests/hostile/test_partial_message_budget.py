@@ -3,7 +3,7 @@
 Each connection's half messages are capped by ``max_partial_message_bytes``; many connections
 together are capped by ``max_server_partial_message_bytes``, shared by every connection of the
 server (listening ports and injected streams alike).  Past it, the connection holding the most
-loses its largest calls (RESOURCE_EXHAUSTED), so a peer piling up half messages pays for them.
+loses calls (RESOURCE_EXHAUSTED), so a peer piling up half messages pays for them.
 """
 
 from __future__ import annotations
