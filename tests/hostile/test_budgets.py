@@ -5,7 +5,13 @@ from __future__ import annotations
 import struct
 
 from fastinject.options import ServerSettings
-from fastinject.protocol import ConnectionClosedByPeer, Event, PingReceived, ServerProtocol
+from fastinject.protocol import (
+    CallStarted,
+    ConnectionClosedByPeer,
+    Event,
+    PingReceived,
+    ServerProtocol,
+)
 from protocol.wire import (
     ENHANCE_YOUR_CALM,
     PING,
@@ -119,6 +125,25 @@ def test_frames_past_the_turn_budget_wait_for_the_next_turn() -> None:
         turns += 1
     assert turns == 1000 // 64 + 1
     assert client.ping_acks == [struct.pack(">Q", index) for index in range(1000)]
+
+
+def test_a_headers_frame_spends_eight_frames_of_the_turn() -> None:
+    """A call's HEADERS costs 8 frames: a turn of 64 starts 8 calls of HEADERS + DATA, not 32.
+
+    The other calls follow in later turns, every one of them.
+    """
+    clock = Clock()
+    client, server = connect(clock, max_frames_per_turn=64)
+    for _ in range(20):
+        client.start_call(messages=[b"m"])
+    events = server.receive(client.data_to_send())
+    # 7 x 9 = 63 frames, then one frame left: the 8th HEADERS is taken, its DATA waits.
+    assert sum(isinstance(e, CallStarted) for e in events) == 8
+    assert server.frames_handled == 8 * 8 + 7
+    assert server.has_backlog
+    while server.has_backlog:
+        events += server.receive(b"")
+    assert sum(isinstance(e, CallStarted) for e in events) == 20
 
 
 def test_bytes_received_during_a_backlog_follow_it() -> None:

@@ -72,6 +72,28 @@ async def test_flood_is_handled_a_turn_at_a_time(pool: concurrent.futures.Execut
     legit.connection_lost(None)
 
 
+async def test_the_reads_of_one_turn_share_its_budget(pool: concurrent.futures.Executor) -> None:
+    """Small reads in one loop turn pause reading once together they used the turn's budget.
+
+    uvloop reads a socket up to 32 times per loop turn; reading resumes on a later turn.
+    """
+    flooder, flood_transport = connection(pool, max_frames_per_turn=TURN, max_ping_strikes=0)
+    attacker = handshake(flooder, flood_transport)
+    reads = 0
+    while flood_transport.reading:
+        assert reads < FLOOD // 10
+        for index in range(10):
+            attacker.send_raw(raw_frame(PING, 0, 0, struct.pack(">Q", reads * 10 + index)))
+        flooder.data_received(attacker.data_to_send())
+        reads += 1
+    assert reads == -(-TURN // 10)  # the read that reached the budget paused reading
+    async with asyncio.timeout(10):
+        while not flood_transport.reading:
+            await asyncio.sleep(0)
+    assert acks(flood_transport) == reads * 10
+    flooder.connection_lost(None)
+
+
 async def test_flood_over_a_socket_is_answered_in_full_while_grpcio_is_served(
     start_server: StartServer, open_wire: OpenWire, legitimate: StartLegitimate
 ) -> None:
