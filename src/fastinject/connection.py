@@ -395,7 +395,10 @@ class Connection(asyncio.Protocol):
         buffers = self.protocol.buffers_to_send()
         transport = self._transport
         if transport is not None:
-            if buffers:
+            # A transport closes itself at the peer's EOF, a loop turn before connection_lost;
+            # writing to it then is lost anyway (and a TypeError on Python 3.12+'s selector
+            # transports, which clear their write callback on close).
+            if buffers and not transport.is_closing():
                 transport.writelines(buffers)
             if self.protocol.answers_owed and not transport.get_write_buffer_size():
                 self.protocol.output_drained()

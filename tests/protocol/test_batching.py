@@ -165,3 +165,22 @@ async def test_streaming_response_produced_in_one_turn_takes_few_writes(
     assert len(response.messages) == 200
     assert len(transport.writes) - before < 200 // 10
     conn.connection_lost(None)
+
+
+async def test_a_closing_transport_is_not_written_to(
+    pool: concurrent.futures.Executor,
+) -> None:
+    """Once the transport closes (the peer's EOF), a graceful close writes nothing to it.
+
+    asyncio closes a transport at EOF and calls ``connection_lost`` a loop turn later; a
+    server stopping in between must not write (Python 3.12+'s selector transports raise).
+    """
+    conn, transport = connection(pool)
+    client = H2Client()
+    client.receive(b"".join(transport.writes))
+    conn.data_received(client.data_to_send())
+    transport.close()
+    before = len(transport.writes)
+    conn.close_gracefully()
+    assert len(transport.writes) == before
+    conn.connection_lost(None)
