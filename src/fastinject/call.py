@@ -196,6 +196,23 @@ class Call:
 
     # -- reading ---------------------------------------------------------------------------
 
+    def take_ready(self) -> bytes | None:
+        """The next request message's payload if it is here and uncompressed, else ``None``.
+
+        The fast path of :meth:`read_raw` (no coroutine); on ``None``, await that.
+        """
+        inbox = self._inbox
+        if inbox and not inbox[0][1]:
+            return self._pop()
+        return None
+
+    def _pop(self) -> bytes:
+        """Take the first message of the inbox and return its credit."""
+        payload, compressed = self._inbox.popleft()
+        self.last_compressed = compressed
+        self.release_credit(len(payload) + 5)
+        return payload
+
     async def read_raw(self) -> bytes | None:
         """The next request message's payload (decompressed), or ``None`` at end of stream."""
         while not self._inbox:
@@ -212,9 +229,8 @@ class Call:
                 await self._read_waiter
             finally:
                 self._read_waiter = None
-        payload, compressed = self._inbox.popleft()
-        self.last_compressed = compressed
-        self.release_credit(len(payload) + 5)
+        compressed = self._inbox[0][1]
+        payload = self._pop()
         if compressed:
             encoding = self.head.encoding
             if encoding is None or encoding == "identity":
@@ -267,8 +283,10 @@ class Call:
         self._conn.reset_ping_policy()
         self._conn.schedule_flush()
 
-    async def write_raw(self, payload: bytes) -> None:
-        """Send one serialized response message (headers first, if not sent yet)."""
+    async def write(self, message: Any) -> None:
+        """Serialize and send one response message (headers first, if not sent yet)."""
+        serializer = self.serializer
+        payload: bytes = serializer(message) if serializer is not None else message
         if self.done or self.status_sent:
             raise RpcError("the RPC has already finished", StatusCode.INTERNAL)
         if not self.headers_sent:
@@ -286,11 +304,6 @@ class Call:
                 StatusCode.RESOURCE_EXHAUSTED,
             )
         await self._conn.send_message(self.stream_id, payload, compressed)
-
-    async def write(self, message: Any) -> None:
-        """Serialize and send one response message."""
-        serializer = self.serializer
-        await self.write_raw(serializer(message) if serializer is not None else message)
 
     def set_compression(self, compression_algorithm: Any) -> None:
         """Compress this call's responses with ``compression_algorithm`` (if the client accepts)."""

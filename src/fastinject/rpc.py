@@ -28,6 +28,37 @@ logger = logging.getLogger(__name__)
 
 _SENTINEL = object()
 
+ASYNC, ASYNC_GENERATOR, SYNC = 0, 1, 2
+"""How a behavior is called: awaited, iterated with ``async for``, or run in the thread pool."""
+
+_KINDS: dict[Any, int] = {}
+_KINDS_MAX = 1024  # behaviors remembered; interceptors may make a new one per call
+
+
+def behavior_kind(behavior: Any) -> int:
+    """:data:`ASYNC`, :data:`ASYNC_GENERATOR` or :data:`SYNC` for a handler's behavior.
+
+    Found with :mod:`inspect` once per behavior, not per call.
+    """
+    try:
+        return _KINDS[behavior]
+    except KeyError:
+        kind = _inspect_kind(behavior)
+        if len(_KINDS) >= _KINDS_MAX:
+            _KINDS.clear()
+        _KINDS[behavior] = kind
+        return kind
+    except TypeError:  # an unhashable callable
+        return _inspect_kind(behavior)
+
+
+def _inspect_kind(behavior: Any) -> int:
+    if inspect.isasyncgenfunction(behavior):
+        return ASYNC_GENERATOR
+    if inspect.iscoroutinefunction(behavior):
+        return ASYNC
+    return SYNC
+
 
 async def run_rpc(conn: Connection, call: Call) -> None:
     """Serve ``call`` to completion; never raises."""
@@ -35,7 +66,9 @@ async def run_rpc(conn: Connection, call: Call) -> None:
     try:
         if call.interrupted:
             raise asyncio.CancelledError
-        handler = await _find_handler(conn, call)
+        details = HandlerCallDetails(call.head.method, call.head.metadata)
+        lookup = conn.intercepted_lookup
+        handler = conn.registry.find(details) if lookup is None else await lookup(details)
         if handler is None:
             call.finish(StatusCode.UNIMPLEMENTED, f"Method not found: {call.head.method}")
             return
@@ -53,7 +86,10 @@ async def run_rpc(conn: Connection, call: Call) -> None:
             await _stream_response(conn, call, behavior, request)
         else:
             behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
-            response = await _call(conn, call, behavior, request)
+            if behavior_kind(behavior) == ASYNC:
+                response = await behavior(request, call.context)
+            else:
+                response = await _call_sync(conn, call, behavior, request)
             if call.code is None or call.code is StatusCode.OK:
                 await call.write(response)
         call.finish_ok()
@@ -89,20 +125,15 @@ def _end_cancelled(conn: Connection, call: Call) -> None:
         conn.reset_call(call)
 
 
-async def _find_handler(conn: Connection, call: Call) -> Any:
-    details = HandlerCallDetails(call.head.method, call.head.metadata)
-    if conn.intercepted_lookup is not None:
-        return await conn.intercepted_lookup(details)
-    return conn.registry.find(details)
-
-
 async def _read_single(call: Call) -> Any:
     """The one request of a unary-request call, once the client has half-closed.
 
     A cardinality violation is UNIMPLEMENTED (grpc doc/statuscodes.md).  Waiting for the
     half-close costs nothing in practice: clients send END_STREAM with the message.
     """
-    raw = await call.read_raw()
+    raw = call.take_ready()
+    if raw is None:
+        raw = await call.read_raw()
     if raw is None:
         raise RpcError("the client sent no request message for a unary call",
                        StatusCode.UNIMPLEMENTED)
@@ -112,26 +143,26 @@ async def _read_single(call: Call) -> Any:
     return call.deserialize(raw)
 
 
-async def _call(conn: Connection, call: Call, behavior: Any, request: Any) -> Any:
-    """Call a unary-response behavior, in the thread pool when it is sync."""
-    if inspect.iscoroutinefunction(behavior):
-        return await behavior(request, call.context)
-    sync_ctx = SyncServicerContext(call.context, conn.loop)
+async def _call_sync(conn: Connection, call: Call, behavior: Any, request: Any) -> Any:
+    """Call a sync unary-response behavior in the thread pool."""
     if isinstance(request, _RequestIterator):
         request = request.blocking(conn.loop)
-    return await conn.loop.run_in_executor(conn.executor, behavior, request, sync_ctx)
+    return await conn.loop.run_in_executor(
+        conn.executor, behavior, request, SyncServicerContext(call.context, conn.loop)
+    )
 
 
 async def _stream_response(
     conn: Connection, call: Call, behavior: Any, request: Any
 ) -> None:
     """Call a streaming-response behavior and send every message it produces."""
-    if inspect.isasyncgenfunction(behavior):
+    kind = behavior_kind(behavior)
+    if kind == ASYNC_GENERATOR:
         responses: AsyncIterator[Any] = behavior(request, call.context)
         async for response in responses:
             await call.write(response)
         return
-    if inspect.iscoroutinefunction(behavior):
+    if kind == ASYNC:
         # grpc.aio style: the coroutine writes with context.write() itself; like grpc.aio,
         # a value it returns is ignored.
         await behavior(request, call.context)
@@ -163,10 +194,13 @@ class _RequestIterator:
         return self
 
     async def __anext__(self) -> Any:
-        raw = await self._call.read_raw()
+        call = self._call
+        raw = call.take_ready()
         if raw is None:
-            raise StopAsyncIteration
-        return self._call.deserialize(raw)
+            raw = await call.read_raw()
+            if raw is None:
+                raise StopAsyncIteration
+        return call.deserialize(raw)
 
     def blocking(self, loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
         """A plain iterator for sync handlers; each step waits on the event loop."""
