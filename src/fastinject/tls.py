@@ -238,10 +238,7 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         if self._lower is None or self._closing or self._eof_sent:
             return
         self._eof_sent = True
-        # The peer's close_notify is not awaited here: its records are still read after ours.
-        with contextlib.suppress(ssl.SSLError):
-            self._ssl.unwrap()
-        self._send_outgoing()
+        self._send_close_notify()  # the peer's records are still read after it
         self._lower.write_eof()
 
     def close(self) -> None:
@@ -249,11 +246,14 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         if self._closing or self._lower is None:
             return
         self._closing = True
-        # The peer's close_notify is not awaited; ours goes out below.
+        self._send_close_notify()
+        self._lower.close()
+
+    def _send_close_notify(self) -> None:
+        """Send our close_notify (and what precedes it); the peer's is not awaited."""
         with contextlib.suppress(ssl.SSLError):
             self._ssl.unwrap()
         self._send_outgoing()
-        self._lower.close()
 
     def abort(self) -> None:
         """Close at once, dropping buffered bytes."""

@@ -193,13 +193,21 @@ async def test_past_the_cap_the_oldest_handshake_is_dropped(
 ) -> None:
     """With 3 handshakes allowed, 8 silent connections: the 5 oldest are closed at once."""
     _, port = await tls_server(max_pending_handshakes=3)
+    await oldest_of_eight_dropped(port, lambda: tls_channel(port, tls))
+
+
+async def oldest_of_eight_dropped(port: int, channel: Callable[[], grpc.aio.Channel]) -> None:
+    """8 silent connections to ``port`` with 3 pending allowed: the 5 oldest close at once.
+
+    A real client (on a ``channel()``) still gets through: its connection drops the oldest
+    silent one left.
+    """
     silent = [await connect(port) for _ in range(8)]
     closed = [asyncio.ensure_future(closed_by_server(connection)) for connection in silent[:5]]
     assert all(await asyncio.gather(*closed))
     assert all(still_open(connection) for connection in silent[5:])
-    # A real client still gets through (its handshake drops the oldest silent one).
-    async with tls_channel(port, tls) as channel:
-        caller = Caller(channel)
+    async with channel() as client_channel:
+        caller = Caller(client_channel)
         await caller.calls(10)
         await caller.stop()
     assert await closed_by_server(silent[5])
@@ -212,17 +220,7 @@ async def test_past_the_cap_the_oldest_silent_plaintext_connection_is_dropped(
 ) -> None:
     """Plaintext connections before their preface count too: 8 silent ones, 3 allowed."""
     served = await serve(max_pending_handshakes=3)
-    silent = [await connect(served.port) for _ in range(8)]
-    closed = [asyncio.ensure_future(closed_by_server(connection)) for connection in silent[:5]]
-    assert all(await asyncio.gather(*closed))
-    assert all(still_open(connection) for connection in silent[5:])
-    async with grpc.aio.insecure_channel(served.target) as channel:
-        caller = Caller(channel)
-        await caller.calls(10)
-        await caller.stop()
-    assert await closed_by_server(silent[5])
-    for _, writer in silent[6:]:
-        writer.close()
+    await oldest_of_eight_dropped(served.port, lambda: grpc.aio.insecure_channel(served.target))
 
 
 async def test_grpcio_client_is_served_through_a_flood_of_silent_connections(
