@@ -17,3 +17,23 @@ cdef class SendQueue:
 
     cdef int _drop(self, _Outbound stream) except -1
     cdef int _account(self, _Outbound stream, Py_ssize_t size) except -1
+
+
+cdef class CreditBook:
+    cdef dict _due
+    cdef bint _notified
+    cdef public object on_consumed
+
+    cdef int _add(self, object stream_id, Py_ssize_t size) except -1
+    cdef int _consumed(self, object stream_id, Py_ssize_t size) except -1
+
+
+cdef class Inbox:
+    cdef readonly object stream_id
+    cdef CreditBook _book
+    cdef list _messages          # from ``_head`` on: the messages not yet taken
+    cdef Py_ssize_t _head
+    cdef Py_ssize_t _debt        # credit returned early, still to be deducted
+
+    cdef tuple _take(self)
+    cdef int _credit(self, Py_ssize_t size) except -1

@@ -5,6 +5,7 @@ Same API and behaviour as the pure-Python twin :mod:`fastinject._stream_py`; use
 bytes out; h2 keeps the authoritative flow-control windows and stream states.
 """
 
+from collections.abc import Callable
 from typing import Final, final
 
 KEEP_APART: Final[int]
@@ -81,5 +82,53 @@ class SendQueue:
         ``out``.  Raises ``KeyError`` when the stream is not open, ``ValueError`` when ``size``
         exceeds what is queued.  The caller must take ``size`` off the real send windows.
         """
+@final
+class CreditBook:
+    """Flow-control credit owed to the peer, per stream, until the next flush.
 
-__all__ = ["KEEP_APART", "SendQueue"]
+    The one owner of received-data credit on a connection: bytes that need no reader
+    (padding, streams that failed or ended, messages still being assembled) are added with
+    :meth:`add`; messages the application took are added by their :class:`Inbox` through
+    :meth:`consumed`.  The caller returns what :meth:`take` gives, once per flush: one
+    WINDOW_UPDATE per stream and one for the connection.
+    """
+
+    on_consumed: Callable[[], None] | None
+    """Called the first time an application consumes something after a :meth:`take`
+    (the owner schedules a flush there), so at most once per flush, never per message."""
+
+    def __init__(self, on_consumed: Callable[[], None] | None = None) -> None: ...
+    def add(self, stream_id: int, size: int) -> None:
+        """Owe ``size`` more bytes of credit on ``stream_id`` (and on the connection)."""
+    def consumed(self, stream_id: int, size: int) -> None:
+        """Owe the credit of ``size`` bytes the application took; may call :attr:`on_consumed`."""
+    def take(self) -> dict[int, int] | None:
+        """The credit owed per stream since the last take, or None; nothing is owed after."""
+
+@final
+class Inbox:
+    """One call's received messages, and the credit they still owe until they are taken.
+
+    Credit of a message that was returned early (its bytes arrived while it was still being
+    assembled, :attr:`~fastinject.protocol.MessagesReceived.prepaid`) is a debt deducted from
+    the credit of the messages taken next, so each byte is credited exactly once.
+    """
+
+    @property
+    def stream_id(self) -> int:
+        """The stream whose messages these are (the credit is owed on it)."""
+    def __init__(self, stream_id: int, book: CreditBook) -> None: ...
+    def __len__(self) -> int: ...
+    def deliver(self, messages: list[tuple[bytes, bool]], prepaid: int) -> None:
+        """Messages arrived; ``prepaid`` bytes of them were credited while being assembled."""
+    def pop(self) -> tuple[bytes, bool] | None:
+        """The oldest message ``(payload, compressed)``, its credit now owed; None if empty."""
+    def pop_plain(self) -> bytes | None:
+        """The oldest message's payload if it is not compressed, its credit now owed; else None.
+
+        The fast path of a reader that would have to decompress (a coroutine) otherwise.
+        """
+    def release(self) -> None:
+        """Drop every message, owing their credit (the call ended without reading them)."""
+
+__all__ = ["KEEP_APART", "CreditBook", "Inbox", "SendQueue"]

@@ -8,6 +8,8 @@ A response message is written once, header and payload, into its stream's buffer
 ``KEEP_APART`` bytes or more are kept by reference, not copied) after a check against mirrors of
 the send windows; :meth:`SendQueue.frame` then writes DATA frame headers and the queued bytes
 into the connection's output buffer, and large pieces into its list of buffers as views.
+On the inbound side, :class:`CreditBook` owns the flow-control credit owed to the peer and each
+call's :class:`Inbox` its messages and their credit, so taking a message is one C call.
 """
 
 cimport cython
@@ -19,6 +21,8 @@ cdef enum:
     KEEP_APART_BYTES = 4096
     MESSAGE_HEADER = 5
     DATA_HEADER = 9
+    # An inbox's taken messages are compacted away once there are this many, and half of it.
+    COMPACT_AFTER = 64
 
 cdef unsigned long long MAX_WIRE_LENGTH = 0xFFFFFFFF
 
@@ -228,4 +232,111 @@ cdef class SendQueue:
         return frames
 
 
-__all__ = ["KEEP_APART", "SendQueue"]
+@cython.final
+@cython.auto_pickle(False)
+cdef class CreditBook:
+    """Flow-control credit owed to the peer until the next flush; see ``_stream.pyi``."""
+
+    def __init__(self, on_consumed=None):
+        self._due = {}
+        self.on_consumed = on_consumed
+
+    def add(self, stream_id, Py_ssize_t size):
+        """Owe ``size`` more bytes of credit on ``stream_id`` (and on the connection)."""
+        self._add(stream_id, size)
+
+    cdef int _add(self, object stream_id, Py_ssize_t size) except -1:
+        cdef object due = self._due.get(stream_id)
+        self._due[stream_id] = size if due is None else due + size
+        return 0
+
+    def consumed(self, stream_id, Py_ssize_t size):
+        """Owe the credit of ``size`` bytes the application took; see the .pyi."""
+        self._consumed(stream_id, size)
+
+    cdef int _consumed(self, object stream_id, Py_ssize_t size) except -1:
+        self._add(stream_id, size)
+        if not self._notified:
+            self._notified = True
+            if self.on_consumed is not None:
+                self.on_consumed()
+        return 0
+
+    def take(self):
+        """The credit owed per stream since the last take, or None; nothing is owed after."""
+        cdef dict due = self._due
+        self._notified = False
+        if not due:
+            return None
+        self._due = {}
+        return due
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class Inbox:
+    """One call's received messages and the credit they still owe; see ``_stream.pyi``."""
+
+    def __init__(self, stream_id, CreditBook book not None):
+        self.stream_id = stream_id
+        self._book = book
+        self._messages = []
+
+    def __len__(self):
+        return len(self._messages) - self._head
+
+    def deliver(self, list messages not None, Py_ssize_t prepaid):
+        """Messages arrived; ``prepaid`` bytes of them were credited while being assembled."""
+        self._messages.extend(messages)
+        self._debt += prepaid
+
+    def pop(self):
+        """The oldest message ``(payload, compressed)``, its credit now owed; None if empty."""
+        if self._head == len(self._messages):
+            return None
+        return self._take()
+
+    def pop_plain(self):
+        """The oldest message's payload if it is not compressed, its credit now owed; else None."""
+        if self._head == len(self._messages) or (<tuple>self._messages[self._head])[1]:
+            return None
+        return self._take()[0]
+
+    cdef tuple _take(self):
+        """Remove the oldest message (there is one), owe its credit and return it."""
+        cdef list messages = self._messages
+        cdef Py_ssize_t head = self._head
+        cdef tuple message = messages[head]
+        messages[head] = None
+        head += 1
+        if head == len(messages):
+            del messages[:]
+            head = 0
+        elif head >= COMPACT_AFTER and 2 * head >= len(messages):
+            del messages[:head]
+            head = 0
+        self._head = head
+        self._credit(len(message[0]) + MESSAGE_HEADER)
+        return message
+
+    def release(self):
+        """Drop every message, owing their credit (the call ended without reading them)."""
+        cdef Py_ssize_t i
+        cdef list messages = self._messages
+        for i in range(self._head, len(messages)):
+            self._credit(len((<tuple>messages[i])[0]) + MESSAGE_HEADER)
+        del messages[:]
+        self._head = 0
+
+    cdef int _credit(self, Py_ssize_t size) except -1:
+        cdef Py_ssize_t paid
+        if self._debt:
+            paid = min(size, self._debt)
+            self._debt -= paid
+            size -= paid
+        if size:
+            self._book._consumed(self.stream_id, size)
+        return 0
+
+
+__all__ = ["KEEP_APART", "CreditBook", "Inbox", "SendQueue"]

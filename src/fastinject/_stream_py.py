@@ -6,12 +6,16 @@ API is in ``_stream.pyi``.
 
 :class:`SendQueue` is the outbound side: the response messages of every stream, framed as gRPC
 messages straight into the stream's buffer, checked against *mirrors* of the HTTP/2 send
-windows, then cut into DATA frames once per flush.
+windows, then cut into DATA frames once per flush.  On the inbound side, :class:`CreditBook`
+owns the flow-control credit owed to the peer (returned once per flush) and each call's
+:class:`Inbox` holds its received messages and the credit they owe until they are taken.
 """
 
 from __future__ import annotations
 
+import collections
 import struct
+from collections.abc import Callable
 from typing import final
 
 from ._framing_py import _flat
@@ -191,4 +195,88 @@ class SendQueue:
         return frames
 
 
-__all__ = ["KEEP_APART", "SendQueue"]
+@final
+class CreditBook:
+    """Flow-control credit owed to the peer until the next flush; see ``_stream.pyi``."""
+
+    __slots__ = ("_due", "_notified", "on_consumed")
+
+    def __init__(self, on_consumed: Callable[[], None] | None = None) -> None:
+        self._due: dict[int, int] = {}
+        self._notified = False
+        self.on_consumed = on_consumed
+
+    def add(self, stream_id: int, size: int) -> None:
+        """Owe ``size`` more bytes of credit on ``stream_id`` (and on the connection)."""
+        due = self._due
+        due[stream_id] = due.get(stream_id, 0) + size
+
+    def consumed(self, stream_id: int, size: int) -> None:
+        """Owe the credit of ``size`` bytes the application took; see the .pyi."""
+        self.add(stream_id, size)
+        if not self._notified:
+            self._notified = True
+            if self.on_consumed is not None:
+                self.on_consumed()
+
+    def take(self) -> dict[int, int] | None:
+        """The credit owed per stream since the last take, or None; nothing is owed after."""
+        self._notified = False
+        if not self._due:
+            return None
+        due, self._due = self._due, {}
+        return due
+
+
+@final
+class Inbox:
+    """One call's received messages and the credit they still owe; see ``_stream.pyi``."""
+
+    __slots__ = ("_book", "_debt", "_messages", "stream_id")
+
+    def __init__(self, stream_id: int, book: CreditBook) -> None:
+        self.stream_id = stream_id
+        self._book = book
+        self._messages: collections.deque[tuple[bytes, bool]] = collections.deque()
+        self._debt = 0
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def deliver(self, messages: list[tuple[bytes, bool]], prepaid: int) -> None:
+        """Messages arrived; ``prepaid`` bytes of them were credited while being assembled."""
+        self._messages.extend(messages)
+        self._debt += prepaid
+
+    def pop(self) -> tuple[bytes, bool] | None:
+        """The oldest message ``(payload, compressed)``, its credit now owed; None if empty."""
+        if not self._messages:
+            return None
+        message = self._messages.popleft()
+        self._credit(len(message[0]) + 5)
+        return message
+
+    def pop_plain(self) -> bytes | None:
+        """The oldest message's payload if it is not compressed, its credit now owed; else None."""
+        if not self._messages or self._messages[0][1]:
+            return None
+        payload = self._messages.popleft()[0]
+        self._credit(len(payload) + 5)
+        return payload
+
+    def release(self) -> None:
+        """Drop every message, owing their credit (the call ended without reading them)."""
+        for payload, _ in self._messages:
+            self._credit(len(payload) + 5)
+        self._messages.clear()
+
+    def _credit(self, size: int) -> None:
+        if self._debt:
+            paid = min(size, self._debt)
+            self._debt -= paid
+            size -= paid
+        if size:
+            self._book.consumed(self.stream_id, size)
+
+
+__all__ = ["KEEP_APART", "CreditBook", "Inbox", "SendQueue"]

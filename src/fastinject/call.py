@@ -10,7 +10,6 @@ API.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from ._grpcio import abort_error_class, end_of_stream
 from .context import DoneCallback, ServicerContext
 from .errors import AbortError, DeserializationError, RpcError
 from .status import StatusCode, coerce_status
+from .stream import Inbox
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -38,7 +38,6 @@ class Call:
         "_compression",
         "_conn",
         "_context",
-        "_credit_debt",
         "_deadline_handle",
         "_done_callbacks",
         "_encoding",
@@ -72,10 +71,10 @@ class Call:
         self.head = head
         self.stream_id = head.stream_id
         self._context: ServicerContext | None = None
-        self._inbox: collections.deque[tuple[bytes, bool]] = collections.deque()
+        # Received messages and the flow-control credit they owe until the handler takes them.
+        self._inbox = Inbox(head.stream_id, conn.protocol.credit)
         self._ended = False
         self.last_compressed = False
-        self._credit_debt = 0
         self.failure: RpcError | None = None
         self._read_waiter: asyncio.Future[None] | None = None
         self.headers_sent = False
@@ -122,18 +121,8 @@ class Call:
 
     def deliver(self, messages: list[tuple[bytes, bool]], prepaid: int) -> None:
         """Request messages arrived; ``prepaid`` bytes of them were credited early."""
-        self._inbox.extend(messages)
-        self._credit_debt += prepaid
+        self._inbox.deliver(messages, prepaid)
         self._wake_reader()
-
-    def release_credit(self, size: int) -> None:
-        """Return the flow-control credit of a consumed message, less what was prepaid."""
-        if self._credit_debt:
-            paid = min(size, self._credit_debt)
-            self._credit_debt -= paid
-            size -= paid
-        if size:
-            self._conn.consumed(self.stream_id, size)
 
     def end_request(self) -> None:
         """The client half-closed: no more request messages."""
@@ -201,21 +190,14 @@ class Call:
 
         The fast path of :meth:`read_raw` (no coroutine); on ``None``, await that.
         """
-        inbox = self._inbox
-        if inbox and not inbox[0][1]:
-            return self._pop()
-        return None
-
-    def _pop(self) -> bytes:
-        """Take the first message of the inbox and return its credit."""
-        payload, compressed = self._inbox.popleft()
-        self.last_compressed = compressed
-        self.release_credit(len(payload) + 5)
+        payload = self._inbox.pop_plain()  # taken: its credit is now owed
+        if payload is not None:
+            self.last_compressed = False
         return payload
 
     async def read_raw(self) -> bytes | None:
         """The next request message's payload (decompressed), or ``None`` at end of stream."""
-        while not self._inbox:
+        while (message := self._inbox.pop()) is None:  # taken: its credit is now owed
             if self.failure is not None:
                 raise self.failure
             if self._ended:
@@ -229,8 +211,8 @@ class Call:
                 await self._read_waiter
             finally:
                 self._read_waiter = None
-        compressed = self._inbox[0][1]
-        payload = self._pop()
+        payload, compressed = message
+        self.last_compressed = compressed
         if compressed:
             encoding = self.head.encoding
             if encoding is None or encoding == "identity":
@@ -396,9 +378,7 @@ class Call:
         self.done = True
         if self._deadline_handle is not None:
             self._deadline_handle.cancel()
-        for payload, _ in self._inbox:
-            self.release_credit(len(payload) + 5)
-        self._inbox.clear()
+        self._inbox.release()
         self._conn.call_done(self)
         if self._done_callbacks:
             context = self.context

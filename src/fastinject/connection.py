@@ -112,6 +112,7 @@ class Connection(asyncio.Protocol):
         self.protocol = p.ServerProtocol(settings, self.loop.time, memory)
         self.protocol.on_shed = self._on_shed
         self._outbound = self.protocol.outbound
+        self.protocol.credit.on_consumed = self._credit_owed
         self._shed_scheduled = False
         self._transport: asyncio.Transport | None = None
         self._peer = peer
@@ -349,10 +350,12 @@ class Connection(asyncio.Protocol):
         self.protocol.reset(call.stream_id)
         self.schedule_flush()
 
-    def consumed(self, stream_id: int, size: int) -> None:
-        """A handler took a message: return its flow-control credit (sent on the next flush)."""
-        self.protocol.consumed(stream_id, size)
-        self.reset_ping_policy()  # the credit leaves as a WINDOW_UPDATE
+    def _credit_owed(self) -> None:
+        """A handler took a message: its credit leaves as a WINDOW_UPDATE at the next flush.
+
+        Called once per flush, by the protocol's CreditBook, not once per message.
+        """
+        self.reset_ping_policy()
         self.schedule_flush()
 
     @property

@@ -34,7 +34,7 @@ from .framing import Deframer
 from .memory import MessageMemory
 from .options import ServerSettings
 from .status import StatusCode
-from .stream import SendQueue
+from .stream import CreditBook, SendQueue
 
 MAX_STREAM_ID = 2**31 - 1
 _CLIENT_PREFACE_LENGTH = len(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
@@ -234,9 +234,10 @@ class ServerProtocol:
         # since our output last drained; see output_drained().
         self.answers_owed = 0
         self.settings_received = False  # the client's preface ended with its first SETTINGS
-        # Flow-control credit to return at the next data_to_send(), per stream: one h2 call
-        # (and at most one WINDOW_UPDATE) per stream per flush, not one per message.
-        self._credit_due: dict[int, int] = {}
+        # The one owner of the flow-control credit owed to the client, per stream, returned at
+        # the next flush: one h2 call (at most one WINDOW_UPDATE) per stream, not per message.
+        # Each call's Inbox adds the credit of the messages its handler takes.
+        self.credit = CreditBook()
         s = h2.settings.SettingCodes
         self._h2.initiate_connection()
         # Response messages not yet given to h2, per stream, with mirrors of the send windows:
@@ -715,8 +716,7 @@ class ServerProtocol:
 
     def _return_credit(self, stream_id: int, size: int) -> None:
         """Give ``size`` bytes of window back to the client at the next flush."""
-        due = self._credit_due
-        due[stream_id] = due.get(stream_id, 0) + size
+        self.credit.add(stream_id, size)
 
     def _mirror_window(self, stream_id: int) -> None:
         """Tell the outbound queue h2's send window of ``stream_id`` (0: the connection)."""
@@ -876,9 +876,9 @@ class ServerProtocol:
 
     def buffers_to_send(self) -> list[bytes | memoryview]:
         """What to write to the transport now, in order (for ``writelines``)."""
-        if self._credit_due:
-            self._h2.return_credit(self._credit_due)
-            self._credit_due = {}
+        credit = self.credit.take()
+        if credit:
+            self._h2.return_credit(credit)
         if self.outbound.queued_bytes:
             self._flush_queued()
         return self._h2.buffers_to_send()
