@@ -19,6 +19,7 @@ from . import metadata as md
 from ._grpcio import abort_error_class, end_of_stream
 from .context import DoneCallback, ServicerContext
 from .errors import AbortError, DeserializationError, RpcError
+from .framing import frame_message
 from .status import StatusCode, coerce_status
 from .stream import Inbox
 
@@ -285,7 +286,9 @@ class Call:
                 f"Sent message larger than max ({len(payload)} vs. {limit})",
                 StatusCode.RESOURCE_EXHAUSTED,
             )
-        await self._conn.send_message(self.stream_id, payload, compressed)
+        conn = self._conn
+        if not conn.send_message_now(self.stream_id, payload, compressed):
+            await conn.send_data(self.stream_id, frame_message(payload, compressed))
 
     def set_compression(self, compression_algorithm: Any) -> None:
         """Compress this call's responses with ``compression_algorithm`` (if the client accepts)."""

@@ -25,7 +25,6 @@ from .call import Call
 from .credentials import auth_context
 from .decompressor import ConnectionDecompressor
 from .errors import RpcError
-from .framing import frame_message
 from .handlers import HandlerRegistry, ServerInterceptor
 from .linger import Linger
 from .options import ServerSettings
@@ -406,21 +405,25 @@ class Connection(asyncio.Protocol):
             if self.protocol.answers_owed and not transport.get_write_buffer_size():
                 self.protocol.output_drained()
 
-    async def send_message(self, stream_id: int, payload: bytes, compressed: bool) -> None:
-        """Send one response message, waiting for flow-control window and transport room."""
+    def send_message_now(self, stream_id: int, payload: bytes, compressed: bool) -> bool:
+        """Queue one response message if the windows and the transport take it now.
+
+        Returns False, queueing nothing, when the caller must wait: then it sends the message
+        with :meth:`send_data`.  Not a coroutine: the common case costs no await.
+        """
         outbound = self._outbound
         if (
-            self._writable is None
-            and self._transport is not None
-            and outbound.write_message(stream_id, payload, compressed)
+            self._writable is not None
+            or self._transport is None
+            or not outbound.write_message(stream_id, payload, compressed)
         ):
-            self.reset_ping_policy()
-            if outbound.queued_bytes > _FLUSH_AT:
-                self._flush()  # bound what waits in memory; the transport pushes back
-            else:
-                self.schedule_flush()
-            return
-        await self.send_data(stream_id, frame_message(payload, compressed))
+            return False
+        self.reset_ping_policy()
+        if outbound.queued_bytes > _FLUSH_AT:
+            self._flush()  # bound what waits in memory; the transport pushes back
+        elif not self._flush_scheduled:
+            self.schedule_flush()
+        return True
 
     async def send_data(self, stream_id: int, data: bytes) -> None:
         """Send DATA for a call, waiting for flow-control window and transport room."""
