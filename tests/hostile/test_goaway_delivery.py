@@ -8,7 +8,8 @@ and reads (and drops) what still comes for a while before closing (``fastinject.
 The attacker here floods SETTINGS frames (each owes an ACK) without reading, over a socket
 whose buffers are small at both ends, so that the server's ACKs, and then its GOAWAY, are
 still queued in the server when its budget runs out.  It then keeps sending while it reads.
-A grpcio client calls the same server throughout.
+A grpcio client calls the same server throughout.  The linger is bounded: a peer that never
+stops sending is cut off after it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ KEEP_SENDING = 256 * 1024
 """Bytes the attacker sends after its budget ran out, while it reads."""
 ROUNDS = 3
 """Attacks per test: each one is a fresh chance for the GOAWAY to be lost."""
+NEVER_STOPS = 256 * 1024 * 1024
+"""Bytes a peer that never stops sending would send at most: far beyond every bound."""
+UNKNOWN_TYPE = 0xBB
 
 
 def goaways(received: bytes) -> list[tuple[int, bytes]]:
@@ -93,3 +97,31 @@ async def test_flooder_that_keeps_sending_reads_its_goaway(
         received = await attack(served)
         assert goaways(received) == [(ENHANCE_YOUR_CALM, b"too_many_useless_frames")]
     assert await client.finish() >= MIN_CALLS
+
+
+async def test_a_peer_that_never_stops_sending_is_closed_after_the_linger(
+    start_server: StartServer,
+) -> None:
+    """After its GOAWAY the server drops at most LINGER_BYTES, then closes on time.
+
+    The peer keeps sending and never closes its side; it still reads the GOAWAY and the end
+    of the stream, and its sends fail once the server has closed (its sends block first,
+    once the server stops reading).
+    """
+    served = await start_server(useless_frame_burst=10, useless_frame_rate=1.0)
+    loop = asyncio.get_running_loop()
+    junk = raw_frame(UNKNOWN_TYPE, 0, 0, b"x" * 1000) * 64
+    with socket.create_connection(("127.0.0.1", served.port)) as sock:
+        sock.setblocking(False)
+        await loop.sock_sendall(sock, H2Client().data_to_send() + junk[: 20 * 1009])
+        reading = asyncio.ensure_future(read_all(sock))
+        sent = 0
+        with contextlib.suppress(ConnectionError):
+            async with asyncio.timeout(TIMEOUT):
+                while sent < NEVER_STOPS:
+                    await loop.sock_sendall(sock, junk)
+                    sent += len(junk)
+        received = await reading
+    assert goaways(received) == [(ENHANCE_YOUR_CALM, b"too_many_useless_frames")]
+    assert sent < NEVER_STOPS  # cut off by the close, not by its own end
+    await eventually(lambda: not served.server._connections, "the close")
