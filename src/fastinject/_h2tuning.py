@@ -3,10 +3,8 @@
 Profiling a unary benchmark showed two thirds of the server's CPU inside h2 and hpack, most of
 it re-encoding and re-decoding header blocks that repeat on every call: clients send the same
 request headers, and we send the same response headers and ``grpc-status: 0`` trailers.
-An HPACK block's meaning depends only on the bytes and on the dynamic table, so a block that
-left the table untouched decodes (or encodes) the same way for as long as the table stays as
-it was.  The coder subclasses below memoise such blocks, keyed on a *table generation* that
-changes whenever an entry is added or the table is resized.
+The connection's HPACK coders are therefore :mod:`fastinject._hpack`'s memoising ones,
+which remember blocks per dynamic-table state, across the connections of the process.
 
 h2 also formats ``repr(frame)`` for a trace log line on every received frame, whether or not
 anything logs, and hyperframe's DATA repr hex-encodes the whole payload: a fifth of the CPU of
@@ -27,7 +25,6 @@ Large DATA payloads are not copied into h2's output buffer:
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
 from importlib import metadata
 from typing import Any
 
@@ -111,12 +108,17 @@ def check_h2_internals() -> None:
             missing.append("FrameBuffer()._headers_buffer")
         if not hasattr(stream.state_machine, "trailers_sent"):
             missing.append("H2StreamStateMachine().trailers_sent")
-    table = getattr(hpack.Encoder(), "header_table", None)
+    encoder, decoder = hpack.Encoder(), hpack.Decoder()
+    table = getattr(encoder, "header_table", None)
     missing += [
         f"hpack.Encoder().header_table.{name}"
-        for name in ("add", "maxsize", "resized")
+        for name in ("dynamic_entries", "_current_size", "_maxsize", "maxsize", "resized")
         if not hasattr(table, name)
     ]
+    if not hasattr(encoder, "table_size_changes"):
+        missing.append("hpack.Encoder().table_size_changes")
+    if not hasattr(decoder, "max_allowed_table_size"):
+        missing.append("hpack.Decoder().max_allowed_table_size")
     if missing:
         raise UnsupportedH2Error(
             f"h2 {metadata.version('h2')} (hpack {metadata.version('hpack')}) is not supported: "
@@ -135,9 +137,8 @@ from h2.connection import (  # noqa: E402  (after the check, which names what is
 )
 from h2.stream import StreamInputs, StreamState  # noqa: E402
 
-_CACHE_ENTRIES = 256
-HARD_HEADER_LIST_FACTOR = 4
-"""A request header block over this many times ``max_header_list_size`` ends the connection."""
+from ._hpack import CachingDecoder, CachingEncoder  # noqa: E402
+
 # A frame header: length (high byte, low 16 bits), type, flags, stream id.
 _FRAME_HEADER = struct.Struct(">BHBBI")
 _HEADERS_TYPE = 0x1
@@ -146,87 +147,6 @@ _END_STREAM = 0x1
 _END_HEADERS = 0x4
 # Stream states in which a server may send DATA (the request side may still be open or not).
 _SENDING_STATES = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
-
-
-class _TableGenerationMixin:
-    """Counts additions to the coder's dynamic table (evictions only follow additions/resizes)."""
-
-    header_table: Any
-
-    def _track_table(self) -> None:
-        self._additions = 0
-        self._cache: dict[Any, tuple[tuple[int, int], Any]] = {}
-        add = self.header_table.add
-
-        def counting_add(name: bytes, value: bytes) -> None:
-            self._additions += 1
-            add(name, value)
-
-        self.header_table.add = counting_add
-
-    def _generation(self) -> tuple[int, int]:
-        return (self._additions, self.header_table.maxsize)
-
-    def _remember(self, key: Any, generation: tuple[int, int], result: Any) -> None:
-        if generation != self._generation():
-            return  # the block changed the table: the same bytes may mean something else later
-        if len(self._cache) >= _CACHE_ENTRIES:
-            self._cache.clear()
-        self._cache[key] = (generation, result)
-
-
-class CachingDecoder(_TableGenerationMixin, hpack.Decoder):
-    """An HPACK decoder that reuses the result for a repeated block that leaves the table as is.
-
-    h2 gives the decoder our advertised SETTINGS_MAX_HEADER_LIST_SIZE, and a block over the
-    decoder's limit ends the whole connection (the HPACK context cannot be trusted after a
-    half-decoded block).  gRPC fails only the call whose metadata is too large, so that limit
-    is checked per call by the protocol; the decoder stops only blocks over
-    :data:`HARD_HEADER_LIST_FACTOR` times it, which are not worth decoding at all.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._track_table()
-
-    @property
-    def max_header_list_size(self) -> int:
-        """The decoded size beyond which a header block ends the connection."""
-        return self._decoding_limit
-
-    @max_header_list_size.setter
-    def max_header_list_size(self, advertised: int) -> None:
-        self._decoding_limit = advertised * HARD_HEADER_LIST_FACTOR
-
-    def decode(self, data: bytes, raw: bool = False) -> Any:
-        key = (bytes(data), raw)
-        generation = self._generation()
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] == generation:
-            return list(hit[1])
-        headers = super().decode(data, raw)
-        self._remember(key, generation, tuple(headers))
-        return headers
-
-
-class CachingEncoder(_TableGenerationMixin, hpack.Encoder):
-    """An HPACK encoder that reuses the block for repeated headers that leave the table as is."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._track_table()
-
-    def encode(self, headers: Iterable[Any], huffman: bool = True) -> bytes:
-        if self.header_table.resized or not isinstance(headers, list):
-            return super().encode(headers, huffman)
-        key = (tuple(headers), huffman)
-        generation = self._generation()
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] == generation:
-            return hit[1]  # type: ignore[no-any-return]
-        block = super().encode(headers, huffman)
-        self._remember(key, generation, block)
-        return block
 
 
 class _QuietDataFrame(hyperframe.frame.DataFrame):

@@ -27,7 +27,8 @@ import h2.settings
 
 from . import metadata as md
 from ._budget import TokenBucket
-from ._h2tuning import HARD_HEADER_LIST_FACTOR, StreamRefused, TunedH2Connection
+from ._h2tuning import StreamRefused, TunedH2Connection
+from ._hpack import HARD_HEADER_LIST_FACTOR
 from .compression import accept_encoding_header, is_enabled, is_supported
 from .errors import FloodError, FramingError, InvalidMetadataError, RpcError
 from .framing import Deframer
