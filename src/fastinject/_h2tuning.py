@@ -24,6 +24,7 @@ Large DATA payloads are not copied into h2's output buffer:
 
 from __future__ import annotations
 
+import enum
 import struct
 from importlib import metadata
 from typing import Any
@@ -71,6 +72,39 @@ _STREAM_ATTRIBUTES = (
     "state_machine", "_expected_content_length", "_actual_content_length",
     "_inbound_window_manager", "outbound_flow_control_window",
 )
+# Every attribute of a new H2Connection, by what a connection copied from a started prototype
+# (TunedH2Connection.started) gets: made afresh, a copy of the prototype's, or the prototype's
+# own (immutable values).  The check fails on any other, which the copy would share.
+_FRESH_ATTRIBUTES = frozenset({
+    "streams", "encoder", "decoder", "incoming_buffer", "_header_frames", "_closed_streams",
+    "_frame_dispatch_table",
+})
+_COPIED_ATTRIBUTES = frozenset({
+    "state_machine", "local_settings", "remote_settings", "_inbound_flow_control_window_manager",
+    "_data_to_send",
+})
+_SHARED_ATTRIBUTES = frozenset({
+    "config", "highest_inbound_stream_id", "highest_outbound_stream_id",
+    "outbound_flow_control_window", "max_outbound_frame_size", "max_inbound_frame_size",
+})
+
+
+def _uncopyable(connection: Any) -> list[str]:
+    """What keeps ``connection`` from being copied as :meth:`TunedH2Connection.started` does."""
+    known = _FRESH_ATTRIBUTES | _COPIED_ATTRIBUTES | _SHARED_ATTRIBUTES
+    names = vars(connection).keys()
+    problems = [f"H2Connection().{name} (unknown state)" for name in names - known]
+    problems += [f"H2Connection().{name}" for name in known - names]
+    for name in ("state_machine", "_inbound_flow_control_window_manager"):
+        part = getattr(connection, name, None)
+        if part is not None and not all(
+            isinstance(value, int | enum.Enum) for value in vars(part).values()
+        ):
+            problems.append(f"H2Connection().{name} (state other than numbers)")
+    settings = getattr(connection, "local_settings", None)
+    if settings is not None and set(vars(settings)) != {"_client", "_settings"}:
+        problems.append("Settings()._settings (other state)")
+    return problems
 
 
 class UnsupportedH2Error(ImportError):
@@ -108,6 +142,7 @@ def check_h2_internals() -> None:
             missing.append("FrameBuffer()._headers_buffer")
         if not hasattr(stream.state_machine, "trailers_sent"):
             missing.append("H2StreamStateMachine().trailers_sent")
+        missing += _uncopyable(connection)
     encoder, decoder = hpack.Encoder(), hpack.Decoder()
     table = getattr(encoder, "header_table", None)
     missing += [
@@ -149,6 +184,11 @@ _END_HEADERS = 0x4
 _SENDING_STATES = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
 
 
+# Started connections to copy, by (config, settings, extra window): see TunedH2Connection.started.
+_prototypes: dict[tuple[Any, ...], TunedH2Connection] = {}
+_MAX_PROTOTYPES = 16
+
+
 class _QuietDataFrame(hyperframe.frame.DataFrame):
     """A received DATA frame whose repr does not hex-encode its payload."""
 
@@ -175,6 +215,65 @@ class TunedH2Connection(h2.connection.H2Connection):
         # Output that precedes ``_data_to_send``: large payload views and the bytes before them.
         self._buffers: list[bytes | memoryview] = []
         self.data_frames_sent = 0
+
+    @classmethod
+    def started(
+        cls, config: h2.config.H2Configuration, settings: dict[int, int], extra_window: int
+    ) -> TunedH2Connection:
+        """A new server connection with its SETTINGS (and window increment) queued.
+
+        As ``initiate_connection()``, ``update_settings(settings)`` and
+        ``increment_flow_control_window(extra_window)`` (if positive) leave one.  Those calls
+        build, validate and serialise the same frames for every connection (with h2's
+        constructor, a sixth of a plaintext connection's CPU); the first connection of a
+        configuration is made so and kept as a prototype, and later ones are copies of it.
+        """
+        key = (config, tuple(settings.items()), extra_window)
+        prototype = _prototypes.get(key)
+        if prototype is None:
+            prototype = cls(config=config)
+            prototype.initiate_connection()
+            prototype.update_settings(settings)
+            if extra_window > 0:
+                prototype.increment_flow_control_window(extra_window)
+            if len(_prototypes) >= _MAX_PROTOTYPES:
+                _prototypes.clear()
+            _prototypes[key] = prototype
+        return prototype._copy()
+
+    def _copy(self) -> TunedH2Connection:
+        """A connection in this one's state; it must not have received anything yet."""
+        twin = object.__new__(type(self))
+        state = twin.__dict__
+        for name in _SHARED_ATTRIBUTES:
+            state[name] = self.__dict__[name]
+        for name in ("state_machine", "_inbound_flow_control_window_manager"):
+            original = self.__dict__[name]
+            copy = object.__new__(type(original))
+            copy.__dict__.update(original.__dict__)
+            state[name] = copy
+        for name in ("local_settings", "remote_settings"):
+            original = self.__dict__[name]
+            copy = object.__new__(type(original))
+            copy._client = original._client
+            copy._settings = {code: values.copy() for code, values in original._settings.items()}
+            state[name] = copy
+        state["_data_to_send"] = bytearray(self._data_to_send)
+        state["streams"] = {}
+        state["encoder"] = CachingEncoder()
+        state["decoder"] = decoder = CachingDecoder()
+        decoder.max_header_list_size = self.DEFAULT_MAX_HEADER_LIST_SIZE
+        state["incoming_buffer"] = type(self.incoming_buffer)(server=True)
+        state["_header_frames"] = []
+        closed_streams: Any = type(self._closed_streams)
+        state["_closed_streams"] = closed_streams(size_limit=self.MAX_CLOSED_STREAMS)
+        state["_frame_dispatch_table"] = {
+            frame_type: getattr(twin, method.__name__)
+            for frame_type, method in self._frame_dispatch_table.items()
+        }
+        state["_buffers"] = []
+        state["data_frames_sent"] = 0
+        return twin
 
     def _receive_goaway_frame(self, frame: Any) -> Any:
         """Report a client's GOAWAY without closing h2's side of the connection.

@@ -200,7 +200,20 @@ class ServerProtocol:
         self._accept_encoding = (
             b"grpc-accept-encoding", accept_encoding_header(settings.enabled_compression)
         )
-        self._h2 = TunedH2Connection(config=_H2_CONFIG)
+        s = h2.settings.SettingCodes
+        # Our settings are sent as an update, so that (RFC 9113 6.9.3) they bind the client only
+        # once it acknowledges them: bytes it sent before seeing them are within the defaults.
+        self._h2 = TunedH2Connection.started(
+            _H2_CONFIG,
+            {
+                s.MAX_CONCURRENT_STREAMS: settings.max_concurrent_streams,
+                s.INITIAL_WINDOW_SIZE: settings.initial_stream_window_size,
+                s.MAX_FRAME_SIZE: settings.max_frame_size,
+                s.MAX_HEADER_LIST_SIZE: settings.max_header_list_size,
+                s.ENABLE_PUSH: 0,
+            },
+            settings.initial_connection_window_size - 65535,
+        )
         self._streams: dict[int, _StreamState] = {}
         # Bytes the deframers hold for messages still being received, and the cap on them.
         self.partial_message_bytes = 0
@@ -239,23 +252,9 @@ class ServerProtocol:
         # the next flush: one h2 call (at most one WINDOW_UPDATE) per stream, not per message.
         # Each call's Inbox adds the credit of the messages its handler takes.
         self.credit = CreditBook()
-        s = h2.settings.SettingCodes
-        self._h2.initiate_connection()
         # Response messages not yet given to h2, per stream, with mirrors of the send windows:
         # consecutive small messages of a stream leave as one DATA frame per flush.
         self.outbound = SendQueue(self._h2.outbound_flow_control_window)
-        # Sent as an update, so that (RFC 9113 6.9.3) our values bind the client only once it
-        # acknowledges them: bytes it sent before seeing them are within the defaults.
-        self._h2.update_settings({
-            s.MAX_CONCURRENT_STREAMS: settings.max_concurrent_streams,
-            s.INITIAL_WINDOW_SIZE: settings.initial_stream_window_size,
-            s.MAX_FRAME_SIZE: settings.max_frame_size,
-            s.MAX_HEADER_LIST_SIZE: settings.max_header_list_size,
-            s.ENABLE_PUSH: 0,
-        })
-        extra_window = settings.initial_connection_window_size - 65535
-        if extra_window > 0:
-            self._h2.increment_flow_control_window(extra_window)
 
     # -- receiving ------------------------------------------------------------------------
 

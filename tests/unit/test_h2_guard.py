@@ -38,3 +38,20 @@ def test_a_missing_instance_attribute_is_named(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(h2.connection.H2Connection, "__init__", without_window_manager)
     with pytest.raises(_h2tuning.UnsupportedH2Error, match="_inbound_flow_control_window_manager"):
         _h2tuning.check_h2_internals()
+
+
+def test_connection_state_unknown_to_the_copy_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection attribute h2 adds that the prototype copy would not know fails the check.
+
+    New connections are copies of a started prototype: state they shared unknowingly would mix
+    connections up.
+    """
+    original = h2.connection.H2Connection.__init__
+
+    def with_more_state(self: h2.connection.H2Connection, *args: object) -> None:
+        original(self, *args)
+        self._pending = []  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(h2.connection.H2Connection, "__init__", with_more_state)
+    with pytest.raises(_h2tuning.UnsupportedH2Error, match="_pending"):
+        _h2tuning.check_h2_internals()
