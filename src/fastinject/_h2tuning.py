@@ -17,7 +17,9 @@ open stream only moves flow-control windows and perhaps the stream's state, so
 on h2's own counters and state machines and let the caller handle the bytes.  Likewise
 :meth:`TunedH2Connection.send_header_block` writes response headers and trailers after the
 same state transitions h2 makes, without h2's frame objects (a third of a small unary call's
-CPU went there).  Every other frame still goes through h2, which keeps its state exact.
+CPU went there), and :meth:`TunedH2Connection.receive_request` opens a call's stream from its
+request header block.  Every other frame still goes through h2, which keeps its state exact.
+New connections are copies of a started one (:meth:`TunedH2Connection.started`).
 Large DATA payloads are not copied into h2's output buffer:
 :meth:`TunedH2Connection.buffers_to_send` hands them to the transport as views, in order.
 """
@@ -315,6 +317,37 @@ class TunedH2Connection(h2.connection.H2Connection):
         stream.state_machine.process_input(StreamInputs.RECV_HEADERS)
         events.append(StreamRefused(frame.stream_id))
         return stream.reset_stream(h2.errors.ErrorCodes.REFUSED_STREAM), events
+
+    def receive_request(
+        self, stream_id: int, block: bytes | memoryview, end_stream: bool
+    ) -> list[tuple[bytes, bytes]] | None:
+        """Open a client stream for a request header block that came whole in one HEADERS frame.
+
+        For an unpadded HEADERS frame without PRIORITY and with END_HEADERS: decodes the block,
+        moves the connection and the new stream as h2's ``_receive_headers_frame`` does and
+        returns the headers, without h2's frame parsing, frame object and dispatch.  Returns
+        None, touching nothing, when h2 must see the frame itself: the stream is not a new
+        client stream, another header block is in progress, the connection is closed, or the
+        stream would exceed SETTINGS_MAX_CONCURRENT_STREAMS (refused there).  Errors are h2's:
+        GOAWAY is queued and :class:`h2.exceptions.ProtocolError` raised.
+        """
+        if (
+            stream_id <= self.highest_inbound_stream_id
+            or not stream_id & 1
+            or self.incoming_buffer._headers_buffer
+            or self.state_machine.state is ConnectionState.CLOSED
+            or self.open_inbound_streams >= self.local_settings.max_concurrent_streams
+        ):
+            return None
+        try:
+            headers: Any = _decode_headers(self.decoder, block)  # type: ignore[arg-type]
+            self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+            stream = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
+            stream.receive_headers(headers, end_stream, None)
+        except h2.exceptions.ProtocolError as exc:
+            self._terminate_connection(exc.error_code)
+            raise
+        return headers  # type: ignore[no-any-return]
 
     def accept_data(self, stream_id: int, length: int, end_stream: bool) -> bool:
         """Account for a received unpadded DATA frame whose payload the caller handles.

@@ -45,6 +45,7 @@ _FRAME_HEADER = struct.Struct(">BHBBI")
 _END_STREAM = 0x1
 _ACK = 0x1
 _END_HEADERS = 0x4
+_PADDED_OR_PRIORITY = 0x8 | 0x20
 _HEADERS_FRAME_TYPE = 0x1
 _RST_STREAM_FRAME_TYPE = 0x3
 _SETTINGS_FRAME_TYPE = 0x4
@@ -390,6 +391,18 @@ class ServerProtocol:
                         handed = frame_end
             elif frame_type != _HEADERS_FRAME_TYPE or not flags & _END_HEADERS:
                 self._police(frame_type, flags, length)
+            elif not flags & _PADDED_OR_PRIORITY:
+                # A whole request header block: a new call, unless h2 must judge the frame.
+                if handed < pos:
+                    self._feed_h2(view[handed:pos], events)
+                    handed = pos
+                end_stream = bool(flags & _END_STREAM)
+                headers = self._h2.receive_request(stream_id, view[pos + 9 : frame_end], end_stream)
+                if headers is not None:
+                    handed = frame_end
+                    self._on_request(stream_id, headers, end_stream, events)
+                    if end_stream:
+                        self._on_stream_ended(stream_id, events)
             pos = frame_end
         self._frames_left = frames_left
         if handed < pos:
@@ -477,7 +490,8 @@ class ServerProtocol:
                 self._on_data(stream_id, self._streams.get(stream_id), data,
                               event.flow_controlled_length or 0, events)
             elif isinstance(event, h2.events.RequestReceived):
-                self._on_request(event, events)
+                self._on_request(event.stream_id, event.headers or [],
+                                 event.stream_ended is not None, events)
             elif isinstance(event, h2.events.StreamEnded):
                 self._on_stream_ended(event.stream_id, events)
             elif isinstance(event, h2.events.WindowUpdated):
@@ -508,10 +522,14 @@ class ServerProtocol:
             elif isinstance(event, StreamRefused):
                 self._abandoned()  # over max_concurrent_streams: refused, no call
 
-    def _on_request(self, event: h2.events.RequestReceived, events: list[Event]) -> None:
-        stream_id = event.stream_id
+    def _on_request(
+        self, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool, events: list[Event]
+    ) -> None:
+        """A client opened ``stream_id`` with request ``headers``, ``ended`` if half-closed.
+
+        The request's end itself follows as :meth:`_on_stream_ended`.
+        """
         self._window_update_allowance += 1  # clients may widen a new stream's window at once
-        ended = event.stream_ended is not None
         if stream_id > self._goaway_last_stream_id:
             self._owe_answer()
             self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
@@ -523,7 +541,7 @@ class ServerProtocol:
             # costs no task; its RST_STREAM spent a token of the reset budget.
             return
         try:
-            head = self._parse_head(stream_id, event.headers or ())
+            head = self._parse_head(stream_id, headers)
         except _HttpRejection as rejection:
             self._abandoned()
             self._send_http_error(stream_id, rejection)
@@ -535,8 +553,6 @@ class ServerProtocol:
         self._streams[stream_id] = _StreamState(self.settings.max_receive_message_length)
         self.outbound.open(stream_id, stream.outbound_flow_control_window)
         events.append(CallStarted(head, ended))
-        if ended:
-            events.append(RequestEnded(stream_id))
 
     def _abandoned(self) -> None:
         """A stream opened without a call (a rejected request): as costly as a reset one."""

@@ -1,14 +1,17 @@
-"""DATA frames that bypass h2's frame objects behave exactly as the ones h2 parses.
+"""Frames that bypass h2's frame objects behave exactly as the ones h2 parses.
 
-``ServerProtocol`` splits received bytes into frames itself and deframes DATA of live calls
-straight from the read buffer, and writes outbound DATA frames itself; h2 keeps the windows.
-These tests feed raw frames, chunked in every way, and check what h2 would enforce still is.
+``ServerProtocol`` splits received bytes into frames itself, deframes DATA of live calls
+straight from the read buffer, opens calls from whole request header blocks itself, and writes
+outbound DATA frames itself; h2 keeps the windows and the stream states.  These tests feed raw
+frames, chunked in every way, and check what h2 would enforce still is.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 
+import hpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -218,14 +221,18 @@ def test_header_block_far_over_the_limit_is_not_decoded() -> None:
     ]
 
 
-def serve_bytes(data: bytes, chunks: list[int], *, fast: bool) -> tuple[list[object], bytes]:
+def serve_bytes(
+    data: bytes, chunks: list[int], *, fast: bool, **settings: int
+) -> tuple[list[object], bytes]:
     """Feed ``data`` cut at ``chunks`` to a fresh server; return a summary of events and output.
 
-    With ``fast`` off, every DATA frame goes through h2 (``accept_data`` declines them all).
+    With ``fast`` off, every DATA and HEADERS frame goes through h2 (``accept_data`` and
+    ``receive_request`` decline them all).
     """
-    server = ServerProtocol(ServerSettings(initial_stream_window_size=32_768))
+    server = ServerProtocol(ServerSettings(initial_stream_window_size=32_768, **settings))
     if not fast:
         server._h2.accept_data = lambda *args: False  # type: ignore[method-assign]
+        server._h2.receive_request = lambda *args: None  # type: ignore[method-assign]
     summary: list[object] = []
     output = b""
     offset = 0
@@ -241,6 +248,9 @@ def serve_bytes(data: bytes, chunks: list[int], *, fast: bool) -> tuple[list[obj
                     event.prepaid = 0
             elif isinstance(event, CallStarted):
                 summary.append(("started", event.head.stream_id))
+            elif isinstance(event, ConnectionClosedByPeer):  # (hpack's reasons hold addresses)
+                reason = re.sub(" at 0x[0-9a-f]+", "", event.reason)
+                summary.append(("closed", event.error_code, reason))
             else:
                 summary.append(event)
         output += server.data_to_send()
@@ -263,6 +273,9 @@ def test_fast_path_answers_exactly_as_h2_alone(
     """
     client = H2Client()
     for size, end in zip(sizes, half_close, strict=False):
+        if size == 0 and end:  # a request without a body, half-closed by its HEADERS
+            client.start_call(end=True)
+            continue
         stream_id = client.start_call(end=False)
         body = grpc_frame(b"s" * size) + grpc_frame(b"t")
         sent = body[: client.window(stream_id)]  # the client may not exceed our windows
@@ -326,3 +339,61 @@ def test_second_response_headers_without_end_are_refused() -> None:
     server.send_headers(stream_id, [], None)
     with pytest.raises(StreamGone):
         server.send_headers(stream_id, [], None)
+
+
+def _headers(*fields: tuple[bytes, bytes]) -> bytes:
+    """A header block of a request plus ``fields``, from an encoder of its own."""
+    return hpack.Encoder().encode(request_headers(extra=fields))
+
+
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + raw_frame(0x4, 0, 0, b"")
+_SETTINGS_ACK = raw_frame(0x4, 0x1, 0, b"")
+PADDED, PRIORITY, END_HEADERS = 0x8, 0x20, 0x4
+
+
+@pytest.mark.parametrize(
+    ("frames", "settings"),
+    [
+        # Calls half-closed by their HEADERS, one with a PRIORITY flag, one PADDED.
+        ([raw_frame(HEADERS, END_HEADERS | END_STREAM, 1, _headers()),
+          raw_frame(HEADERS, END_HEADERS | END_STREAM | PRIORITY, 3,
+                    b"\0\0\0\0\x10" + _headers()),
+          raw_frame(HEADERS, END_HEADERS | END_STREAM | PADDED, 5,
+                    b"\x03" + _headers() + b"\0" * 3)],
+         {}),
+        # A content-length the body then breaks, and one that is not a number.
+        ([raw_frame(HEADERS, END_HEADERS, 1, _headers((b"content-length", b"6"))),
+          raw_frame(DATA, END_STREAM, 1, grpc_frame(b"toolong"))], {}),
+        ([raw_frame(HEADERS, END_HEADERS, 1, _headers((b"content-length", b"six")))], {}),
+        # Stream ids: even, then one below the last stream's.
+        ([raw_frame(HEADERS, END_HEADERS | END_STREAM, 2, _headers())], {}),
+        ([raw_frame(HEADERS, END_HEADERS | END_STREAM, 5, _headers()),
+          raw_frame(HEADERS, END_HEADERS | END_STREAM, 3, _headers())], {}),
+        # An informational status in a request, and a block hpack cannot decode.
+        ([raw_frame(HEADERS, END_HEADERS | END_STREAM, 1, _headers((b":status", b"100")))], {}),
+        ([raw_frame(HEADERS, END_HEADERS | END_STREAM, 1, b"\xff\xff\xff\xff")], {}),
+        # A whole HEADERS frame while another block waits for its CONTINUATION.
+        ([raw_frame(HEADERS, 0, 1, _headers()),
+          raw_frame(HEADERS, END_HEADERS | END_STREAM, 3, _headers())], {}),
+        # Trailers on an open call, then a call past max_concurrent_streams (once acknowledged).
+        ([_SETTINGS_ACK, raw_frame(HEADERS, END_HEADERS, 1, _headers()),
+          raw_frame(HEADERS, END_HEADERS | END_STREAM, 1, _headers()),
+          raw_frame(HEADERS, END_HEADERS, 3, _headers()),
+          raw_frame(HEADERS, END_HEADERS, 5, _headers())],
+         {"max_concurrent_streams": 1}),
+    ],
+)
+def test_request_headers_answer_exactly_as_h2_alone(
+    frames: list[bytes], settings: dict[str, int]
+) -> None:
+    """Whole request header blocks opened without h2's frame objects change nothing visible.
+
+    Valid or not (padding, priority, content-length, stream ids, informational status, broken
+    HPACK, a block interrupted, trailers, the stream limit), the server's events and bytes are
+    those of the same server with h2 parsing every HEADERS frame, in one read or byte by byte.
+    """
+    data = _PREFACE + b"".join(frames)
+    for chunks in ([], [1] * len(data)):
+        assert serve_bytes(data, chunks, fast=True, **settings) == serve_bytes(
+            data, chunks, fast=False, **settings
+        )
