@@ -89,6 +89,10 @@ _SHARED_ATTRIBUTES = frozenset({
     "config", "highest_inbound_stream_id", "highest_outbound_stream_id",
     "outbound_flow_control_window", "max_outbound_frame_size", "max_inbound_frame_size",
 })
+# Everything TunedH2Connection._copy sets: h2's attributes and our own.
+_COPIED_STATE = (
+    _FRESH_ATTRIBUTES | _COPIED_ATTRIBUTES | _SHARED_ATTRIBUTES | {"_buffers", "data_frames_sent"}
+)
 
 
 def _uncopyable(connection: Any) -> list[str]:
@@ -238,6 +242,9 @@ class TunedH2Connection(h2.connection.H2Connection):
             prototype.update_settings(settings)
             if extra_window > 0:
                 prototype.increment_flow_control_window(extra_window)
+            unknown = vars(prototype).keys() - _COPIED_STATE
+            if unknown:  # a programming error: _copy must make or copy every attribute
+                raise AssertionError(f"TunedH2Connection._copy does not know {sorted(unknown)}")
             if len(_prototypes) >= _MAX_PROTOTYPES:
                 _prototypes.clear()
             _prototypes[key] = prototype

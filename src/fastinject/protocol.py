@@ -245,6 +245,9 @@ class ServerProtocol:
         self._window_update_allowance = 0
         self._data_frames_counted = 0  # the h2 count of DATA frames sent, when last looked at
         self._header_block_size = 0  # bytes of a header block still waiting for END_HEADERS
+        # Streams opened by whole request header blocks, whose calls start with the next run of
+        # frames handed to h2 (see _feed_h2): (stream id, headers, half-closed).
+        self._opened: list[tuple[int, list[tuple[bytes, bytes]], bool]] = []
         # Answers the client made us queue (SETTINGS and PING ACKs, RST_STREAM, rejections)
         # since our output last drained; see output_drained().
         self.answers_owed = 0
@@ -276,11 +279,13 @@ class ServerProtocol:
             self._receive_frames(data, events)
         except h2.exceptions.ProtocolError as exc:
             self.closed = True
+            self._opened = []
             code = getattr(exc, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR)
             return [ConnectionClosedByPeer(int(code), f"HTTP/2 protocol error: {exc}")]
         except FloodError as exc:
             self.closed = self._failed = True
             self._backlog = None
+            self._opened = []
             self._h2.terminate(exc.http2_error_code, exc.debug)
             events.append(ConnectionClosedByPeer(exc.http2_error_code, str(exc)))
         if self._shed:
@@ -372,8 +377,9 @@ class ServerProtocol:
                 break
             frames_left -= 1 if frame_type != _HEADERS_FRAME_TYPE else _HEADERS_FRAME_COST
             if frame_type == 0:
-                # The stream may be opened by HEADERS still waiting for h2 in this run.
-                if handed < pos and stream_id not in streams:
+                # The stream may be opened by HEADERS still waiting for h2 in this run, or
+                # by one opened here whose call is not started yet.
+                if stream_id not in streams and (handed < pos or self._opened):
                     self._feed_h2(view[handed:pos], events)
                     handed = pos
                 state = streams.get(stream_id)
@@ -400,12 +406,10 @@ class ServerProtocol:
                 headers = self._h2.receive_request(stream_id, view[pos + 9 : frame_end], end_stream)
                 if headers is not None:
                     handed = frame_end
-                    self._on_request(stream_id, headers, end_stream, events)
-                    if end_stream:
-                        self._on_stream_ended(stream_id, events)
+                    self._opened.append((stream_id, headers, end_stream))
             pos = frame_end
         self._frames_left = frames_left
-        if handed < pos:
+        if handed < pos or self._opened:
             self._feed_h2(view[handed:pos], events)
         return pos
 
@@ -483,7 +487,19 @@ class ServerProtocol:
             )
 
     def _feed_h2(self, frames: memoryview, events: list[Event]) -> None:
-        for event in self._h2.receive_data(frames):
+        """Hand a run of frames to h2, start the calls opened before it, act on h2's events.
+
+        Calls opened by :meth:`TunedH2Connection.receive_request` start only here, as if h2 had
+        parsed their HEADERS in this run: a stream the run resets (rapid reset in one write)
+        then starts no call, and what the run does to a call comes after its start.
+        """
+        h2_events = self._h2.receive_data(frames) if frames else []
+        opened, self._opened = self._opened, []
+        for stream_id, headers, ended in opened:
+            self._on_request(stream_id, headers, ended, events)
+            if ended:
+                self._on_stream_ended(stream_id, events)
+        for event in h2_events:
             if isinstance(event, h2.events.DataReceived):
                 stream_id = event.stream_id
                 data = event.data or b""

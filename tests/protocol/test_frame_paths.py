@@ -375,6 +375,12 @@ PADDED, PRIORITY, END_HEADERS = 0x8, 0x20, 0x4
         # A whole HEADERS frame while another block waits for its CONTINUATION.
         ([raw_frame(HEADERS, 0, 1, _headers()),
           raw_frame(HEADERS, END_HEADERS | END_STREAM, 3, _headers())], {}),
+        # Streams reset in the same read as their HEADERS, one after a request message.
+        ([raw_frame(HEADERS, END_HEADERS, 1, _headers()),
+          raw_frame(0x3, 0, 1, struct.pack(">I", 0x8)),
+          raw_frame(HEADERS, END_HEADERS, 3, _headers()),
+          raw_frame(DATA, END_STREAM, 3, grpc_frame(b"x")),
+          raw_frame(0x3, 0, 3, struct.pack(">I", 0x8))], {}),
         # Trailers on an open call, then a call past max_concurrent_streams (once acknowledged).
         ([_SETTINGS_ACK, raw_frame(HEADERS, END_HEADERS, 1, _headers()),
           raw_frame(HEADERS, END_HEADERS | END_STREAM, 1, _headers()),
