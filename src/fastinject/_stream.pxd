@@ -1,6 +1,7 @@
 # Declarations of the Cython per-stream core, for modules that ``cimport`` it (see _stream.pyx).
 
 cdef class _Outbound:
+    cdef object stream_id
     cdef list chunks             # bytes, bytearray or memoryview, sent from ``offset`` of the first
     cdef Py_ssize_t offset
     cdef Py_ssize_t queued
@@ -12,6 +13,7 @@ cdef class _Outbound:
 
 cdef class SendQueue:
     cdef dict _streams
+    cdef dict _pending                  # the streams with bytes queued, as an ordered set
     cdef Py_ssize_t _connection_window  # the connection's send window less what is queued
     cdef readonly Py_ssize_t queued_bytes
 

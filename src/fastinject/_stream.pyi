@@ -41,7 +41,10 @@ class SendQueue:
     def stream_ids(self) -> list[int]:
         """The open streams, in the order they were opened."""
     def pending(self) -> list[int]:
-        """The open streams with queued bytes, in the order they were opened."""
+        """The open streams with queued bytes, in the order they began to queue them.
+
+        Kept as they queue and send, not found by looking at every open stream.
+        """
     def queued(self, stream_id: int) -> int:
         """Bytes queued on ``stream_id`` (0 for a stream that is not open)."""
     def window(self, stream_id: int) -> int:

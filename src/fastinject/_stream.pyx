@@ -41,7 +41,8 @@ cdef inline int _extend(bytearray out, const unsigned char* data, Py_ssize_t len
 cdef class _Outbound:
     """One stream's queued bytes: ``chunks`` from ``offset`` on; ``tail`` takes small writes."""
 
-    def __init__(self, Py_ssize_t window):
+    def __init__(self, stream_id, Py_ssize_t window):
+        self.stream_id = stream_id
         self.chunks = []
         self.window = window
 
@@ -65,13 +66,14 @@ cdef class SendQueue:
 
     def __init__(self, Py_ssize_t connection_window=65535):
         self._streams = {}
+        self._pending = {}
         self._connection_window = connection_window
 
     def open(self, stream_id, Py_ssize_t window):
         """Start sending on ``stream_id``, whose send window is ``window``."""
         cdef _Outbound stream = self._streams.get(stream_id)
         if stream is None:
-            self._streams[stream_id] = _Outbound(window)
+            self._streams[stream_id] = _Outbound(stream_id, window)
         else:
             stream.window = window - stream.queued
 
@@ -98,6 +100,7 @@ cdef class SendQueue:
             self._drop(stream)
 
     cdef int _drop(self, _Outbound stream) except -1:
+        self._pending.pop(stream.stream_id, None)
         self.queued_bytes -= stream.queued
         self._connection_window += stream.queued
         stream.window += stream.queued
@@ -112,9 +115,8 @@ cdef class SendQueue:
         return list(self._streams)
 
     def pending(self):
-        """The streams with queued bytes, in the order they were opened."""
-        cdef _Outbound stream
-        return [stream_id for stream_id, stream in self._streams.items() if stream.queued]
+        """The streams with queued bytes, in the order they began to queue them."""
+        return list(self._pending)
 
     def queued(self, stream_id):
         """Bytes queued on ``stream_id`` (0 for a stream that is not open)."""
@@ -174,6 +176,8 @@ cdef class SendQueue:
             PyBuffer_Release(&view)
 
     cdef int _account(self, _Outbound stream, Py_ssize_t size) except -1:
+        if size and not stream.queued:
+            self._pending[stream.stream_id] = None
         stream.queued += size
         stream.window -= size
         self._connection_window -= size
@@ -228,6 +232,8 @@ cdef class SendQueue:
         stream.offset = offset
         stream.tail = None  # views may now refer to it: later writes start a new buffer
         stream.queued -= size
+        if not stream.queued:
+            self._pending.pop(stream_id, None)
         self.queued_bytes -= size  # the windows' mirrors stay: the caller takes ``size`` off
         return frames
 

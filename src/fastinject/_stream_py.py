@@ -30,9 +30,10 @@ _DATA_HEADER = struct.Struct(">BHBBI")  # length (high byte, low 16 bits), type,
 class _Outbound:
     """One stream's queued bytes: ``chunks`` from ``offset`` on; ``tail`` takes small writes."""
 
-    __slots__ = ("chunks", "offset", "queued", "tail", "window")
+    __slots__ = ("chunks", "offset", "queued", "stream_id", "tail", "window")
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, stream_id: int, window: int) -> None:
+        self.stream_id = stream_id
         self.chunks: list[bytes | bytearray | memoryview] = []
         self.offset = 0
         self.queued = 0
@@ -55,10 +56,11 @@ class _Outbound:
 class SendQueue:
     """A connection's outbound DATA, per stream; see ``_stream.pyi``."""
 
-    __slots__ = ("_connection_window", "_streams", "queued_bytes")
+    __slots__ = ("_connection_window", "_pending", "_streams", "queued_bytes")
 
     def __init__(self, connection_window: int = 65535) -> None:
         self._streams: dict[int, _Outbound] = {}
+        self._pending: dict[int, None] = {}  # the streams with bytes queued, as an ordered set
         self._connection_window = connection_window
         self.queued_bytes = 0
 
@@ -66,7 +68,7 @@ class SendQueue:
         """Start sending on ``stream_id``, whose send window is ``window``."""
         stream = self._streams.get(stream_id)
         if stream is None:
-            self._streams[stream_id] = _Outbound(window)
+            self._streams[stream_id] = _Outbound(stream_id, window)
         else:
             stream.window = window - stream.queued
 
@@ -92,6 +94,7 @@ class SendQueue:
             self._drop(stream)
 
     def _drop(self, stream: _Outbound) -> None:
+        self._pending.pop(stream.stream_id, None)
         self.queued_bytes -= stream.queued
         self._connection_window += stream.queued
         stream.window += stream.queued
@@ -104,8 +107,8 @@ class SendQueue:
         return list(self._streams)
 
     def pending(self) -> list[int]:
-        """The streams with queued bytes, in the order they were opened."""
-        return [stream_id for stream_id, stream in self._streams.items() if stream.queued]
+        """The streams with queued bytes, in the order they began to queue them."""
+        return list(self._pending)
 
     def queued(self, stream_id: int) -> int:
         """Bytes queued on ``stream_id`` (0 for a stream that is not open)."""
@@ -146,6 +149,8 @@ class SendQueue:
         self._account(stream, len(data))
 
     def _account(self, stream: _Outbound, size: int) -> None:
+        if size and not stream.queued:
+            self._pending[stream.stream_id] = None
         stream.queued += size
         stream.window -= size
         self._connection_window -= size
@@ -191,6 +196,8 @@ class SendQueue:
         stream.offset = offset
         stream.tail = None  # views may now refer to it: later writes start a new buffer
         stream.queued -= size
+        if not stream.queued:
+            self._pending.pop(stream_id, None)
         self.queued_bytes -= size  # the windows' mirrors stay: the caller takes ``size`` off
         return frames
 

@@ -205,10 +205,14 @@ def _run(module: ModuleType, ops: list[tuple[Any, ...]]) -> list[object]:
             results.append(queue.write_message(op[1], op[2], op[3]))
         elif op[0] == "window":
             results.append(queue.update_window(op[1], op[2]))
+        elif op[0] == "drop":
+            results.append(queue.drop(op[1]))
         else:
             size = min(op[2], queue.queued(op[1]))
             results.append(data_frames(flush(queue, op[1], size, max_frame_size=op[3])))
-        results.append((queue.window(1), queue.window(3), queue.queued_bytes))
+        pending = queue.pending()
+        assert sorted(pending) == [s for s in (1, 3) if queue.queued(s)]
+        results.append((queue.window(1), queue.window(3), queue.queued_bytes, pending))
     return results
 
 
@@ -217,6 +221,7 @@ _ops = st.lists(
         st.tuples(st.just("message"), st.sampled_from([1, 3]),
                   st.binary(max_size=64) | st.integers(0, 6000).map(bytes), st.booleans()),
         st.tuples(st.just("window"), st.sampled_from([0, 1, 3]), st.integers(-100, 20_000)),
+        st.tuples(st.just("drop"), st.sampled_from([1, 3])),
         st.tuples(st.just("frame"), st.sampled_from([1, 3]), st.integers(0, 20_000),
                   st.integers(1, 9000)),
     ),
@@ -231,7 +236,8 @@ def test_cython_and_python_agree_on_any_sequence(
 ) -> None:
     """Any sequence of writes, window changes and flushes gives the same frames in both twins.
 
-    And the DATA payloads of each stream are exactly its accepted messages, framed, in order.
+    And the DATA payloads of each stream are exactly its accepted messages, framed, in order
+    (less what a drop discarded), and pending() names exactly the streams with bytes queued.
     """
     results = _run(stream_impl, ops)
     assert results == _run(fastinject._stream_py, ops)
@@ -242,5 +248,7 @@ def test_cython_and_python_agree_on_any_sequence(
             accepted[op[1]] += grpc_message(op[2], op[3])
         elif op[0] == "frame":
             sent[op[1]] += b"".join(body for _, _, body in result)  # type: ignore[attr-defined]
+        elif op[0] == "drop":  # what was queued and not sent never leaves
+            accepted[op[1]] = sent[op[1]]
     for stream_id in (1, 3):
         assert accepted[stream_id].startswith(sent[stream_id])
