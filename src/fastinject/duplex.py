@@ -79,6 +79,8 @@ class DuplexTransport(asyncio.Transport):
         self._reading = asyncio.Event()
         self._reading.set()
         self._protocol_paused = False
+        self._high_water = _HIGH_WATER
+        self._low_water = _LOW_WATER
         self._closing = False
         self._lost = False
         protocol.connection_made(self)
@@ -118,7 +120,7 @@ class DuplexTransport(asyncio.Transport):
                 self._outgoing.clear()
                 await self._duplex.write(chunk)
                 self._outgoing_size -= len(chunk)
-                if self._protocol_paused and self._outgoing_size <= _LOW_WATER:
+                if self._protocol_paused and self._outgoing_size <= self._low_water:
                     self._protocol_paused = False
                     self._protocol.resume_writing()
         except Exception as exc:
@@ -152,7 +154,10 @@ class DuplexTransport(asyncio.Transport):
         self._outgoing.append(bytes(data))
         self._outgoing_size += len(data)
         self._writer_wakeup.set()
-        if not self._protocol_paused and self._outgoing_size > _HIGH_WATER:
+        self._maybe_pause_protocol()
+
+    def _maybe_pause_protocol(self) -> None:
+        if not self._protocol_paused and self._outgoing_size > self._high_water:
             self._protocol_paused = True
             self._protocol.pause_writing()
 
@@ -193,6 +198,17 @@ class DuplexTransport(asyncio.Transport):
     def get_write_buffer_size(self) -> int:
         """Bytes written but not yet sent."""
         return self._outgoing_size
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Pause the protocol's writing above ``high`` buffered bytes, resume at ``low``."""
+        if high is None:
+            high = _HIGH_WATER if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high_water, self._low_water = high, low
+        self._maybe_pause_protocol()
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         """Replace the protocol receiving this transport's events."""

@@ -15,9 +15,12 @@ sends for a short while, and only then closes.  The bounds:
 * at most :data:`LINGER_BYTES` are read and discarded; past that, reading stops (the bytes
   left unread may then provoke the RST, but only once the GOAWAY has left).
 
-Transports that cannot half-close (TLS run by the event loop, which sends its close_notify
-and reads until the peer's; injected :class:`~fastinject.duplex.Duplex` streams) are closed
-the ordinary way, and aborted if they are not gone within :data:`FLUSH_TIMEOUT`.
+Transports that cannot half-close (TLS run by the event loop; injected
+:class:`~fastinject.duplex.Duplex` streams) do the same without the FIN: their output leaves,
+they read and discard for :data:`LINGER_TIME`, then close, and are aborted if not gone within
+:data:`FLUSH_TIMEOUT` more.  Closing the event loop's TLS at once is not enough: it sends its
+close_notify, and when the peer's next record is application data its shutdown fails and
+the socket transport is aborted, with the end of our output (the GOAWAY) still in it.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ LINGER_BYTES = 1024 * 1024
 class Linger:
     """The closing of one connection's transport; the connection hands it its input and drain."""
 
-    __slots__ = ("_discarded", "_drained", "_loop", "_timer", "_transport")
+    __slots__ = ("_discarded", "_drained", "_half_closed", "_loop", "_timer", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
@@ -43,14 +46,13 @@ class Linger:
         self._discarded = 0
         self._drained = False
         self._timer = loop.call_later(FLUSH_TIMEOUT, transport.abort)
-        if not transport.can_write_eof():
-            transport.close()
-            return
-        try:
-            transport.write_eof()  # once the buffered output has left
-        except OSError:  # the peer is gone already (asyncio's write_eof lets this through)
-            transport.abort()
-            return
+        self._half_closed = transport.can_write_eof()
+        if self._half_closed:
+            try:
+                transport.write_eof()  # once the buffered output has left
+            except OSError:  # the peer is gone already (asyncio's write_eof lets this through)
+                transport.abort()
+                return
         # Learn when the last byte has left: resume_writing() at an empty buffer.
         transport.set_write_buffer_limits(high=0, low=0)
         transport.resume_reading()
@@ -58,12 +60,18 @@ class Linger:
             self.output_left()
 
     def output_left(self) -> None:
-        """Everything we sent has left: linger for :data:`LINGER_TIME`, then close."""
+        """Everything we sent has left the transport: linger for :data:`LINGER_TIME`, close."""
         if self._drained:
             return
         self._drained = True
         self._timer.cancel()
-        self._timer = self._loop.call_later(LINGER_TIME, self._transport.close)
+        self._timer = self._loop.call_later(LINGER_TIME, self._close)
+
+    def _close(self) -> None:
+        self._transport.close()
+        if not self._half_closed:
+            # The event loop's TLS now sends its close_notify and waits for the peer's.
+            self._timer = self._loop.call_later(FLUSH_TIMEOUT, self._transport.abort)
 
     def discard(self, data: bytes) -> None:
         """Bytes the peer sent after we closed: dropped; past the bound, reading stops."""

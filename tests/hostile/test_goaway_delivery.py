@@ -18,13 +18,18 @@ import asyncio
 import contextlib
 import socket
 import struct
+from collections.abc import Awaitable, Callable
 
+import pytest
+
+from fastinject import ServerCredentials
 from hostile.conftest import MIN_CALLS
 from hostile.test_floods import StartLegitimate, target
-from hostile.test_slow_reader import attacker_socket, server_side
+from hostile.test_slow_reader import TlsClient, attacker_socket, server_side
 from protocol.probe_service import StartServer
 from protocol.wire import ENHANCE_YOUR_CALM, GOAWAY, SETTINGS, H2Client, eventually, raw_frame
 from serving import TIMEOUT, Served
+from tls_material import TlsMaterial
 
 BURST = 5000
 """The useless-frame budget: its SETTINGS ACKs (45 KB) overflow both kernel buffers."""
@@ -50,51 +55,70 @@ def goaways(received: bytes) -> list[tuple[int, bytes]]:
     return found
 
 
-async def read_all(sock: socket.socket) -> bytes:
+async def read_all(receive: Callable[[], Awaitable[bytes]]) -> bytes:
     """What the server sends until it closes (cleanly or with a reset)."""
-    loop = asyncio.get_running_loop()
     received = bytearray()
     with contextlib.suppress(ConnectionError):
         async with asyncio.timeout(TIMEOUT):
-            while data := await loop.sock_recv(sock, 65536):
+            while data := await receive():
                 received += data
     return bytes(received)
 
 
-async def keep_sending(sock: socket.socket, frame: bytes) -> None:
-    """Send ``frame`` over and over, :data:`KEEP_SENDING` bytes, until the server closes."""
+async def keep_sending(sock: socket.socket, chunk: Callable[[], bytes]) -> None:
+    """Send ``chunk()`` over and over, :data:`KEEP_SENDING` bytes, until the server closes."""
     loop = asyncio.get_running_loop()
-    chunk = frame * (4096 // len(frame))
     with contextlib.suppress(ConnectionError):
-        for _ in range(KEEP_SENDING // len(chunk)):
-            await asyncio.wait_for(loop.sock_sendall(sock, chunk), TIMEOUT)
+        sent = 0
+        while sent < KEEP_SENDING:
+            data = chunk()
+            await asyncio.wait_for(loop.sock_sendall(sock, data), TIMEOUT)
+            sent += len(data)
 
 
-async def attack(served: Served) -> bytes:
-    """One flood as described above; what the server sent the attacker."""
+async def attack(served: Served, port: int, tls: TlsMaterial | None) -> bytes:
+    """One flood as described above, on ``port`` (over TLS if ``tls``); what it received."""
     loop = asyncio.get_running_loop()
     settings = raw_frame(SETTINGS, 0, 0, b"")
-    with attacker_socket(served.port) as sock:
+    with attacker_socket(port) as sock:
+        client = None if tls is None else TlsClient(sock, tls)
+        if client is not None:
+            await client.handshake()
         conn = await server_side(served, sock)
-        flood = H2Client().data_to_send() + settings * (BURST + 100)
+
+        def wire(data: bytes) -> bytes:
+            return data if client is None else client.encrypt(data)
+
+        flood = wire(H2Client().data_to_send() + settings * (BURST + 100))
         await asyncio.wait_for(loop.sock_sendall(sock, flood), TIMEOUT)
         # The budget is spent: the server answered, and its GOAWAY is out or queued.
         await eventually(lambda: conn.protocol.closed, "the end of the attack")
-        reading = asyncio.ensure_future(read_all(sock))
-        await keep_sending(sock, settings)
+        reading = asyncio.ensure_future(
+            read_all(lambda: loop.sock_recv(sock, 65536) if client is None else client.receive())
+        )
+        await keep_sending(sock, lambda: wire(settings * 455))
         received = await reading
     await eventually(lambda: conn not in served.server._connections, "the close")
     return received
 
 
+@pytest.mark.parametrize("secure", [False, True], ids=["plaintext", "tls"])
 async def test_flooder_that_keeps_sending_reads_its_goaway(
-    start_server: StartServer, legitimate: StartLegitimate
+    start_server: StartServer, legitimate: StartLegitimate, tls: TlsMaterial, secure: bool
 ) -> None:
-    """GOAWAY too_many_useless_frames arrives whole after the queued ACKs, every time."""
+    """GOAWAY too_many_useless_frames arrives whole after the queued ACKs, every time.
+
+    Over TLS the event loop's transport cannot half-close: it sends what it holds, then its
+    close_notify, and reads until the peer's.
+    """
     served = await start_server(useless_frame_burst=BURST, useless_frame_rate=1.0)
     client = await legitimate(target(served.port))
+    port = served.port
+    if secure:
+        credentials = ServerCredentials.ssl([(tls.server_key_pem, tls.server_cert_pem)])
+        port = served.server.add_secure_port("127.0.0.1:0", credentials)
     for _ in range(ROUNDS):
-        received = await attack(served)
+        received = await attack(served, port, tls if secure else None)
         assert goaways(received) == [(ENHANCE_YOUR_CALM, b"too_many_useless_frames")]
     assert await client.finish() >= MIN_CALLS
 
@@ -114,7 +138,7 @@ async def test_a_peer_that_never_stops_sending_is_closed_after_the_linger(
     with socket.create_connection(("127.0.0.1", served.port)) as sock:
         sock.setblocking(False)
         await loop.sock_sendall(sock, H2Client().data_to_send() + junk[: 20 * 1009])
-        reading = asyncio.ensure_future(read_all(sock))
+        reading = asyncio.ensure_future(read_all(lambda: loop.sock_recv(sock, 65536)))
         sent = 0
         with contextlib.suppress(ConnectionError):
             async with asyncio.timeout(TIMEOUT):
