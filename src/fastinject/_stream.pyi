@@ -50,8 +50,9 @@ class SendQueue:
     def window(self, stream_id: int) -> int:
         """Bytes ``stream_id`` may queue now, or -1 when it is not open.
 
-        The least of its and the connection's window, less what is queued (negative if a
-        window shrank below it).
+        The least of its and the connection's window, less what is queued; 0 when a window
+        is below that (a client that lowers SETTINGS_INITIAL_WINDOW_SIZE can make a stream's
+        window negative, RFC 9113 section 6.9.2: the stream then waits, it is not gone).
         """
     def write_message(
         self, stream_id: int, payload: bytes | bytearray | memoryview, compressed: bool = False

@@ -128,7 +128,7 @@ cdef class SendQueue:
         cdef _Outbound stream = self._streams.get(stream_id)
         if stream is None:
             return -1
-        return min(stream.window, self._connection_window)
+        return max(0, min(stream.window, self._connection_window))
 
     def write_message(self, stream_id, payload, bint compressed=False):
         """Queue ``payload`` as one gRPC message if the windows take all of it; else False."""

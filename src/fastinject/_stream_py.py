@@ -120,7 +120,7 @@ class SendQueue:
         stream = self._streams.get(stream_id)
         if stream is None:
             return -1
-        return min(stream.window, self._connection_window)
+        return max(0, min(stream.window, self._connection_window))
 
     def write_message(
         self, stream_id: int, payload: bytes | bytearray | memoryview, compressed: bool = False

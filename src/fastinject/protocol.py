@@ -762,7 +762,8 @@ class ServerProtocol:
     def send_window(self, stream_id: int) -> int:
         """Bytes that may be sent on ``stream_id`` now, or -1 when the stream is gone.
 
-        The least of the stream's and the connection's windows, less what is already queued.
+        The least of the stream's and the connection's windows, less what is already queued
+        (0 while that is negative: the client lowered SETTINGS_INITIAL_WINDOW_SIZE).
         """
         return self.outbound.window(stream_id)
 

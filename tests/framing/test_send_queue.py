@@ -108,6 +108,9 @@ def test_window_updates_count_what_is_queued(stream_impl: ModuleType) -> None:
     assert queue.window(1) == 1000 - 25
     queue.update_window(9, 10)  # not open: ignored
     assert queue.window(9) == -1
+    queue.update_window(1, 10)  # a lowered SETTINGS_INITIAL_WINDOW_SIZE: below what is queued
+    assert queue.window(1) == 0  # the stream waits; -1 would mean it is gone
+    assert not queue.write_message(1, b"")
 
 
 def test_framing_leaves_the_mirrors_as_they_are(stream_impl: ModuleType) -> None:

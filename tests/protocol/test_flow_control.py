@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
+from h2.settings import SettingCodes
+
 from fastinject import StatusCode
 from protocol.probe_service import Probe, StartServer
 from protocol.wire import WINDOW_UPDATE, OpenWire, Response, Wire, eventually, grpc_frame
@@ -61,6 +63,68 @@ async def test_server_never_sends_beyond_the_client_stream_window(
     assert response.status == StatusCode.OK.number
     assert response.messages == [(False, bytes([i]) * 100) for i in range(50)]
     assert probe.produced == 50
+
+
+async def test_a_wider_initial_window_mid_call_lets_blocked_data_go(
+    start_server: StartServer, open_wire: OpenWire
+) -> None:
+    """A client's SETTINGS_INITIAL_WINDOW_SIZE raised during a call widens that call's window.
+
+    RFC 9113 section 6.9.2: the change applies to open streams at once, without WINDOW_UPDATE.
+    The server checks writes against mirrors of h2's windows, so the SETTINGS change must
+    reach them too; and it still sends no byte beyond the new window.
+    """
+    served = await start_server()
+    wire = await open_wire(served.port, initial_window_size=1000, auto_credit=False)
+    stream_id = wire.client.start_call(b"/test.Probe/Produce", [b"50:100"])  # 50 x 105 bytes
+    await wire.wait_for(
+        lambda: wire.client.data_received(stream_id) >= 1000, "a full window of DATA"
+    )
+    wire.client.h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 3000})
+    await wire.flush()
+    await wire.wait_for(
+        lambda: wire.client.data_received(stream_id) >= 3000, "the widened window of DATA"
+    )
+    await wire.round_trip()
+    assert wire.client.data_received(stream_id) == 3000
+
+    await credit_until_done(wire, [stream_id], 3000)
+    response = wire.client.response(stream_id)
+    assert response.status == StatusCode.OK.number
+    assert len(response.messages) == 50
+
+
+async def test_a_narrower_initial_window_mid_call_pauses_the_call(
+    start_server: StartServer, open_wire: OpenWire
+) -> None:
+    """SETTINGS_INITIAL_WINDOW_SIZE lowered below what a call has in flight only pauses it.
+
+    RFC 9113 section 6.9.2: the stream window may go negative; the sender waits until
+    WINDOW_UPDATE brings it above zero again, and the call completes.
+    """
+    served = await start_server()
+    wire = await open_wire(served.port, initial_window_size=1000, auto_credit=False)
+    stream_id = wire.client.start_call(b"/test.Probe/Produce", [b"50:100"])  # 50 x 105 bytes
+    await wire.wait_for(
+        lambda: wire.client.data_received(stream_id) >= 1000, "a full window of DATA"
+    )
+    wire.client.h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 500})
+    await wire.flush()
+    await wire.round_trip()  # the server's window is now 500 - 1000 = -500
+    wire.client.credit(stream_id, 1000)  # back to 500
+    await wire.flush()
+    await wire.wait_for(
+        lambda: wire.client.data_received(stream_id) >= 1500, "DATA up to the new window"
+    )
+    await wire.round_trip()
+    assert wire.client.data_received(stream_id) == 1500
+
+    wire.client.auto_credit = True
+    wire.client.credit(stream_id, 500)
+    await wire.flush()
+    response = await wire.finish(stream_id)
+    assert response.status == StatusCode.OK.number
+    assert len(response.messages) == 50
 
 
 async def test_server_never_sends_beyond_the_client_connection_window(
