@@ -15,11 +15,12 @@ on the server's event loop thread: from another thread they raise :class:`Runtim
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .connection import format_peer
@@ -100,7 +101,10 @@ class ConnectionInjector:
                 raise InjectorDestroyedError("this connection injector has been destroyed")
             raise ServerStoppedError("the server has been stopped")
         assert self._credentials is not None
-        peer = _peer_of(connection, kind)
+        # A socket served by the loop gets its peer from its transport when first asked, as a
+        # connection accepted on a port; a TLS layer over bytes already read has no such
+        # transport.
+        peer = None if kind == "socket" and not initial_data else _peer_of(connection, kind)
         protocol = self._server.connection_protocol(
             self._credentials, self._group, self._interceptors,
             initial_data=bytes(initial_data), peer=peer, native_tls=kind == "socket",
@@ -167,9 +171,15 @@ def _loop_thread_check(method: str) -> asyncio.AbstractEventLoop:
         ) from None
 
 
+# A socket's family and type as plain ints: ``socket.socket``'s own properties convert them to
+# enums, which cost more than the rest of an injection's checks together.
+_family: Callable[[socket.socket], int] = _socket.socket.family.__get__
+_type: Callable[[socket.socket], int] = _socket.socket.type.__get__
+
+
 def _classify(connection: Any) -> str:
     if isinstance(connection, socket.socket):
-        if connection.type != socket.SOCK_STREAM:
+        if _type(connection) != socket.SOCK_STREAM:
             raise TypeError("only stream sockets (TCP or Unix SOCK_STREAM) can be injected")
         return "socket"
     if (
@@ -195,7 +205,7 @@ def _send_without_delay(sock: socket.socket) -> None:
     is 0).  With Nagle on, a response written in two parts waits for the peer's delayed ACK
     (40 ms on Linux) before its second part leaves.
     """
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
+    if _family(sock) in (socket.AF_INET, socket.AF_INET6):
         # A socket already closed fails when served, and is logged as for any other peer.
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import socket
 import sys
@@ -168,6 +169,9 @@ async def serve(config: ServerConfig) -> None:
         loop.add_signal_handler(signum, stop_requested.set)
 
     await server.start()
+    # Everything made so far lives as long as the process: leave it out of garbage
+    # collections, which a server's per-connection objects start often.
+    gc.freeze()
     print(f"listening on {port}", flush=True)
     await stop_requested.wait()
     if accepting is not None and listener is not None:
