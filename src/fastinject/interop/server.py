@@ -150,21 +150,20 @@ async def serve(config: ServerConfig) -> None:
         fastinject.ServerCredentials.insecure() if config.tls is None
         else _credentials(config.tls)
     )
-    accepting: asyncio.Task[None] | None = None
+    loop = asyncio.get_running_loop()
     listener: socket.socket | None = None
     if config.transport == "inject":
         listener = socket.create_server((HOST, config.port), backlog=1024)
         listener.setblocking(False)
         port = listener.getsockname()[1]
         injector = server.create_connection_injector(credentials)
-        accepting = asyncio.get_running_loop().create_task(_inject_accepted(listener, injector))
+        loop.add_reader(listener.fileno(), _inject_accepted, listener, injector)
     elif config.tls is None:
         port = server.add_insecure_port(address)
     else:
         port = server.add_secure_port(address, credentials)
 
     stop_requested = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop_requested.set)
 
@@ -174,19 +173,26 @@ async def serve(config: ServerConfig) -> None:
     gc.freeze()
     print(f"listening on {port}", flush=True)
     await stop_requested.wait()
-    if accepting is not None and listener is not None:
-        accepting.cancel()
+    if listener is not None:
+        loop.remove_reader(listener.fileno())
         listener.close()
     await server.stop(STOP_GRACE_SECONDS)
 
 
-async def _inject_accepted(
-    listener: socket.socket, injector: fastinject.ConnectionInjector
-) -> None:
-    """Accept connections on our own listener and inject each one (``--transport inject``)."""
-    loop = asyncio.get_running_loop()
+def _inject_accepted(listener: socket.socket, injector: fastinject.ConnectionInjector) -> None:
+    """Accept the connections waiting on our own listener and inject each one.
+
+    ``--transport inject``: called when the listener is readable, as the event loop's own
+    servers accept (no coroutine step or future per connection).
+    """
     while True:
-        sock, _ = await loop.sock_accept(listener)
+        try:
+            sock, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # out of descriptors, say: try again when next readable
+            print(f"accept failed: {exc}", file=sys.stderr, flush=True)
+            return
         injector.inject_connection(sock)
 
 
