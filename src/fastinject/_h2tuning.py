@@ -8,7 +8,7 @@ which remember blocks per dynamic-table state, across the connections of the pro
 
 h2 also formats ``repr(frame)`` for a trace log line on every received frame, whether or not
 anything logs, and hyperframe's DATA repr hex-encodes the whole payload: a fifth of the CPU of
-a 1 MiB call.  Received DATA frames are therefore given a class with a cheap repr.
+a 1 MiB call.  Received frames are therefore given classes with a cheap repr.
 
 Even then, h2 builds a frame object, two state-machine transitions and an event for every
 16 KiB DATA frame, in both directions: two thirds of a 1 MiB call's CPU.  A DATA frame on an
@@ -57,7 +57,8 @@ _H2_INTERNALS: dict[str, tuple[object, tuple[str, ...]]] = {
         h2.connection.H2Connection,
         ("_receive_frame", "_receive_data_frame", "_receive_goaway_frame",
          "_receive_headers_frame", "_begin_new_stream", "_prepare_for_sending",
-         "_terminate_connection", "open_inbound_streams", "DEFAULT_MAX_HEADER_LIST_SIZE"),
+         "_terminate_connection", "_local_settings_acked", "open_inbound_streams",
+         "DEFAULT_MAX_HEADER_LIST_SIZE"),
     ),
     "H2Stream": (
         h2.stream.H2Stream,
@@ -195,11 +196,24 @@ _prototypes: dict[tuple[Any, ...], TunedH2Connection] = {}
 _MAX_PROTOTYPES = 16
 
 
-class _QuietDataFrame(hyperframe.frame.DataFrame):
-    """A received DATA frame whose repr does not hex-encode its payload."""
+class _QuietRepr:
+    """A received frame whose repr costs nothing.
+
+    h2 formats ``repr(frame)`` for a trace line on every frame it receives, logged or not;
+    hyperframe's repr formats the flags and body (and hex-encodes a DATA payload).
+    """
+
+    stream_id: int
 
     def __repr__(self) -> str:
-        return f"DataFrame(stream_id={self.stream_id}, length={len(self.data)})"
+        return f"{type(self).__name__}(stream_id={self.stream_id})"
+
+
+# Every frame class hyperframe parses, and its quiet twin (same name, same layout).
+_QUIET_FRAMES: dict[type, type] = {
+    frame_type: type(frame_type.__name__, (_QuietRepr, frame_type), {})
+    for frame_type in (*hyperframe.frame.FRAMES.values(), hyperframe.frame.ExtensionFrame)
+}
 
 
 class StreamRefused(h2.events.Event):
@@ -217,7 +231,8 @@ class TunedH2Connection(h2.connection.H2Connection):
         self.encoder = CachingEncoder()
         self.decoder = CachingDecoder()
         self.decoder.max_header_list_size = self.DEFAULT_MAX_HEADER_LIST_SIZE
-        self._frame_dispatch_table[_QuietDataFrame] = self._receive_data_frame
+        table = self._frame_dispatch_table
+        table.update({quiet: table[loud] for loud, quiet in _QUIET_FRAMES.items() if loud in table})
         # Output that precedes ``_data_to_send``: large payload views and the bytes before them.
         self._buffers: list[bytes | memoryview] = []
         self.data_frames_sent = 0
@@ -300,8 +315,9 @@ class TunedH2Connection(h2.connection.H2Connection):
         return [], [event]
 
     def _receive_frame(self, frame: Any) -> Any:
-        if frame.__class__ is hyperframe.frame.DataFrame:
-            frame.__class__ = _QuietDataFrame
+        quiet = _QUIET_FRAMES.get(frame.__class__)
+        if quiet is not None:
+            frame.__class__ = quiet
         return super()._receive_frame(frame)
 
     def _receive_headers_frame(self, frame: Any) -> Any:
@@ -355,6 +371,26 @@ class TunedH2Connection(h2.connection.H2Connection):
             self._terminate_connection(exc.error_code)
             raise
         return headers  # type: ignore[no-any-return]
+
+    def receive_settings_ack(self) -> bool:
+        """Apply the client's acknowledgement of our SETTINGS, as h2 does for the frame.
+
+        For an empty SETTINGS frame with ACK on stream 0: moves the connection's state machine
+        and applies the acknowledged values with h2's ``_local_settings_acked``, without h2's
+        frame parsing, frame object and event.  Returns False, touching nothing, when h2 must
+        see the frame itself (a header block is in progress, or the connection is closed).
+        Errors are h2's: GOAWAY is queued and :class:`h2.exceptions.ProtocolError` raised.
+        """
+        if (self.incoming_buffer._headers_buffer
+                or self.state_machine.state is ConnectionState.CLOSED):
+            return False
+        try:
+            self.state_machine.process_input(ConnectionInputs.RECV_SETTINGS)
+            self._local_settings_acked()
+        except h2.exceptions.ProtocolError as exc:
+            self._terminate_connection(exc.error_code)
+            raise
+        return True
 
     def accept_data(self, stream_id: int, length: int, end_stream: bool) -> bool:
         """Account for a received unpadded DATA frame whose payload the caller handles.

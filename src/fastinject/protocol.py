@@ -395,6 +395,13 @@ class ServerProtocol:
                         if end_stream:
                             self._on_stream_ended(stream_id, events)
                         handed = frame_end
+            elif frame_type == _SETTINGS_FRAME_TYPE and flags & _ACK and not length | stream_id:
+                # The client acknowledges our SETTINGS: they bind it from here on.
+                if handed < pos:
+                    self._feed_h2(view[handed:pos], events)
+                    handed = pos
+                if self._h2.receive_settings_ack():
+                    handed = frame_end
             elif frame_type != _HEADERS_FRAME_TYPE or not flags & _END_HEADERS:
                 self._police(frame_type, flags, length)
             elif not flags & _PADDED_OR_PRIORITY:

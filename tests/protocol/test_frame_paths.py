@@ -226,13 +226,14 @@ def serve_bytes(
 ) -> tuple[list[object], bytes]:
     """Feed ``data`` cut at ``chunks`` to a fresh server; return a summary of events and output.
 
-    With ``fast`` off, every DATA and HEADERS frame goes through h2 (``accept_data`` and
-    ``receive_request`` decline them all).
+    With ``fast`` off, every frame goes through h2 (``accept_data``, ``receive_request`` and
+    ``receive_settings_ack`` decline them all).
     """
     server = ServerProtocol(ServerSettings(initial_stream_window_size=32_768, **settings))
     if not fast:
         server._h2.accept_data = lambda *args: False  # type: ignore[method-assign]
         server._h2.receive_request = lambda *args: None  # type: ignore[method-assign]
+        server._h2.receive_settings_ack = lambda: False  # type: ignore[method-assign]
     summary: list[object] = []
     output = b""
     offset = 0
@@ -381,6 +382,13 @@ PADDED, PRIORITY, END_HEADERS = 0x8, 0x20, 0x4
           raw_frame(HEADERS, END_HEADERS, 3, _headers()),
           raw_frame(DATA, END_STREAM, 3, grpc_frame(b"x")),
           raw_frame(0x3, 0, 3, struct.pack(">I", 0x8))], {}),
+        # SETTINGS acknowledgements: with a payload, on a stream, inside a header block, and
+        # one that lets a frame over the default frame size through.
+        ([raw_frame(0x4, 0x1, 0, b"\0\0\0\0\0\0")], {}),
+        ([raw_frame(0x4, 0x1, 1, b"")], {}),
+        ([raw_frame(HEADERS, 0, 1, _headers()), _SETTINGS_ACK], {}),
+        ([_SETTINGS_ACK, raw_frame(HEADERS, END_HEADERS, 1, _headers()),
+          raw_frame(DATA, END_STREAM, 1, grpc_frame(b"x" * 20_000))], {"max_frame_size": 32_768}),
         # Trailers on an open call, then a call past max_concurrent_streams (once acknowledged).
         ([_SETTINGS_ACK, raw_frame(HEADERS, END_HEADERS, 1, _headers()),
           raw_frame(HEADERS, END_HEADERS | END_STREAM, 1, _headers()),
@@ -389,14 +397,15 @@ PADDED, PRIORITY, END_HEADERS = 0x8, 0x20, 0x4
          {"max_concurrent_streams": 1}),
     ],
 )
-def test_request_headers_answer_exactly_as_h2_alone(
+def test_headers_and_acknowledgements_answer_exactly_as_h2_alone(
     frames: list[bytes], settings: dict[str, int]
 ) -> None:
-    """Whole request header blocks opened without h2's frame objects change nothing visible.
+    """Request header blocks and SETTINGS acks taken without h2's frames change nothing visible.
 
     Valid or not (padding, priority, content-length, stream ids, informational status, broken
-    HPACK, a block interrupted, trailers, the stream limit), the server's events and bytes are
-    those of the same server with h2 parsing every HEADERS frame, in one read or byte by byte.
+    HPACK, a block interrupted, trailers, the stream limit, malformed acknowledgements), the
+    server's events and bytes are those of the same server with h2 parsing every frame, in
+    one read or byte by byte.
     """
     data = _PREFACE + b"".join(frames)
     for chunks in ([], [1] * len(data)):
