@@ -39,7 +39,6 @@ class Call:
         "_compression",
         "_conn",
         "_context",
-        "_deadline_handle",
         "_done_callbacks",
         "_encoding",
         "_ended",
@@ -95,15 +94,13 @@ class Call:
         self.started = False  # set by the RPC runner when it begins
         self.server_cancelled = False
         self.deadline_hit = False
-        self._deadline_handle: asyncio.TimerHandle | None = None
         self.deadline: float | None = None
         self.cancelled_by_client = False
         self.deserializer: Callable[[bytes], Any] | None = None
         self.serializer: Callable[[Any], bytes] | None = None
         if head.timeout is not None:
-            loop = conn.loop
-            self.deadline = loop.time() + head.timeout
-            self._deadline_handle = loop.call_at(self.deadline, self._on_deadline)
+            self.deadline = conn.loop.time() + head.timeout
+            conn.deadlines.add(self.deadline, self)
 
     @property
     def context(self) -> ServicerContext:
@@ -153,8 +150,8 @@ class Call:
         self.send_status(StatusCode.UNAVAILABLE, "Cancelling all calls")
         self._interrupt()
 
-    def _on_deadline(self) -> None:
-        self._deadline_handle = None
+    def on_deadline(self) -> None:
+        """The deadline passed (the connection's :class:`~fastinject.deadlines.Deadlines`)."""
         if not self.done:
             self.deadline_hit = True
             self._interrupt()
@@ -379,8 +376,8 @@ class Call:
         if self.done:
             return
         self.done = True
-        if self._deadline_handle is not None:
-            self._deadline_handle.cancel()
+        if self.deadline is not None and not self.deadline_hit:
+            self._conn.deadlines.ended()
         self._inbox.release()
         self._conn.call_done(self)
         if self._done_callbacks:

@@ -23,6 +23,7 @@ from urllib.parse import quote
 from . import protocol as p
 from .call import Call
 from .credentials import auth_context
+from .deadlines import Deadlines
 from .decompressor import ConnectionDecompressor
 from .errors import RpcError
 from .handlers import HandlerRegistry, ServerInterceptor
@@ -142,6 +143,8 @@ class Connection(asyncio.Protocol):
         )
         """Decompresses request messages: sliced, one at a time, within a budget."""
         """Where lines a peer can cause at WARNING or above are logged (rate-limited)."""
+        self.deadlines = Deadlines(self.loop)
+        """Interrupts the calls whose deadline (``grpc-timeout``) passes: one timer for all."""
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -317,6 +320,7 @@ class Connection(asyncio.Protocol):
             self._cancel_timer(name)
         for call in list(self._calls.values()):
             call.cancel_by_client()
+        self.deadlines.close()
         self.resume_writing()
         self._wake_writers(0)
         self.group.discard(self)

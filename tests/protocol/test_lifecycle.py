@@ -138,6 +138,26 @@ async def test_client_reset_cancels_the_handler(wire: Wire, recorder: Recorder) 
     assert wire.client.frames_on(stream_id) == []
 
 
+async def test_the_server_ends_a_call_at_its_deadline_among_ended_ones(
+    wire: Wire, recorder: Recorder
+) -> None:
+    """Past its grpc-timeout a call ends DEADLINE_EXCEEDED and its handler is cancelled.
+
+    This client never resets the stream, so the server's own deadline does it.  Quick calls
+    with a 60 s deadline came first: the connection's one deadline timer, set for them, must
+    move for the shorter one, and the entries of those ended calls are dropped meanwhile.
+    """
+    for _ in range(70):
+        quick = wire.client.start_call(messages=[b"q"], extra=[(b"grpc-timeout", b"60S")])
+        assert (await wire.finish(quick)).status == StatusCode.OK.number
+    stream_id = wire.client.start_call(
+        b"/test.Echo/Sleep", [b"30"], extra=[(b"grpc-timeout", b"300m")]
+    )
+    response = await wire.finish(stream_id)
+    assert response.status == StatusCode.DEADLINE_EXCEEDED.number
+    await assert_sleep_cancelled(recorder)
+
+
 async def test_client_goaway_lets_running_calls_finish(wire: Wire, probe: Probe) -> None:
     """A client's GOAWAY(NO_ERROR) stops only new streams: the call in flight is answered.
 
