@@ -514,6 +514,7 @@ class Connection(asyncio.Protocol):
         if transport is not None and self._linger is None and not transport.is_closing():
             self._read_pauses.clear()  # the linger reads (and drops) what the peer still sends
             self._linger = Linger(transport, self.loop)
+            self._linger.start()
 
     def abort(self) -> None:
         """Drop the connection at once (also: pending too long, or the server stopping)."""

@@ -30,13 +30,17 @@ import asyncio
 FLUSH_TIMEOUT = 5.0
 """Seconds a closing connection's output may take to leave before it is aborted."""
 LINGER_TIME = 1.0
-"""Seconds input is read and discarded after the output left and the sending side closed."""
+"""Seconds input is read and discarded once the output has left, before the close."""
 LINGER_BYTES = 1024 * 1024
 """Bytes read and discarded at most while lingering; past them, reading stops."""
 
 
 class Linger:
-    """The closing of one connection's transport; the connection hands it its input and drain."""
+    """The closing of one connection's transport; the connection hands it its input and drain.
+
+    Made, then :meth:`start`-ed, so that the connection already knows it is closing when the
+    transport calls it back (``pause_writing`` from :meth:`start`).
+    """
 
     __slots__ = ("_discarded", "_drained", "_half_closed", "_loop", "_timer", "_transport")
 
@@ -45,8 +49,13 @@ class Linger:
         self._loop = loop
         self._discarded = 0
         self._drained = False
-        self._timer = loop.call_later(FLUSH_TIMEOUT, transport.abort)
         self._half_closed = transport.can_write_eof()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        """Half-close once the output has left (where the transport can), and read on."""
+        transport = self._transport
+        self._timer = self._loop.call_later(FLUSH_TIMEOUT, transport.abort)
         if self._half_closed:
             try:
                 transport.write_eof()  # once the buffered output has left
@@ -64,7 +73,7 @@ class Linger:
         if self._drained:
             return
         self._drained = True
-        self._timer.cancel()
+        self.cancel()
         self._timer = self._loop.call_later(LINGER_TIME, self._close)
 
     def _close(self) -> None:
@@ -81,4 +90,5 @@ class Linger:
 
     def cancel(self) -> None:
         """The transport is gone."""
-        self._timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
