@@ -134,6 +134,17 @@ class _MemoCoder:
         self._loaded = True  # the HeaderTable holds the state's content
         self._shared_left = memo.quota
 
+    def _recall(self, key: Any) -> Any:
+        """What block ``key`` gives, if the memo knows it here (then in the state after it)."""
+        state = self._state
+        hit = state.next.get(key)
+        if hit is None:
+            return None
+        self._state = hit[1]
+        if hit[1] is not state:
+            self._loaded = False
+        return hit[0]
+
     def _load(self) -> None:
         """Make hpack's HeaderTable hold the current state's content."""
         if not self._loaded:
@@ -187,13 +198,9 @@ class CachingDecoder(_MemoCoder, hpack.Decoder):
     def decode(self, data: bytes, raw: bool = False) -> Any:
         # The limits are in the key: a block decoded under a larger one may fail under this one.
         key = (bytes(data), raw, self._decoding_limit, self.max_allowed_table_size)
-        state = self._state
-        hit = state.next.get(key)
-        if hit is not None:
-            self._state = hit[1]
-            if hit[1] is not state:
-                self._loaded = False
-            return list(hit[0])
+        known = self._recall(key)
+        if known is not None:
+            return list(known)
         self._load()
         try:
             headers = list(super().decode(data, raw))
@@ -238,13 +245,9 @@ class CachingEncoder(_MemoCoder, hpack.Encoder):
             self._rebase()
             return block
         key = (tuple(headers), huffman)
-        state = self._state
-        hit = state.next.get(key)
-        if hit is not None:
-            self._state = hit[1]
-            if hit[1] is not state:
-                self._loaded = False
-            return hit[0]  # type: ignore[no-any-return]
+        known = self._recall(key)
+        if known is not None:
+            return known  # type: ignore[no-any-return]
         self._load()
         block = super().encode(headers, huffman)
         cost = len(block) + sum(_FIELD_COST + len(n) + len(v) for n, v in key[0])
