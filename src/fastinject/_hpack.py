@@ -86,12 +86,18 @@ class HpackMemo:
         self.spent = 0
         self._root_snapshot = root
         self.root = TableState(root, 0)
+        # The states that remember blocks, emptied when the memo starts again: a coder idling
+        # in an old state would otherwise keep everything reachable from it alive.
+        self._learning: list[TableState] = []
 
     def clear(self) -> None:
         """Forget every state and block (the states coders are in stay valid)."""
         self.epoch += 1
         self.spent = 0
         self.root = TableState(self._root_snapshot, self.epoch)
+        for state in self._learning:
+            state.next = {}
+        self._learning = []
 
     def state_of(self, table: Any) -> TableState:
         """A new state for ``table``'s content, linked from no other."""
@@ -111,6 +117,8 @@ class HpackMemo:
             self.spent += cost
             if self.spent <= self.budget:
                 after = state if same else TableState(snapshot, self.epoch)
+                if not state.next:
+                    self._learning.append(state)
                 state.next[key] = (result, after)
                 return after
             self.clear()

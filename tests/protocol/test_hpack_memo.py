@@ -163,6 +163,28 @@ def test_a_connection_adds_at_most_its_quota_to_the_shared_memo() -> None:
     assert len(seen) == 5  # the root and four blocks' states
 
 
+
+def test_a_coder_from_before_the_memo_started_again_holds_none_of_it() -> None:
+    """A memo that starts again forgets the blocks of its old states too, still decoding right.
+
+    An idle connection sits in the state it was last in (the root when it has decoded
+    nothing): were the old states' blocks kept, each such connection would keep a whole old
+    memo alive, up to its budget, for as long as it stays open.
+    """
+    memo = HpackMemo(5000, shared=True)
+    idle = CachingDecoder(memo)
+    old_root = memo.root
+    client, busy = hpack.Encoder(), CachingDecoder(memo)
+    n = 0
+    while memo.epoch == 0:
+        headers = [(b"x-count", str(n).encode())]
+        assert busy.decode(client.encode(headers), raw=True) == headers
+        n += 1
+    assert idle._state is old_root
+    assert not old_root.next
+    headers = [(b"x-after", b"1")]
+    assert idle.decode(hpack.Encoder().encode(headers), raw=True) == headers
+
 # -- through real connections ---------------------------------------------------------------
 
 
