@@ -109,7 +109,12 @@ def _uncopyable(connection: Any) -> list[str]:
         ):
             problems.append(f"H2Connection().{name} (state other than numbers)")
     settings = getattr(connection, "local_settings", None)
-    if settings is not None and set(vars(settings)) != {"_client", "_settings"}:
+    # h2 4.4 added ``_client`` (a bool) beside ``_settings``; the copy takes any such value.
+    if settings is not None and not (
+        isinstance(vars(settings).get("_settings"), dict)
+        and all(isinstance(value, bool | int) for name, value in vars(settings).items()
+                if name != "_settings")
+    ):
         problems.append("Settings()._settings (other state)")
     return problems
 
@@ -279,7 +284,7 @@ class TunedH2Connection(h2.connection.H2Connection):
         for name in ("local_settings", "remote_settings"):
             original = self.__dict__[name]
             copy = object.__new__(type(original))
-            copy._client = original._client
+            copy.__dict__.update(original.__dict__)
             copy._settings = {code: values.copy() for code, values in original._settings.items()}
             state[name] = copy
         state["_data_to_send"] = bytearray(self._data_to_send)
