@@ -295,11 +295,28 @@ async def test_timeout_on_sleeping_server(channel: grpc.aio.Channel, stub: Stub)
     # On a channel still connecting, grpcio's client itself sometimes reports this call as
     # INTERNAL "Internal error from Core" (seen against grpc.aio's server too): connect first.
     await channel.channel_ready()
-    call = stub.FullDuplexCall(timeout=0.001)
-    # The deadline may pass before the write, which then fails; only the status matters.
-    with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
-        await call.write(StreamingOutputCallRequest(payload=zeros(27182)))
+    for _ in range(5):
+        call = stub.FullDuplexCall(timeout=0.001)
+        # The deadline may pass before the write, which then fails; only the status matters.
+        with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
+            await call.write(StreamingOutputCallRequest(payload=zeros(27182)))
+        if not await _client_write_raced_deadline(call):
+            break
     assert await call.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def _client_write_raced_deadline(call: grpc.aio.StreamStreamCall) -> bool:
+    """Whether grpcio's client ended ``call`` itself, as INTERNAL, on its own failed write.
+
+    When the deadline passes while grpc.aio is sending a message, its send batch fails and it
+    reports the call as INTERNAL "Internal error from Core" whatever the server answered (about
+    1 call in 50 on a loaded machine, against any server): such a call says nothing of ours.
+    """
+    return (
+        await call.code() == grpc.StatusCode.INTERNAL
+        and await call.details() == "Internal error from Core"
+        and "SendMessageOperation" in await call.debug_error_string()
+    )
 
 
 async def test_half_duplex(stub: Stub) -> None:
