@@ -57,7 +57,8 @@ _H2_INTERNALS: dict[str, tuple[object, tuple[str, ...]]] = {
         h2.connection.H2Connection,
         ("_receive_frame", "_receive_data_frame", "_receive_goaway_frame",
          "_receive_headers_frame", "_begin_new_stream", "_prepare_for_sending",
-         "_terminate_connection", "_local_settings_acked", "open_inbound_streams",
+         "_terminate_connection", "_local_settings_acked", "_receive_settings_frame",
+         "open_inbound_streams",
          "DEFAULT_MAX_HEADER_LIST_SIZE"),
     ),
     "H2Stream": (
@@ -92,7 +93,8 @@ _SHARED_ATTRIBUTES = frozenset({
 })
 # Everything TunedH2Connection._copy sets: h2's attributes and our own.
 _COPIED_STATE = (
-    _FRESH_ATTRIBUTES | _COPIED_ATTRIBUTES | _SHARED_ATTRIBUTES | {"_buffers", "data_frames_sent"}
+    _FRESH_ATTRIBUTES | _COPIED_ATTRIBUTES | _SHARED_ATTRIBUTES
+    | {"_buffers", "data_frames_sent", "_prototype"}
 )
 
 
@@ -199,6 +201,9 @@ _SENDING_STATES = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
 # Started connections to copy, by (config, settings, extra window): see TunedH2Connection.started.
 _prototypes: dict[tuple[Any, ...], TunedH2Connection] = {}
 _MAX_PROTOTYPES = 16
+# What a client's first SETTINGS payload does to a copy of a prototype, by (prototype, payload):
+# see TunedH2Connection.receive_first_settings.
+_settings_effects: dict[tuple[Any, bytes], tuple[Any, ...] | None] = {}
 
 
 class _QuietRepr:
@@ -241,6 +246,7 @@ class TunedH2Connection(h2.connection.H2Connection):
         # Output that precedes ``_data_to_send``: large payload views and the bytes before them.
         self._buffers: list[bytes | memoryview] = []
         self.data_frames_sent = 0
+        self._prototype: TunedH2Connection | None = None  # what this one is a copy of
 
     @classmethod
     def started(
@@ -302,7 +308,64 @@ class TunedH2Connection(h2.connection.H2Connection):
         }
         state["_buffers"] = []
         state["data_frames_sent"] = 0
+        state["_prototype"] = self
         return twin
+
+    def receive_first_settings(self, payload: bytes | memoryview) -> bool:
+        """Apply the client's first SETTINGS frame (no ACK, stream 0) as h2 would, from a memo.
+
+        On a connection copied from a prototype that has received no SETTINGS and opened no
+        stream, what a given SETTINGS payload does is the same for every connection: h2 does
+        it once on a copy of the prototype, and its effect (connection state, the client's
+        settings, our outbound frame size, the ACK queued) is replayed here.  Returns False,
+        touching nothing, when h2 must see the frame itself: another kind of connection, a
+        header block in progress, or a payload h2 refuses or that changes anything else (our
+        encoder's table size).
+        """
+        prototype = self._prototype
+        if (
+            prototype is None
+            or self.streams
+            or self.incoming_buffer._headers_buffer
+            or self.state_machine.state is not prototype.state_machine.state
+            or self.remote_settings._settings != prototype.remote_settings._settings
+        ):
+            return False
+        key = (prototype, bytes(payload))
+        if key not in _settings_effects:
+            if len(_settings_effects) >= _MAX_PROTOTYPES:
+                _settings_effects.clear()
+            _settings_effects[key] = prototype._settings_effect(key[1])
+        effect = _settings_effects[key]
+        if effect is None:
+            return False
+        machine_state, remote, max_outbound_frame_size, ack = effect
+        self.state_machine.state = machine_state
+        self.remote_settings._settings = {code: values.copy() for code, values in remote.items()}
+        self.max_outbound_frame_size = max_outbound_frame_size
+        self._data_to_send += ack
+        return True
+
+    def _settings_effect(self, payload: bytes) -> tuple[Any, ...] | None:
+        """What h2 does to a copy of this prototype for a SETTINGS frame with ``payload``."""
+        twin = self._copy()
+        frame = hyperframe.frame.SettingsFrame(0)
+        try:
+            frame.parse_body(memoryview(payload))
+            frames, _ = twin._receive_settings_frame(frame)
+        except Exception:  # h2 refuses it: let it see the frame and answer for itself
+            return None
+        twin._prepare_for_sending(frames)
+        if twin.encoder.header_table.resized or twin.encoder.header_table_size != (
+            self.encoder.header_table_size
+        ):
+            return None
+        return (
+            twin.state_machine.state,
+            twin.remote_settings._settings,
+            twin.max_outbound_frame_size,
+            bytes(twin._data_to_send[len(self._data_to_send) :]),
+        )
 
     def _receive_goaway_frame(self, frame: Any) -> Any:
         """Report a client's GOAWAY without closing h2's side of the connection.

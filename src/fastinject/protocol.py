@@ -402,6 +402,15 @@ class ServerProtocol:
                     handed = pos
                 if self._h2.receive_settings_ack():
                     handed = frame_end
+            elif frame_type == _SETTINGS_FRAME_TYPE and not flags & _ACK and not stream_id:
+                self._police(frame_type, flags, length)
+                # The client's first SETTINGS is the same for many connections: from a memo.
+                if handed < pos:
+                    self._feed_h2(view[handed:pos], events)
+                    handed = pos
+                if self._h2.receive_first_settings(view[pos + 9 : frame_end]):
+                    handed = frame_end
+                    self._on_remote_settings(events)
             elif frame_type != _HEADERS_FRAME_TYPE or not flags & _END_HEADERS:
                 self._police(frame_type, flags, length)
             elif not flags & _PADDED_OR_PRIORITY:
@@ -526,10 +535,7 @@ class ServerProtocol:
                 if self._forget(event.stream_id) is not None:
                     events.append(CallReset(event.stream_id, int(event.error_code or 0)))
             elif isinstance(event, h2.events.RemoteSettingsChanged):
-                self.settings_received = True
-                for stream_id in self.outbound.stream_ids():  # INITIAL_WINDOW_SIZE moves them
-                    self._mirror_window(stream_id)
-                events.append(WindowOpened(0))
+                self._on_remote_settings(events)
             elif isinstance(event, h2.events.PingReceived):
                 events.append(PingReceived())
             elif isinstance(event, h2.events.PingAckReceived):
@@ -544,6 +550,13 @@ class ServerProtocol:
                            events)
             elif isinstance(event, StreamRefused):
                 self._abandoned()  # over max_concurrent_streams: refused, no call
+
+    def _on_remote_settings(self, events: list[Event]) -> None:
+        """The client's SETTINGS were applied (and acknowledged)."""
+        self.settings_received = True
+        for stream_id in self.outbound.stream_ids():  # INITIAL_WINDOW_SIZE moves them
+            self._mirror_window(stream_id)
+        events.append(WindowOpened(0))
 
     def _on_request(
         self, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool, events: list[Event]

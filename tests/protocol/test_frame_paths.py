@@ -226,14 +226,15 @@ def serve_bytes(
 ) -> tuple[list[object], bytes]:
     """Feed ``data`` cut at ``chunks`` to a fresh server; return a summary of events and output.
 
-    With ``fast`` off, every frame goes through h2 (``accept_data``, ``receive_request`` and
-    ``receive_settings_ack`` decline them all).
+    With ``fast`` off, every frame goes through h2 (``accept_data``, ``receive_request``,
+    ``receive_settings_ack`` and ``receive_first_settings`` decline them all).
     """
     server = ServerProtocol(ServerSettings(initial_stream_window_size=32_768, **settings))
     if not fast:
         server._h2.accept_data = lambda *args: False  # type: ignore[method-assign]
         server._h2.receive_request = lambda *args: None  # type: ignore[method-assign]
         server._h2.receive_settings_ack = lambda: False  # type: ignore[method-assign]
+        server._h2.receive_first_settings = lambda *args: False  # type: ignore[method-assign]
     summary: list[object] = []
     output = b""
     offset = 0
@@ -255,6 +256,7 @@ def serve_bytes(
             else:
                 summary.append(event)
         output += server.data_to_send()
+    summary.append(("limits", server.max_frame_size, server.send_window(1)))
     return summary, output
 
 
@@ -350,6 +352,48 @@ def _headers(*fields: tuple[bytes, bytes]) -> bytes:
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + raw_frame(0x4, 0, 0, b"")
 _SETTINGS_ACK = raw_frame(0x4, 0x1, 0, b"")
 PADDED, PRIORITY, END_HEADERS = 0x8, 0x20, 0x4
+
+
+def _settings(*pairs: tuple[int, int]) -> bytes:
+    """A SETTINGS frame (no ACK) with ``pairs``."""
+    return raw_frame(0x4, 0, 0, b"".join(struct.pack(">HI", *pair) for pair in pairs))
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        (),
+        ((0x4, 100), (0x5, 1 << 20)),  # window and frame size
+        ((0x3, 10), (0x4, 1 << 20), (0x6, 8192), (0x2, 0)),
+        ((0x1, 0),),  # our encoder's table shrinks: h2 applies it
+        ((0x99, 7),),  # unknown setting
+        ((0x2, 2),),  # ENABLE_PUSH out of range
+        ((0x4, 1 << 31),),  # window over 2^31-1
+        ((0x5, 100),),  # frame size under 16384
+    ],
+)
+def test_first_settings_answer_exactly_as_h2_alone(first: tuple[tuple[int, int], ...]) -> None:
+    """The client's first SETTINGS taken from the memo changes nothing visible.
+
+    Twice in a row (the second connection replays the first's), then a second SETTINGS and a
+    call whose response depends on the settings.
+    """
+    data = (
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _settings(*first)
+        + _settings((0x4, 70_000))
+        + raw_frame(HEADERS, END_HEADERS, 1, _headers())
+        + raw_frame(DATA, END_STREAM, 1, grpc_frame(b"x" * 100))
+    )
+    for chunks in ([], [1] * len(data), [], [7] * 100):
+        assert serve_bytes(data, chunks, fast=True) == serve_bytes(data, chunks, fast=False)
+
+
+def test_a_malformed_first_settings_is_h2s_to_refuse() -> None:
+    """A SETTINGS payload that is not whole settings ends the connection as h2 does."""
+    data = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + raw_frame(0x4, 0, 0, b"\0\0\0")
+    fast = serve_bytes(data, [], fast=True)
+    assert fast == serve_bytes(data, [], fast=False)
+    assert ("closed", FRAME_SIZE_ERROR) in [e[:2] for e in fast[0] if isinstance(e, tuple)]
 
 
 @pytest.mark.parametrize(
