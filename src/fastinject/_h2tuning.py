@@ -329,6 +329,8 @@ class TunedH2Connection(h2.connection.H2Connection):
             or self.incoming_buffer._headers_buffer
             or self.state_machine.state is not prototype.state_machine.state
             or self.remote_settings._settings != prototype.remote_settings._settings
+            or self.encoder.header_table.resized
+            or self.encoder.table_size_changes
         ):
             return False
         key = (prototype, bytes(payload))

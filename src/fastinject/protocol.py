@@ -404,13 +404,16 @@ class ServerProtocol:
                     handed = frame_end
             elif frame_type == _SETTINGS_FRAME_TYPE and not flags & _ACK and not stream_id:
                 self._police(frame_type, flags, length)
-                # The client's first SETTINGS is the same for many connections: from a memo.
-                if handed < pos:
-                    self._feed_h2(view[handed:pos], events)
-                    handed = pos
-                if self._h2.receive_first_settings(view[pos + 9 : frame_end]):
-                    handed = frame_end
-                    self._on_remote_settings(events)
+                if not self.settings_received:
+                    if handed < pos:
+                        self._feed_h2(view[handed:pos], events)
+                        handed = pos
+                    # The client's first SETTINGS is the same for many connections: from a memo.
+                    if not self.settings_received and self._h2.receive_first_settings(
+                        view[pos + 9 : frame_end]
+                    ):
+                        handed = frame_end
+                        self._on_remote_settings(events)
             elif frame_type != _HEADERS_FRAME_TYPE or not flags & _END_HEADERS:
                 self._police(frame_type, flags, length)
             elif not flags & _PADDED_OR_PRIORITY:

@@ -456,3 +456,23 @@ def test_headers_and_acknowledgements_answer_exactly_as_h2_alone(
         assert serve_bytes(data, chunks, fast=True, **settings) == serve_bytes(
             data, chunks, fast=False, **settings
         )
+
+
+def test_settings_after_a_refused_replay_are_h2s() -> None:
+    """Only a connection's first SETTINGS comes from the memo: later ones go to h2.
+
+    Here a table size changed, then changed back, shows in the response headers' size updates.
+    """
+    data = (
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _settings((0x1, 0)) + _settings((0x1, 4096))
+        + raw_frame(HEADERS, END_HEADERS | END_STREAM, 1, _headers())
+    )
+    outputs = []
+    for fast in (True, False):
+        server = ServerProtocol(ServerSettings())
+        if not fast:
+            server._h2.receive_first_settings = lambda *args: False  # type: ignore[method-assign]
+        server.receive(data)
+        server.send_headers(1, [], None)
+        outputs.append(server.data_to_send())
+    assert outputs[0] == outputs[1]
