@@ -204,6 +204,9 @@ _MAX_PROTOTYPES = 16
 # What a client's first SETTINGS payload does to a copy of a prototype, by (prototype, payload):
 # see TunedH2Connection.receive_first_settings.
 _settings_effects: dict[tuple[Any, bytes], tuple[Any, ...] | None] = {}
+# Longer first SETTINGS payloads (over 16 settings) go to h2 and are not remembered: with a large
+# max_frame_size, 16 remembered payloads could otherwise hold hundreds of MiB.
+_MAX_REMEMBERED_SETTINGS = 16 * 6
 
 
 class _QuietRepr:
@@ -319,12 +322,13 @@ class TunedH2Connection(h2.connection.H2Connection):
         it once on a copy of the prototype, and its effect (connection state, the client's
         settings, our outbound frame size, the ACK queued) is replayed here.  Returns False,
         touching nothing, when h2 must see the frame itself: another kind of connection, a
-        header block in progress, or a payload h2 refuses or that changes anything else (our
-        encoder's table size).
+        payload of over 16 settings, a header block in progress, or a payload h2 refuses or
+        that changes anything else (our encoder's table size).
         """
         prototype = self._prototype
         if (
             prototype is None
+            or len(payload) > _MAX_REMEMBERED_SETTINGS
             or self.streams
             or self.incoming_buffer._headers_buffer
             or self.state_machine.state is not prototype.state_machine.state

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastinject import StatusCode
+from fastinject import StatusCode, _h2tuning
 from fastinject.options import ServerSettings
 from fastinject.protocol import (
     CallStarted,
@@ -386,6 +386,19 @@ def test_first_settings_answer_exactly_as_h2_alone(first: tuple[tuple[int, int],
     )
     for chunks in ([], [1] * len(data), [], [7] * 100):
         assert serve_bytes(data, chunks, fast=True) == serve_bytes(data, chunks, fast=False)
+
+
+def test_a_long_first_settings_is_not_remembered() -> None:
+    """A first SETTINGS of many entries goes to h2 alone and stays out of the memo.
+
+    The memo keeps each payload it met (16 at most): with a large ``max_frame_size`` a peer
+    would otherwise make the process keep up to 16 frames of it, and h2 process each twice.
+    """
+    long = ((0x4, 1000),) * 17 + ((0x3, 10),) * 2000
+    data = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _settings(*long)
+    fast = serve_bytes(data, [], fast=True, max_frame_size=1 << 20)
+    assert fast == serve_bytes(data, [], fast=False, max_frame_size=1 << 20)
+    assert not [key for key in _h2tuning._settings_effects if len(key[1]) > 96]
 
 
 def test_a_malformed_first_settings_is_h2s_to_refuse() -> None:
