@@ -204,6 +204,7 @@ class CachingDecoder(_MemoCoder, hpack.Decoder):
         self._decoding_limit = advertised * HARD_HEADER_LIST_FACTOR
 
     def decode(self, data: bytes, raw: bool = False) -> Any:
+        """The header list of block ``data``, as hpack's ``decode`` (from the memo if known)."""
         # The limits are in the key: a block decoded under a larger one may fail under this one.
         key = (bytes(data), raw, self._decoding_limit, self.max_allowed_table_size)
         known = self._recall(key)
@@ -247,6 +248,7 @@ class CachingEncoder(_MemoCoder, hpack.Encoder):
         self._rebase()
 
     def encode(self, headers: Iterable[Any], huffman: bool = True) -> bytes:
+        """The block for ``headers``, as hpack's ``encode`` (from the memo if known)."""
         if self.header_table.resized or not isinstance(headers, list):
             self._load()
             block = super().encode(headers, huffman)
