@@ -259,6 +259,9 @@ class ServerProtocol:
         # Response messages not yet given to h2, per stream, with mirrors of the send windows:
         # consecutive small messages of a stream leave as one DATA frame per flush.
         self.outbound = SendQueue(self._h2.outbound_flow_control_window)
+        # Final HEADERS (trailers) of calls that ended while DATA was still queued behind a
+        # window the client shrank: they leave once that DATA has, as grpc core's do.
+        self._final_headers: dict[int, list[tuple[bytes, bytes]]] = {}
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -535,6 +538,7 @@ class ServerProtocol:
                 events.append(WindowOpened(stream_id))
             elif isinstance(event, h2.events.StreamReset):
                 self.outbound.close(event.stream_id)
+                self._final_headers.pop(event.stream_id, None)
                 if self._forget(event.stream_id) is not None:
                     events.append(CallReset(event.stream_id, int(event.error_code or 0)))
             elif isinstance(event, h2.events.RemoteSettingsChanged):
@@ -843,6 +847,10 @@ class ServerProtocol:
             self._h2.send_data_frames(stream_id, self.outbound)
         except h2.exceptions.StreamClosedError:
             self.outbound.drop(stream_id)  # the stream was reset meanwhile: nobody reads it
+            self._final_headers.pop(stream_id, None)
+            return
+        if stream_id in self._final_headers and not self.outbound.queued(stream_id):
+            self._send_final_headers(stream_id, self._final_headers.pop(stream_id))
 
     def send_trailers(
         self,
@@ -886,10 +894,18 @@ class ServerProtocol:
     def _end_stream(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
         """Send the final HEADERS; if the client still sends, ask it to stop (RFC 9113 8.1).
 
-        A stream the client already reset (or a closed connection) gets nothing: no one listens.
+        They follow the stream's queued DATA: if a window the client shrank holds some of it
+        back, they wait for it in :attr:`_final_headers`.  A stream the client already reset
+        (or a closed connection) gets nothing: no one listens.
         """
         self._forget(stream_id)
         self._flush_stream(stream_id)
+        if self.outbound.queued(stream_id):  # the client shrank its window meanwhile
+            self._final_headers[stream_id] = headers
+            return
+        self._send_final_headers(stream_id, headers)
+
+    def _send_final_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.outbound.close(stream_id)
         try:
             self._h2.send_header_block(stream_id, headers, end_stream=True)
@@ -901,6 +917,7 @@ class ServerProtocol:
         """Reset a stream (the call is abandoned, queued DATA with it)."""
         self._forget(stream_id)
         self.outbound.close(stream_id)
+        self._final_headers.pop(stream_id, None)
         self._reset_if_open(stream_id, error_code)
 
     def _reset_if_open(self, stream_id: int, error_code: int) -> None:
