@@ -332,6 +332,10 @@ class Connection(asyncio.Protocol):
     # -- calls -------------------------------------------------------------------------------
 
     def _start_call(self, head: p.RequestHead) -> None:
+        if self._linger is not None:
+            # The connection ended in the read that opened it (its transport is closing): the
+            # call could never answer, and would hold what it made until the close completed.
+            return
         call = Call(self, head)
         self._calls[head.stream_id] = call
         if len(self._calls) == 1:
@@ -403,8 +407,10 @@ class Connection(asyncio.Protocol):
         if transport is not None:
             # A transport closes itself at the peer's EOF, a loop turn before connection_lost;
             # writing to it then is lost anyway (and a TypeError on Python 3.12+'s selector
-            # transports, which clear their write callback on close).
-            if buffers and not transport.is_closing():
+            # transports, which clear their write callback on close).  A lingering one has
+            # sent its last bytes and may be half-closed: what calls cancelled by the close
+            # still produce (their RST_STREAMs) is dropped (RuntimeError after write_eof).
+            if buffers and not transport.is_closing() and self._linger is None:
                 transport.writelines(buffers)
             if self.protocol.answers_owed and not transport.get_write_buffer_size():
                 self.protocol.output_drained()

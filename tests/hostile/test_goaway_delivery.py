@@ -27,7 +27,15 @@ from hostile.conftest import MIN_CALLS
 from hostile.test_floods import StartLegitimate, target
 from hostile.test_slow_reader import TlsClient, attacker_socket, server_side
 from protocol.probe_service import StartServer
-from protocol.wire import ENHANCE_YOUR_CALM, GOAWAY, SETTINGS, H2Client, eventually, raw_frame
+from protocol.wire import (
+    ENHANCE_YOUR_CALM,
+    GOAWAY,
+    PING,
+    SETTINGS,
+    H2Client,
+    eventually,
+    raw_frame,
+)
 from serving import TIMEOUT, Served
 from tls_material import TlsMaterial
 
@@ -149,3 +157,39 @@ async def test_a_peer_that_never_stops_sending_is_closed_after_the_linger(
     assert goaways(received) == [(ENHANCE_YOUR_CALM, b"too_many_useless_frames")]
     assert sent < NEVER_STOPS  # cut off by the close, not by its own end
     await eventually(lambda: not served.server._connections, "the close")
+
+
+async def test_nothing_starts_or_is_written_after_the_close_began(
+    start_server: StartServer,
+) -> None:
+    """Calls read after the PINGs that end the connection are not started; nothing is late.
+
+    Each call here (a 100 KB response, more than the window) is followed by a PING; the third
+    PING ends the connection (too many pings: GOAWAY ENHANCE_YOUR_CALM).  The calls read after
+    it must not run: they answered into a half-closed transport (``write()`` after
+    ``write_eof()`` raised in the event loop, once per flush) and held their responses until
+    the linger ended.
+    """
+    served = await start_server()
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        sock = attacker_socket(served.port)
+        client = H2Client()
+        await loop.sock_sendall(sock, client.data_to_send())
+        conn = await server_side(served, sock)
+        batch = bytearray()
+        for index in range(20):
+            client.start_call(b"/test.Probe/Produce", [b"1:100000"], end=True)
+            batch += client.data_to_send() + raw_frame(PING, 0, 0, struct.pack(">Q", index))
+        await loop.sock_sendall(sock, bytes(batch))
+        await eventually(lambda: conn._linger is not None, "the close")
+        assert len(conn._calls) == 0  # those started before the third PING were cancelled
+        received = await read_all(lambda: loop.sock_recv(sock, 65536))
+        sock.close()
+        assert goaways(received)[-1] == (ENHANCE_YOUR_CALM, b"too_many_pings")
+        await eventually(lambda: not served.server._connections, "the connection gone")
+    finally:
+        loop.set_exception_handler(None)
+    assert errors == []
