@@ -65,6 +65,25 @@ async def test_server_never_sends_beyond_the_client_stream_window(
     assert probe.produced == 50
 
 
+async def call_then_new_initial_window(
+    start_server: StartServer, open_wire: OpenWire, window: int
+) -> tuple[Wire, int]:
+    """A call that filled its 1,000-byte window, then a new SETTINGS_INITIAL_WINDOW_SIZE.
+
+    The call answers 50 x 105 bytes; the client's initial window becomes ``window``.
+    Returns the wire and the call's stream.
+    """
+    served = await start_server()
+    wire = await open_wire(served.port, initial_window_size=1000, auto_credit=False)
+    stream_id = wire.client.start_call(b"/test.Probe/Produce", [b"50:100"])
+    await wire.wait_for(
+        lambda: wire.client.data_received(stream_id) >= 1000, "a full window of DATA"
+    )
+    wire.client.h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: window})
+    await wire.flush()
+    return wire, stream_id
+
+
 async def test_a_wider_initial_window_mid_call_lets_blocked_data_go(
     start_server: StartServer, open_wire: OpenWire
 ) -> None:
@@ -74,14 +93,7 @@ async def test_a_wider_initial_window_mid_call_lets_blocked_data_go(
     The server checks writes against mirrors of h2's windows, so the SETTINGS change must
     reach them too; and it still sends no byte beyond the new window.
     """
-    served = await start_server()
-    wire = await open_wire(served.port, initial_window_size=1000, auto_credit=False)
-    stream_id = wire.client.start_call(b"/test.Probe/Produce", [b"50:100"])  # 50 x 105 bytes
-    await wire.wait_for(
-        lambda: wire.client.data_received(stream_id) >= 1000, "a full window of DATA"
-    )
-    wire.client.h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 3000})
-    await wire.flush()
+    wire, stream_id = await call_then_new_initial_window(start_server, open_wire, 3000)
     await wire.wait_for(
         lambda: wire.client.data_received(stream_id) >= 3000, "the widened window of DATA"
     )
@@ -102,14 +114,7 @@ async def test_a_narrower_initial_window_mid_call_pauses_the_call(
     RFC 9113 section 6.9.2: the stream window may go negative; the sender waits until
     WINDOW_UPDATE brings it above zero again, and the call completes.
     """
-    served = await start_server()
-    wire = await open_wire(served.port, initial_window_size=1000, auto_credit=False)
-    stream_id = wire.client.start_call(b"/test.Probe/Produce", [b"50:100"])  # 50 x 105 bytes
-    await wire.wait_for(
-        lambda: wire.client.data_received(stream_id) >= 1000, "a full window of DATA"
-    )
-    wire.client.h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 500})
-    await wire.flush()
+    wire, stream_id = await call_then_new_initial_window(start_server, open_wire, 500)
     await wire.round_trip()  # the server's window is now 500 - 1000 = -500
     wire.client.credit(stream_id, 1000)  # back to 500
     await wire.flush()
