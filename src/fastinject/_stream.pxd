@@ -23,19 +23,31 @@ cdef class SendQueue:
 
 cdef class CreditBook:
     cdef dict _due
+    cdef list _owing             # the inboxes owing credit since the last take
     cdef bint _notified
     cdef public object on_consumed
 
     cdef int _add(self, object stream_id, Py_ssize_t size) except -1
-    cdef int _consumed(self, object stream_id, Py_ssize_t size) except -1
+    cdef int _consumed(self) except -1
 
 
 cdef class Inbox:
     cdef readonly object stream_id
+    cdef readonly bint last_compressed
     cdef CreditBook _book
     cdef list _messages          # from ``_head`` on: the messages not yet taken
     cdef Py_ssize_t _head
     cdef Py_ssize_t _debt        # credit returned early, still to be deducted
+    cdef Py_ssize_t _owed        # credit of taken messages, until the book's next take
+    cdef bint _owing             # listed in the book's ``_owing``
 
+    cdef object _pop_plain(self)
     cdef tuple _take(self)
     cdef int _credit(self, Py_ssize_t size) except -1
+
+
+cdef class InboxReader:
+    cdef Inbox _inbox
+    cdef object _deserializer
+    cdef object _wait
+    cdef object _failed

@@ -5,8 +5,8 @@ Same API and behaviour as the pure-Python twin :mod:`fastinject._stream_py`; use
 bytes out; h2 keeps the authoritative flow-control windows and stream states.
 """
 
-from collections.abc import Callable
-from typing import Final, final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, final
 
 KEEP_APART: Final[int]
 """Payload pieces at least this long (4 KiB) are kept and written as views, never copied."""
@@ -121,6 +121,9 @@ class Inbox:
     @property
     def stream_id(self) -> int:
         """The stream whose messages these are (the credit is owed on it)."""
+    @property
+    def last_compressed(self) -> bool:
+        """Whether the last message taken (:meth:`pop`, :meth:`pop_plain`) was compressed."""
     def __init__(self, stream_id: int, book: CreditBook) -> None: ...
     def __len__(self) -> int: ...
     def deliver(self, messages: list[tuple[bytes, bool]], prepaid: int) -> None:
@@ -135,4 +138,30 @@ class Inbox:
     def release(self) -> None:
         """Drop every message, owing their credit (the call ended without reading them)."""
 
-__all__ = ["KEEP_APART", "CreditBook", "Inbox", "SendQueue"]
+class InboxReader:
+    """A call's request messages, deserialized, as an async iterator over its :class:`Inbox`.
+
+    A step whose message is here and uncompressed takes it (:meth:`Inbox.pop_plain`) and
+    deserializes it at once: the awaitable it returns is already done and never suspends
+    (no coroutine, in C with the extension).  Any other step is ``wait()``, the caller's
+    coroutine (decompression, or waiting for the peer), whose ``StopAsyncIteration`` ends the
+    iteration.
+    """
+
+    def __init__(
+        self,
+        inbox: Inbox,
+        deserializer: Callable[[bytes], Any] | None,
+        wait: Callable[[], Awaitable[Any]],
+        failed: Callable[[Exception], BaseException],
+    ) -> None:
+        """Read ``inbox``'s messages with ``deserializer`` (None: the payloads as they are).
+
+        When it raises ``exc``, the step raises ``failed(exc)`` (from ``exc``) instead; the
+        message is taken all the same.
+        """
+    def __aiter__(self) -> InboxReader: ...
+    def __anext__(self) -> Awaitable[Any]:
+        """The next message; raises (at once) what ``failed`` made of a deserializer's error."""
+
+__all__ = ["KEEP_APART", "CreditBook", "Inbox", "InboxReader", "SendQueue"]

@@ -9,11 +9,16 @@ A response message is written once, header and payload, into its stream's buffer
 the send windows; :meth:`SendQueue.frame` then writes DATA frame headers and the queued bytes
 into the connection's output buffer, and large pieces into its list of buffers as views.
 On the inbound side, :class:`CreditBook` owns the flow-control credit owed to the peer and each
-call's :class:`Inbox` its messages and their credit, so taking a message is one C call.
+call's :class:`Inbox` its messages and their credit, so taking a message is one C call;
+:class:`InboxReader` is a handler's request iterator, whose step for a message already here is
+one C call too (taken, deserialized, returned through an awaitable that is already done).
 """
 
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.exc cimport PyErr_SetObject
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from libc.string cimport memcpy
 
@@ -245,6 +250,7 @@ cdef class CreditBook:
 
     def __init__(self, on_consumed=None):
         self._due = {}
+        self._owing = []
         self.on_consumed = on_consumed
 
     def add(self, stream_id, Py_ssize_t size):
@@ -258,10 +264,10 @@ cdef class CreditBook:
 
     def consumed(self, stream_id, Py_ssize_t size):
         """Owe the credit of ``size`` bytes the application took; see the .pyi."""
-        self._consumed(stream_id, size)
-
-    cdef int _consumed(self, object stream_id, Py_ssize_t size) except -1:
         self._add(stream_id, size)
+        self._consumed()
+
+    cdef int _consumed(self) except -1:
         if not self._notified:
             self._notified = True
             if self.on_consumed is not None:
@@ -271,7 +277,15 @@ cdef class CreditBook:
     def take(self):
         """The credit owed per stream since the last take, or None; nothing is owed after."""
         cdef dict due = self._due
+        cdef Inbox inbox
         self._notified = False
+        if self._owing:
+            # Inboxes count the credit of the messages taken in C, not in this dict.
+            for inbox in self._owing:
+                self._add(inbox.stream_id, inbox._owed)
+                inbox._owed = 0
+                inbox._owing = False
+            self._owing = []
         if not due:
             return None
         self._due = {}
@@ -304,6 +318,9 @@ cdef class Inbox:
 
     def pop_plain(self):
         """The oldest message's payload if it is not compressed, its credit now owed; else None."""
+        return self._pop_plain()
+
+    cdef object _pop_plain(self):
         if self._head == len(self._messages) or (<tuple>self._messages[self._head])[1]:
             return None
         return self._take()[0]
@@ -322,6 +339,7 @@ cdef class Inbox:
             del messages[:head]
             head = 0
         self._head = head
+        self.last_compressed = message[1]
         self._credit(len(message[0]) + MESSAGE_HEADER)
         return message
 
@@ -340,9 +358,108 @@ cdef class Inbox:
             paid = min(size, self._debt)
             self._debt -= paid
             size -= paid
-        if size:
-            self._book._consumed(self.stream_id, size)
+        if not size:
+            return 0
+        self._owed += size
+        if not self._owing:
+            self._owing = True
+            self._book._owing.append(self)
+            self._book._consumed()
         return 0
 
 
-__all__ = ["KEEP_APART", "CreditBook", "Inbox", "SendQueue"]
+cdef extern from "Python.h":
+    # The slots of an awaitable: CPython 3.11 drives ``await`` through ``am_send`` (a result
+    # without an exception object), later versions through ``tp_iternext``.
+    ctypedef enum _SendResult "PySendResult":
+        PYGEN_RETURN
+    ctypedef _SendResult (*_sendfunc)(PyObject*, PyObject*, PyObject**) noexcept
+    ctypedef PyObject* (*_iternextfunc)(PyObject*) noexcept
+    ctypedef struct _AsyncSlots "PyAsyncMethods":
+        _sendfunc am_send
+    ctypedef struct _TypeSlots "PyTypeObject":
+        _AsyncSlots* tp_as_async
+        _iternextfunc tp_iternext
+    bint PyExceptionInstance_Check(object)
+
+
+@cython.final
+@cython.freelist(8)
+@cython.auto_pickle(False)
+cdef class _Ready:
+    """An awaitable that is already done: awaiting it gives ``value`` at once, never suspends."""
+
+    cdef object value
+
+    def __await__(self):
+        return self
+
+    def __next__(self):
+        value, self.value = self.value, None
+        raise StopIteration(value)
+
+    def send(self, sent):
+        """As a coroutine's ``send``: the first step ends the await with the value."""
+        return self.__next__()
+
+    def throw(self, error, value=None, traceback=None):
+        """As a coroutine's ``throw``: the error is raised (there is nothing to clean up)."""
+        self.value = None
+        raise error if value is None else value
+
+    def close(self):
+        """As a coroutine's ``close``: the value is dropped."""
+        self.value = None
+
+
+cdef _SendResult _ready_send(PyObject* ready, PyObject* sent, PyObject** result) noexcept:
+    cdef object value = (<_Ready>ready).value
+    (<_Ready>ready).value = None
+    Py_INCREF(value)
+    result[0] = <PyObject*>value
+    return PYGEN_RETURN
+
+
+cdef PyObject* _ready_next(PyObject* ready) noexcept:
+    # As _PyGen_SetStopIterationValue: the value itself, unless StopIteration would unpack it.
+    cdef object value = (<_Ready>ready).value
+    (<_Ready>ready).value = None
+    if isinstance(value, tuple) or PyExceptionInstance_Check(value):
+        value = StopIteration(value)
+    PyErr_SetObject(StopIteration, value)
+    return NULL
+
+
+(<_TypeSlots*>_Ready).tp_as_async.am_send = _ready_send
+(<_TypeSlots*>_Ready).tp_iternext = _ready_next
+
+
+@cython.auto_pickle(False)
+cdef class InboxReader:
+    """A call's request messages as an async iterator; see ``_stream.pyi``."""
+
+    def __init__(self, Inbox inbox not None, deserializer, wait, failed):
+        self._inbox = inbox
+        self._deserializer = deserializer
+        self._wait = wait
+        self._failed = failed
+
+    def __aiter__(self):
+        return self
+
+    def __anext__(self):
+        cdef object payload = self._inbox._pop_plain()
+        cdef _Ready ready
+        if payload is None:
+            return self._wait()
+        if self._deserializer is not None:
+            try:
+                payload = self._deserializer(payload)
+            except Exception as exc:
+                raise self._failed(exc) from exc
+        ready = _Ready.__new__(_Ready)
+        ready.value = payload
+        return ready
+
+
+__all__ = ["KEEP_APART", "CreditBook", "Inbox", "InboxReader", "SendQueue"]

@@ -8,15 +8,16 @@ API is in ``_stream.pyi``.
 messages straight into the stream's buffer, checked against *mirrors* of the HTTP/2 send
 windows, then cut into DATA frames once per flush.  On the inbound side, :class:`CreditBook`
 owns the flow-control credit owed to the peer (returned once per flush) and each call's
-:class:`Inbox` holds its received messages and the credit they owe until they are taken.
+:class:`Inbox` holds its received messages and the credit they owe until they are taken;
+:class:`InboxReader` iterates them for a streaming-request handler.
 """
 
 from __future__ import annotations
 
 import collections
 import struct
-from collections.abc import Callable
-from typing import final
+from collections.abc import Awaitable, Callable
+from typing import Any, final
 
 from ._framing_py import _flat
 
@@ -206,10 +207,11 @@ class SendQueue:
 class CreditBook:
     """Flow-control credit owed to the peer until the next flush; see ``_stream.pyi``."""
 
-    __slots__ = ("_due", "_notified", "on_consumed")
+    __slots__ = ("_due", "_notified", "_owing", "on_consumed")
 
     def __init__(self, on_consumed: Callable[[], None] | None = None) -> None:
         self._due: dict[int, int] = {}
+        self._owing: list[Inbox] = []  # the inboxes owing credit since the last take
         self._notified = False
         self.on_consumed = on_consumed
 
@@ -221,6 +223,9 @@ class CreditBook:
     def consumed(self, stream_id: int, size: int) -> None:
         """Owe the credit of ``size`` bytes the application took; see the .pyi."""
         self.add(stream_id, size)
+        self._consumed()
+
+    def _consumed(self) -> None:
         if not self._notified:
             self._notified = True
             if self.on_consumed is not None:
@@ -229,6 +234,12 @@ class CreditBook:
     def take(self) -> dict[int, int] | None:
         """The credit owed per stream since the last take, or None; nothing is owed after."""
         self._notified = False
+        if self._owing:
+            for inbox in self._owing:
+                self.add(inbox.stream_id, inbox._owed)
+                inbox._owed = 0
+                inbox._owing = False
+            self._owing = []
         if not self._due:
             return None
         due, self._due = self._due, {}
@@ -239,13 +250,18 @@ class CreditBook:
 class Inbox:
     """One call's received messages and the credit they still owe; see ``_stream.pyi``."""
 
-    __slots__ = ("_book", "_debt", "_messages", "stream_id")
+    __slots__ = (
+        "_book", "_debt", "_messages", "_owed", "_owing", "last_compressed", "stream_id"
+    )
 
     def __init__(self, stream_id: int, book: CreditBook) -> None:
         self.stream_id = stream_id
+        self.last_compressed = False
         self._book = book
         self._messages: collections.deque[tuple[bytes, bool]] = collections.deque()
         self._debt = 0
+        self._owed = 0  # credit of taken messages, until the book's next take
+        self._owing = False  # listed in the book's _owing
 
     def __len__(self) -> int:
         return len(self._messages)
@@ -260,6 +276,7 @@ class Inbox:
         if not self._messages:
             return None
         message = self._messages.popleft()
+        self.last_compressed = message[1]
         self._credit(len(message[0]) + 5)
         return message
 
@@ -268,6 +285,7 @@ class Inbox:
         if not self._messages or self._messages[0][1]:
             return None
         payload = self._messages.popleft()[0]
+        self.last_compressed = False
         self._credit(len(payload) + 5)
         return payload
 
@@ -282,8 +300,50 @@ class Inbox:
             paid = min(size, self._debt)
             self._debt -= paid
             size -= paid
-        if size:
-            self._book.consumed(self.stream_id, size)
+        if not size:
+            return
+        self._owed += size
+        if not self._owing:
+            self._owing = True
+            self._book._owing.append(self)
+            self._book._consumed()
 
 
-__all__ = ["KEEP_APART", "CreditBook", "Inbox", "SendQueue"]
+async def _ready(value: Any) -> Any:
+    return value
+
+
+class InboxReader:
+    """A call's request messages as an async iterator; see ``_stream.pyi``."""
+
+    __slots__ = ("_deserializer", "_failed", "_inbox", "_wait")
+
+    def __init__(
+        self,
+        inbox: Inbox,
+        deserializer: Callable[[bytes], Any] | None,
+        wait: Callable[[], Awaitable[Any]],
+        failed: Callable[[Exception], BaseException],
+    ) -> None:
+        self._inbox = inbox
+        self._deserializer = deserializer
+        self._wait = wait
+        self._failed = failed
+
+    def __aiter__(self) -> InboxReader:
+        return self
+
+    def __anext__(self) -> Awaitable[Any]:
+        payload = self._inbox.pop_plain()
+        if payload is None:
+            return self._wait()
+        if self._deserializer is None:
+            return _ready(payload)
+        try:
+            message = self._deserializer(payload)
+        except Exception as exc:
+            raise self._failed(exc) from exc
+        return _ready(message)
+
+
+__all__ = ["KEEP_APART", "CreditBook", "Inbox", "InboxReader", "SendQueue"]

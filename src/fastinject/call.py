@@ -21,7 +21,7 @@ from .context import DoneCallback, ServicerContext
 from .errors import AbortError, DeserializationError, RpcError
 from .framing import frame_message
 from .status import StatusCode, coerce_status
-from .stream import Inbox
+from .stream import Inbox, InboxReader
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -56,7 +56,6 @@ class Call:
         "failure",
         "head",
         "headers_sent",
-        "last_compressed",
         "serializer",
         "server_cancelled",
         "started",
@@ -74,7 +73,6 @@ class Call:
         # Received messages and the flow-control credit they owe until the handler takes them.
         self._inbox = Inbox(head.stream_id, conn.protocol.credit)
         self._ended = False
-        self.last_compressed = False
         self.failure: RpcError | None = None
         self._read_waiter: asyncio.Future[None] | None = None
         self.headers_sent = False
@@ -183,15 +181,32 @@ class Call:
 
     # -- reading ---------------------------------------------------------------------------
 
+    @property
+    def last_compressed(self) -> bool:
+        """Whether the last request message taken arrived compressed."""
+        return self._inbox.last_compressed
+
     def take_ready(self) -> bytes | None:
         """The next request message's payload if it is here and uncompressed, else ``None``.
 
         The fast path of :meth:`read_raw` (no coroutine); on ``None``, await that.
         """
-        payload = self._inbox.pop_plain()  # taken: its credit is now owed
-        if payload is not None:
-            self.last_compressed = False
-        return payload
+        return self._inbox.pop_plain()  # taken: its credit is now owed
+
+    def requests(self) -> InboxReader:
+        """The request messages, deserialized, as an async iterator (streaming requests).
+
+        Messages already here and uncompressed are taken and deserialized without a
+        coroutine (in C with the extension); otherwise the iterator awaits :meth:`read_raw`.
+        """
+        return InboxReader(self._inbox, self.deserializer, self._next_request,
+                           self.deserialization_error)
+
+    async def _next_request(self) -> Any:
+        raw = await self.read_raw()
+        if raw is None:
+            raise StopAsyncIteration
+        return self.deserialize(raw)
 
     async def read_raw(self) -> bytes | None:
         """The next request message's payload (decompressed), or ``None`` at end of stream."""
@@ -210,7 +225,6 @@ class Call:
             finally:
                 self._read_waiter = None
         payload, compressed = message
-        self.last_compressed = compressed
         if compressed:
             encoding = self.head.encoding
             if encoding is None or encoding == "identity":
@@ -239,9 +253,13 @@ class Call:
         try:
             return deserializer(raw)
         except Exception as exc:
-            logger.debug("peer %s sent %s a request it cannot deserialize: %r",
-                         self._conn.peer, self.head.method, exc)
-            raise DeserializationError(exc) from exc
+            raise self.deserialization_error(exc) from exc
+
+    def deserialization_error(self, exc: Exception) -> DeserializationError:
+        """The error that ends the call when the deserializer raised ``exc`` (logged at DEBUG)."""
+        logger.debug("peer %s sent %s a request it cannot deserialize: %r",
+                     self._conn.peer, self.head.method, exc)
+        return DeserializationError(exc)
 
     # -- writing ---------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .call import Call
@@ -23,6 +23,7 @@ from .status import StatusCode
 
 if TYPE_CHECKING:
     from .connection import Connection
+    from .stream import InboxReader
 
 logger = logging.getLogger(__name__)
 
@@ -185,22 +186,16 @@ def _start_sync(behavior: Any, request: Any, context: SyncServicerContext) -> It
 class _RequestIterator:
     """The request stream given to streaming-request handlers (an async iterator)."""
 
-    __slots__ = ("_call",)
+    __slots__ = ("_requests",)
 
     def __init__(self, call: Call) -> None:
-        self._call = call
+        self._requests = call.requests()
 
-    def __aiter__(self) -> _RequestIterator:
-        return self
+    def __aiter__(self) -> InboxReader:
+        return self._requests
 
-    async def __anext__(self) -> Any:
-        call = self._call
-        raw = call.take_ready()
-        if raw is None:
-            raw = await call.read_raw()
-            if raw is None:
-                raise StopAsyncIteration
-        return call.deserialize(raw)
+    def __anext__(self) -> Awaitable[Any]:
+        return self._requests.__anext__()
 
     def blocking(self, loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
         """A plain iterator for sync handlers; each step waits on the event loop."""
