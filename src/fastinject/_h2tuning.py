@@ -77,11 +77,11 @@ _STREAM_ATTRIBUTES = (
     "_inbound_window_manager", "outbound_flow_control_window",
 )
 # Every attribute of a new H2Connection, by what a connection copied from a started prototype
-# (TunedH2Connection.started) gets: made afresh, a copy of the prototype's, or the prototype's
-# own (immutable values).  The check fails on any other, which the copy would share.
+# (TunedH2Connection.started) gets: made afresh, a copy of the prototype's, the prototype's
+# own (immutable values), or bound from the prototype's when looked up (_FrameHandlers).  The
+# check fails on any other, which the copy would share.
 _FRESH_ATTRIBUTES = frozenset({
     "streams", "encoder", "decoder", "incoming_buffer", "_header_frames", "_closed_streams",
-    "_frame_dispatch_table",
 })
 _COPIED_ATTRIBUTES = frozenset({
     "state_machine", "local_settings", "remote_settings", "_inbound_flow_control_window_manager",
@@ -91,19 +91,19 @@ _SHARED_ATTRIBUTES = frozenset({
     "config", "highest_inbound_stream_id", "highest_outbound_stream_id",
     "outbound_flow_control_window", "max_outbound_frame_size", "max_inbound_frame_size",
 })
-# Everything TunedH2Connection._copy sets: h2's attributes and our own.
-_COPIED_STATE = (
-    _FRESH_ATTRIBUTES | _COPIED_ATTRIBUTES | _SHARED_ATTRIBUTES
-    | {"_buffers", "data_frames_sent", "_prototype"}
+_BOUND_ATTRIBUTES = frozenset({"_frame_dispatch_table"})
+_KNOWN_ATTRIBUTES = (
+    _FRESH_ATTRIBUTES | _COPIED_ATTRIBUTES | _SHARED_ATTRIBUTES | _BOUND_ATTRIBUTES
 )
+# Everything TunedH2Connection._copy provides: h2's attributes and our own.
+_COPIED_STATE = _KNOWN_ATTRIBUTES | {"_buffers", "data_frames_sent", "_prototype"}
 
 
 def _uncopyable(connection: Any) -> list[str]:
     """What keeps ``connection`` from being copied as :meth:`TunedH2Connection.started` does."""
-    known = _FRESH_ATTRIBUTES | _COPIED_ATTRIBUTES | _SHARED_ATTRIBUTES
     names = vars(connection).keys()
-    problems = [f"H2Connection().{name} (unknown state)" for name in names - known]
-    problems += [f"H2Connection().{name}" for name in known - names]
+    problems = [f"H2Connection().{name} (unknown state)" for name in names - _KNOWN_ATTRIBUTES]
+    problems += [f"H2Connection().{name}" for name in _KNOWN_ATTRIBUTES - names]
     for name in ("state_machine", "_inbound_flow_control_window_manager"):
         part = getattr(connection, name, None)
         if part is not None and not all(
@@ -236,15 +236,43 @@ class StreamRefused(h2.events.Event):
         self.stream_id = stream_id
 
 
+class _FrameHandlers:
+    """The ``_frame_dispatch_table`` of a connection copied from a prototype.
+
+    h2 looks a received frame's handler up in a table of bound methods made per connection.
+    A copy binds the prototype's handler when h2 looks it up instead: the table (26 methods,
+    with the quiet frame classes) cost a dict per connection and a reference cycle that only
+    the garbage collector could free, for the few frames a connection hands to h2.
+    """
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: TunedH2Connection | None = None) -> None:
+        self._connection = connection
+
+    def __get__(self, connection: TunedH2Connection | None, owner: type) -> _FrameHandlers:
+        return self if connection is None else _FrameHandlers(connection)
+
+    def __getitem__(self, frame_type: type) -> Any:
+        connection = self._connection
+        assert connection is not None  # looked up on a connection, not on the class
+        prototype = connection._prototype
+        assert prototype is not None  # a connection without one has its own table
+        return prototype._frame_dispatch_table[frame_type].__func__.__get__(connection)
+
+
 class TunedH2Connection(h2.connection.H2Connection):
     """An ``H2Connection`` with memoising HPACK coders and cheap open-stream counting."""
+
+    # A connection made by __init__ (a prototype) has its own table, which hides this one.
+    _frame_dispatch_table = _FrameHandlers()  # type: ignore[assignment]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.encoder = CachingEncoder()
         self.decoder = CachingDecoder()
         self.decoder.max_header_list_size = self.DEFAULT_MAX_HEADER_LIST_SIZE
-        table = self._frame_dispatch_table
+        table: dict[type, Any] = self.__dict__["_frame_dispatch_table"]  # h2's, made above
         table.update({quiet: table[loud] for loud, quiet in _QUIET_FRAMES.items() if loud in table})
         # Output that precedes ``_data_to_send``: large payload views and the bytes before them.
         self._buffers: list[bytes | memoryview] = []
@@ -305,10 +333,6 @@ class TunedH2Connection(h2.connection.H2Connection):
         state["_header_frames"] = []
         closed_streams: Any = type(self._closed_streams)
         state["_closed_streams"] = closed_streams(size_limit=self.MAX_CLOSED_STREAMS)
-        state["_frame_dispatch_table"] = {
-            frame_type: getattr(twin, method.__name__)
-            for frame_type, method in self._frame_dispatch_table.items()
-        }
         state["_buffers"] = []
         state["data_frames_sent"] = 0
         state["_prototype"] = self

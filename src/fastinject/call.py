@@ -407,6 +407,9 @@ class Call:
                     self._conn.peer_log.log(logger, logging.ERROR, "done callback %r raised",
                                             callback, exc_info=True)
             self._done_callbacks.clear()
+        # The context refers back to the call: without it the call is freed by refcounting.
+        # The context is a stateless facade; a later add_done_callback gets a new one.
+        self._context = None
 
 
 __all__ = ["Call"]

@@ -129,7 +129,8 @@ class Connection(asyncio.Protocol):
         self._closing = False  # a graceful close has begun
         self._final_goaway_sent = False
         self._linger: Linger | None = None  # the transport is closing (see linger.py)
-        self._closed = asyncio.get_running_loop().create_future()
+        self._lost = False  # connection_lost() was called
+        self._closed: asyncio.Future[None] | None = None  # made when someone waits for it
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._last_ping_received: float | None = None
         self._ping_strikes = 0
@@ -137,14 +138,10 @@ class Connection(asyncio.Protocol):
         # Until the client's first SETTINGS: the connection's arrival (deadline, the count of
         # connections not serving yet).
         self._arrival: Arrival | None = arrival
-        self.peer_log = PeerLog(lambda: self.peer, settings.peer_log_interval)
-        self.decompressor = ConnectionDecompressor(
-            settings, self.loop.time, lambda: self._calm_down(b"too_much_decompression")
-        )
-        """Decompresses request messages: sliced, one at a time, within a budget."""
-        """Where lines a peer can cause at WARNING or above are logged (rate-limited)."""
-        self.deadlines = Deadlines(self.loop)
-        """Interrupts the calls whose deadline (``grpc-timeout``) passes: one timer for all."""
+        # Made on first use: most connections never need them.
+        self._peer_log: PeerLog | None = None
+        self._decompressor: ConnectionDecompressor | None = None
+        self._deadlines: Deadlines | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -309,8 +306,13 @@ class Connection(asyncio.Protocol):
             self._schedule_turn()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """The transport is gone: cancel the calls and forget the connection."""
+        """The transport is gone: cancel the calls and forget the connection.
+
+        What refers back to the connection (callbacks of its protocol and decompressor) lets go
+        of it, so that reference counting alone frees it, without the garbage collector.
+        """
         self._transport = None
+        self._lost = True
         if self._arrival is not None:
             self._arrival.end()
         linger, self._linger = self._linger, None
@@ -320,13 +322,18 @@ class Connection(asyncio.Protocol):
             self._cancel_timer(name)
         for call in list(self._calls.values()):
             call.cancel_by_client()
-        self.deadlines.close()
+        if self._deadlines is not None:
+            self._deadlines.close()
         self.resume_writing()
         self._wake_writers(0)
         self.group.discard(self)
         self.protocol.release_memory()
-        self.peer_log.close()
-        if not self._closed.done():
+        self.protocol.on_shed = None
+        self.protocol.credit.on_consumed = None
+        self._decompressor = None
+        if self._peer_log is not None:
+            self._peer_log.close()
+        if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
 
     # -- calls -------------------------------------------------------------------------------
@@ -364,6 +371,32 @@ class Connection(asyncio.Protocol):
         """
         self.reset_ping_policy()
         self.schedule_flush()
+
+    @property
+    def peer_log(self) -> PeerLog:
+        """Where lines a peer can cause at WARNING or above are logged (rate-limited)."""
+        if self._peer_log is None:
+            self._peer_log = PeerLog(self.peer, self.settings.peer_log_interval)
+        return self._peer_log
+
+    @property
+    def decompressor(self) -> ConnectionDecompressor:
+        """Decompresses request messages: sliced, one at a time, within a budget."""
+        if self._decompressor is None:
+            self._decompressor = ConnectionDecompressor(
+                self.settings, self.loop.time, self._decompressed_too_much
+            )
+        return self._decompressor
+
+    def _decompressed_too_much(self) -> None:
+        self._calm_down(b"too_much_decompression")
+
+    @property
+    def deadlines(self) -> Deadlines:
+        """Interrupts the calls whose deadline (``grpc-timeout``) passes: one timer for all."""
+        if self._deadlines is None:
+            self._deadlines = Deadlines(self.loop)
+        return self._deadlines
 
     @property
     def executor(self) -> Executor:
@@ -511,6 +544,10 @@ class Connection(asyncio.Protocol):
 
     async def wait_closed(self) -> None:
         """Wait until the connection is gone."""
+        if self._lost:
+            return
+        if self._closed is None:
+            self._closed = self.loop.create_future()
         await asyncio.shield(self._closed)
 
     def _close_transport(self) -> None:

@@ -24,7 +24,7 @@ class PeerLog:
 
     def __init__(
         self,
-        peer: Callable[[], str],
+        peer: str,
         interval: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -69,7 +69,7 @@ class PeerLog:
         if self._suppressed and self._last_logger is not None:
             self._last_logger.log(
                 self._last_level, "peer %s: %d more log lines were suppressed (one per %g s)",
-                self._peer(), self._suppressed, self._interval,
+                self._peer, self._suppressed, self._interval,
             )
             self._suppressed = 0
 

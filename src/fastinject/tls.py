@@ -346,6 +346,7 @@ class NativeTlsHandshake(asyncio.Protocol):
         transport, self._transport = self._transport, None
         if self._task is not None:
             self._task.cancel()
+            self._task = None  # its CancelledError's traceback would refer back to us
         if transport is None:
             return
         layer = TlsLayer(self._context, self._upper_factory, self._arrival, data)
@@ -385,6 +386,9 @@ class NativeTlsHandshake(asyncio.Protocol):
                 raise ConnectionError("the connection closed as its TLS handshake ended")
             check_alpn(ssl_object)
         except (OSError, TimeoutError, HandshakeError) as exc:  # ssl.SSLError is an OSError
+            # Its traceback holds asyncio's start_tls frame, which holds the future holding it:
+            # a cycle that would keep this handshake alive until a garbage collection.
+            exc.__traceback__ = None
             logger.debug("closing connection: TLS handshake failed: %s", exc)
             self._arrival.end()
             transport.abort()

@@ -30,7 +30,7 @@ def messages(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
 def test_one_line_per_interval_and_the_count_of_the_rest(caplog: pytest.LogCaptureFixture) -> None:
     """Lines within an interval of the last one are counted; the next line reports the count."""
     clock = Clock()
-    log = PeerLog(lambda: "ipv4:10.0.0.1:5000", 10.0, clock)
+    log = PeerLog("ipv4:10.0.0.1:5000", 10.0, clock)
     with caplog.at_level(logging.WARNING, logger=LOGGER.name):
         for index in range(5):
             log.log(LOGGER, logging.ERROR, "failure %d", index)
@@ -50,7 +50,7 @@ def test_close_reports_what_was_suppressed_since_the_last_line(
 ) -> None:
     """close() logs the count at the highest suppressed level, naming the peer; only once."""
     clock = Clock()
-    log = PeerLog(lambda: "ipv4:10.0.0.1:5000", 10.0, clock)
+    log = PeerLog("ipv4:10.0.0.1:5000", 10.0, clock)
     with caplog.at_level(logging.WARNING, logger=LOGGER.name):
         log.log(LOGGER, logging.WARNING, "first")
         log.log(LOGGER, logging.WARNING, "second")
@@ -65,7 +65,7 @@ def test_close_reports_what_was_suppressed_since_the_last_line(
 
 def test_traceback_of_the_written_line_is_kept(caplog: pytest.LogCaptureFixture) -> None:
     """A line written with exc_info carries the traceback."""
-    log = PeerLog(lambda: "peer", 10.0, Clock())
+    log = PeerLog("peer", 10.0, Clock())
     with caplog.at_level(logging.ERROR, logger=LOGGER.name):
         try:
             raise ValueError("boom")
@@ -78,7 +78,7 @@ def test_disabled_levels_are_neither_written_nor_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A line its logger would drop does not use up the interval or count as suppressed."""
-    log = PeerLog(lambda: "peer", 10.0, Clock())
+    log = PeerLog("peer", 10.0, Clock())
     with caplog.at_level(logging.ERROR, logger=LOGGER.name):
         log.log(LOGGER, logging.WARNING, "below the level")
         log.log(LOGGER, logging.ERROR, "written")
@@ -88,7 +88,7 @@ def test_disabled_levels_are_neither_written_nor_counted(
 
 def test_interval_zero_writes_every_line(caplog: pytest.LogCaptureFixture) -> None:
     """peer_log_interval=0 turns the limit off."""
-    log = PeerLog(lambda: "peer", 0.0, Clock())
+    log = PeerLog("peer", 0.0, Clock())
     with caplog.at_level(logging.WARNING, logger=LOGGER.name):
         for index in range(3):
             log.log(LOGGER, logging.WARNING, "line %d", index)
