@@ -52,13 +52,13 @@ _H2_INTERNALS: dict[str, tuple[object, tuple[str, ...]]] = {
         h2.connection,
         ("AllowedStreamIDs", "ConnectionInputs", "ConnectionState", "_decode_headers"),
     ),
-    "h2.stream": (h2.stream, ("StreamInputs", "StreamState")),
+    "h2.stream": (h2.stream, ("StreamClosedBy", "StreamInputs", "StreamState")),
     "H2Connection": (
         h2.connection.H2Connection,
         ("_receive_frame", "_receive_data_frame", "_receive_goaway_frame",
          "_receive_headers_frame", "_begin_new_stream", "_prepare_for_sending",
          "_terminate_connection", "_local_settings_acked", "_receive_settings_frame",
-         "open_inbound_streams",
+         "open_inbound_streams", "_stream_closed_by",
          "DEFAULT_MAX_HEADER_LIST_SIZE"),
     ),
     "H2Stream": (
@@ -184,7 +184,7 @@ from h2.connection import (  # noqa: E402  (after the check, which names what is
     ConnectionState,
     _decode_headers,
 )
-from h2.stream import StreamInputs, StreamState  # noqa: E402
+from h2.stream import StreamClosedBy, StreamInputs, StreamState  # noqa: E402
 
 from ._hpack import CachingDecoder, CachingEncoder  # noqa: E402
 
@@ -522,6 +522,27 @@ class TunedH2Connection(h2.connection.H2Connection):
         stream._actual_content_length += length
         if end_stream:
             stream.state_machine.process_input(StreamInputs.RECV_END_STREAM)
+        return True
+
+    def ignore_data(self, stream_id: int, length: int) -> bool:
+        """Account for a DATA frame on a stream we reset, which RFC 9113 5.1 says to ignore.
+
+        It consumes ``length`` bytes of the connection's window (the caller credits them back).
+        h2 would answer each such frame with RST_STREAM(STREAM_CLOSED): a client that sent a
+        request's DATA before it read our reset would get one reset per frame in flight.
+        Returns False, touching nothing, when h2 must see the frame itself.
+        """
+        if (
+            self._stream_closed_by(stream_id) is not StreamClosedBy.SEND_RST_STREAM
+            or self.state_machine.state is ConnectionState.CLOSED
+            or self.incoming_buffer._headers_buffer
+        ):
+            return False
+        try:
+            self._inbound_flow_control_window_manager.window_consumed(length)
+        except h2.exceptions.FlowControlError:
+            self._terminate_connection(h2.errors.ErrorCodes.FLOW_CONTROL_ERROR)
+            raise
         return True
 
     def return_credit(self, credit: dict[int, int]) -> None:

@@ -11,6 +11,11 @@ longest (it fails with ``RESOURCE_EXHAUSTED``), again until the sum is back with
 The stream whose bytes crossed the line is not the one that pays unless it belongs to that
 connection: an attacker holding half messages on many streams loses them, a client whose one
 message arrives while the budget is full keeps it.
+
+While the budget is nearly used up (:data:`PRESSED`), a connection holding at least its share
+of it opens no new call (:meth:`MessageMemory.refuses`): its new streams are reset before a call
+starts, as grpc core refuses new streams under memory pressure.  Shedding a call costs the loop
+its start, task and status; a refused stream costs a RST_STREAM.
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ from __future__ import annotations
 from typing import Protocol
 
 from .options import ServerSettings
+
+PRESSED = 0.9
+"""The share of the budget in use past which the largest holders open no new call (the
+threshold of grpc core's ``MemoryQuota::IsMemoryPressureHigh`` when it began refusing streams)."""
 
 
 class Holder(Protocol):
@@ -61,6 +70,18 @@ class MessageMemory:
         """How many connections hold bytes now."""
         return len(self._holders)
 
+    def refuses(self, holder: Holder) -> bool:
+        """Whether a new stream of ``holder`` must be refused before its call starts.
+
+        True while over :data:`PRESSED` of the budget is used and ``holder`` holds at least an
+        even share of it (what is used, over the connections holding bytes): a connection
+        holding nothing, or less than the others, is served.
+        """
+        used = self.used
+        return used > self.limit * PRESSED and holder.partial_message_bytes * len(
+            self._holders
+        ) >= used
+
     def change(self, holder: Holder, delta: int) -> None:
         """``holder`` holds ``delta`` bytes more (or fewer, if negative) than before."""
         self.used += delta
@@ -81,4 +102,4 @@ def _held_by(holder: Holder) -> int:
     return holder.partial_message_bytes
 
 
-__all__ = ["Holder", "MessageMemory"]
+__all__ = ["PRESSED", "Holder", "MessageMemory"]

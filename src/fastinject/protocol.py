@@ -388,6 +388,9 @@ class ServerProtocol:
                 state = streams.get(stream_id)
                 if state is None or (length == 0 and not flags & _END_STREAM):
                     self._spend_useless("DATA without a call or payload")
+                    if state is None and self._h2.ignore_data(stream_id, length):
+                        self._return_credit(stream_id, length)  # a stream we reset
+                        handed = frame_end
                 elif flags & ~_END_STREAM == 0 and not state.failed:
                     if handed < pos:
                         self._feed_h2(view[handed:pos], events)
@@ -582,6 +585,13 @@ class ServerProtocol:
         if stream is None or stream.closed:
             # Reset by the client in the same read (rapid reset): no call is started, which
             # costs no task; its RST_STREAM spent a token of the reset budget.
+            return
+        if self._memory.refuses(self):
+            # This connection holds its share of a server budget nearly used up: no new call
+            # (shedding one later would cost its start, task and status).  grpc core answers
+            # memory pressure so (clients see RESOURCE_EXHAUSTED).
+            self._abandoned()
+            self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
             return
         try:
             head = self._parse_head(stream_id, headers)

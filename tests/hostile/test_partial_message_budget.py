@@ -3,7 +3,8 @@
 Each connection's half messages are capped by ``max_partial_message_bytes``; many connections
 together are capped by ``max_server_partial_message_bytes``, shared by every connection of the
 server (listening ports and injected streams alike).  Past it, the connection holding the most
-loses calls (RESOURCE_EXHAUSTED), so a peer piling up half messages pays for them.
+loses calls (RESOURCE_EXHAUSTED), so a peer piling up half messages pays for them; near it, the
+connections holding their share have new streams refused (RST_STREAM ENHANCE_YOUR_CALM).
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from typing import Any
 import fastinject
 from fastinject import StatusCode
 from protocol.probe_service import StartServer
-from protocol.wire import H2Client, OpenWire, Response, Wire, eventually, grpc_frame
+from protocol.wire import (
+    ENHANCE_YOUR_CALM,
+    H2Client,
+    OpenWire,
+    Response,
+    Wire,
+    eventually,
+    grpc_frame,
+)
 from serving import Served
 
 KIB = 1024
@@ -66,14 +75,23 @@ async def injected_wire(injector: fastinject.ConnectionInjector) -> Wire:
 
 
 def shed(responses: list[Response]) -> int:
-    """How many of ``responses`` are calls the server shed for its budget."""
-    count = 0
+    """How many of ``responses`` are calls the server shed for its budget (none was refused)."""
+    shed_calls, refused = turned_away(responses)
+    assert refused == 0
+    return shed_calls
+
+
+def turned_away(responses: list[Response]) -> tuple[int, int]:
+    """How many of ``responses`` are calls shed for the budget, and streams refused near it."""
+    shed_calls = refused = 0
     for response in responses:
-        if response.done:
+        if response.reset == ENHANCE_YOUR_CALM and response.headers is None:
+            refused += 1
+        elif response.done:
             assert response.status == StatusCode.RESOURCE_EXHAUSTED.number, response
             assert SHED in response.message
-            count += 1
-    return count
+            shed_calls += 1
+    return shed_calls, refused
 
 
 async def test_connections_piling_half_messages_stay_within_the_budget(
@@ -81,8 +99,9 @@ async def test_connections_piling_half_messages_stay_within_the_budget(
 ) -> None:
     """Three connections (two accepted, one injected) pile ~4.5 MiB; the server holds <= 2 MiB.
 
-    Calls are shed with RESOURCE_EXHAUSTED, a grpcio client keeps being served, and the count
-    falls back to zero when the connections close.
+    Calls are shed with RESOURCE_EXHAUSTED or, near the budget, refused before they start; a
+    grpcio client keeps being served, and the count falls back to zero when the connections
+    close.
     """
     served = await start_server(**SETTINGS)
     client = await legitimate(served.target)
@@ -99,9 +118,10 @@ async def test_connections_piling_half_messages_stay_within_the_budget(
     for wire in wires:
         await wire.round_trip()
     assert held(served) <= BUDGET
-    failed = shed([wire.client.response(stream_id) for wire, stream_id in streams])
+    failed, refused = turned_away([wire.client.response(s) for wire, s in streams])
     assert failed > 0
-    assert failed < len(streams)
+    assert refused > 0
+    assert failed + refused < len(streams)
     assert await client.finish() >= 20
     for wire in wires:
         wire.close()

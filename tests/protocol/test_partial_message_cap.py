@@ -16,9 +16,17 @@ import grpc
 from fastinject import StatusCode
 from fastinject.memory import MessageMemory
 from fastinject.options import ServerSettings
-from fastinject.protocol import CallFailed, MessagesReceived, ServerProtocol
+from fastinject.protocol import CallFailed, CallStarted, MessagesReceived, ServerProtocol
 from protocol.probe_service import StartServer
-from protocol.wire import H2Client, OpenWire, connected, exchange, grpc_frame
+from protocol.wire import (
+    ENHANCE_YOUR_CALM,
+    RST_STREAM,
+    H2Client,
+    OpenWire,
+    connected,
+    exchange,
+    grpc_frame,
+)
 
 MIB = 1024 * 1024
 HALF = MIB // 2
@@ -164,21 +172,26 @@ async def test_attacker_past_the_cap_gets_resource_exhausted_while_grpcio_is_ser
 
 
 
-def test_connections_share_the_server_budget_and_the_largest_holder_pays() -> None:
-    """Two connections of one server: the one crossing its budget keeps its message.
-
-    The other, which holds more, loses the calls holding bytes the longest; it learns of it
-    via ``on_shed``.
-    """
+def sharing(memory: MessageMemory) -> list[tuple[H2Client, ServerProtocol]]:
+    """Two client connections to sans-IO server connections sharing the budget ``memory``."""
     settings = ServerSettings(max_receive_message_length=MIB)
-    memory = MessageMemory(2 * MIB)
     pairs = []
     for _ in range(2):
         client, server = H2Client(), ServerProtocol(settings, memory=memory)
         exchange(client, server)
         exchange(client, server)
         pairs.append((client, server))
-    (piling_client, piling), (crossing_client, crossing) = pairs
+    return pairs
+
+
+def test_connections_share_the_server_budget_and_the_largest_holder_pays() -> None:
+    """Two connections of one server: the one crossing its budget keeps its message.
+
+    The other, which holds more, loses the calls holding bytes the longest; it learns of it
+    via ``on_shed``.
+    """
+    memory = MessageMemory(2 * MIB)
+    (piling_client, piling), (crossing_client, crossing) = sharing(memory)
     told: list[bool] = []
     piling.on_shed = lambda: told.append(True)
     piled = [piling_client.start_call(end=False) for _ in range(12)]
@@ -207,3 +220,35 @@ def test_connections_share_the_server_budget_and_the_largest_holder_pays() -> No
     piling.release_memory()
     assert memory.used == 0
     assert memory.holders == 0
+
+
+def test_a_connection_holding_its_share_of_a_full_budget_starts_no_call() -> None:
+    """Past 90 % of the budget, the connection holding it gets RST_STREAM ENHANCE_YOUR_CALM.
+
+    No call starts for that stream, and the DATA it sent before reading the reset is ignored
+    (no RST_STREAM STREAM_CLOSED for it; its bytes still count for the connection's window).
+    A connection holding nothing starts its call and receives its message.
+    """
+    memory = MessageMemory(2 * MIB)
+    (piling_client, piling), (other_client, other) = sharing(memory)
+    for _ in range(15):  # 15 x 64 KiB received, buffers grown to twice that: over 1.8 MiB
+        stream_id = piling_client.start_call(end=False)
+        piling_client.send(stream_id, prefix(MIB) + b"p" * (64 * 1024))
+    assert failures(exchange(piling_client, piling)) == {}
+    assert 0.9 * memory.limit < memory.used == piling.partial_message_bytes <= memory.limit
+
+    refused = piling_client.start_call(messages=[b"r" * 1000])
+    events = piling.receive(piling_client.data_to_send())
+    assert not any(isinstance(e, CallStarted) for e in events)
+    assert piling.credit.take() == {refused: 1005}  # returned to the connection's window
+    piling_client.receive(piling.data_to_send())
+    assert [(f.type, f.payload) for f in piling_client.frames_on(refused)] == [
+        (RST_STREAM, struct.pack(">I", ENHANCE_YOUR_CALM))
+    ]
+    assert piling_client.response(refused).reset == ENHANCE_YOUR_CALM
+
+    other_client.start_call(messages=[b"s" * 1000])
+    events = exchange(other_client, other)
+    assert any(isinstance(e, CallStarted) for e in events)
+    received = [e.messages for e in events if isinstance(e, MessagesReceived)]
+    assert received == [[(b"s" * 1000, False)]]
