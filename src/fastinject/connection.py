@@ -278,7 +278,7 @@ class Connection(asyncio.Protocol):
         elif isinstance(event, p.ConnectionClosedByPeer):
             logger.debug("peer %s closed the connection: %s", self.peer, event.reason)
             if event.error_code == _NO_ERROR:
-                self.close_gracefully()
+                self._peer_leaving()
             else:
                 self._end()
 
@@ -523,6 +523,20 @@ class Connection(asyncio.Protocol):
             self._flush()
         else:
             self._send_final_goaway()
+
+    def _peer_leaving(self) -> None:
+        """The client sent GOAWAY(NO_ERROR): its calls finish, then the connection closes.
+
+        Our final GOAWAY goes at once, without the PING round trip of :meth:`close_gracefully`:
+        that round trip catches streams the client opened before reading our first GOAWAY,
+        but a client that is leaving opens none, and every stream it opened before its GOAWAY
+        was read before it (TCP keeps the order).  A stream opened after it anyway is refused.
+        """
+        if self._transport is None:
+            return
+        self._closing = True
+        self._cancel_timer("idle")
+        self._send_final_goaway()
 
     def _send_final_goaway(self) -> None:
         if self._final_goaway_sent or self._transport is None:

@@ -174,6 +174,22 @@ async def test_client_goaway_lets_running_calls_finish(wire: Wire, probe: Probe)
     assert response.messages == [(False, b"answer me")]
 
 
+async def test_client_goaway_is_answered_by_the_final_goaway_at_once(wire: Wire) -> None:
+    """A client's GOAWAY(NO_ERROR) gets the GOAWAY naming its last stream, without a PING.
+
+    The two-phase close (GOAWAY, PING, final GOAWAY) is for streams a client opens before it
+    reads our GOAWAY; a client that is leaving opens none.  With no call running, the
+    connection then closes.
+    """
+    served = wire.client.start_call(b"/test.Echo/Unary", [b"before"])
+    assert (await wire.finish(served)).status == StatusCode.OK.number
+    wire.client.goaway(NO_ERROR, last_stream_id=0)
+    await wire.flush()
+    await wire.wait_closed()
+    assert wire.client.goaways == [GoAway(served, NO_ERROR, b"")]
+    assert wire.client.pings == []
+
+
 async def test_client_goaway_with_an_error_cancels_calls_and_closes(
     wire: Wire, recorder: Recorder
 ) -> None:
