@@ -18,7 +18,10 @@ on h2's own counters and state machines and let the caller handle the bytes.  Li
 :meth:`TunedH2Connection.send_header_block` writes response headers and trailers after the
 same state transitions h2 makes, without h2's frame objects (a third of a small unary call's
 CPU went there), and :meth:`TunedH2Connection.receive_request` opens a call's stream from its
-request header block.  Every other frame still goes through h2, which keeps its state exact.
+request header block; both move the stream with :mod:`fastinject._h2streams`, which builds a
+plain request's stream as a copy of one h2 built and makes the response's transitions without
+h2's state-machine lookups.  Every other frame still goes through h2, which keeps its state
+exact.
 New connections are copies of a started one (:meth:`TunedH2Connection.started`).
 Large DATA payloads are not copied into h2's output buffer:
 :meth:`TunedH2Connection.buffers_to_send` hands them to the transport as views, in order.
@@ -37,6 +40,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.stream
+import h2.windows
 import hpack
 import hyperframe.frame
 
@@ -52,7 +56,11 @@ _H2_INTERNALS: dict[str, tuple[object, tuple[str, ...]]] = {
         h2.connection,
         ("AllowedStreamIDs", "ConnectionInputs", "ConnectionState", "_decode_headers"),
     ),
-    "h2.stream": (h2.stream, ("StreamClosedBy", "StreamInputs", "StreamState")),
+    "h2.stream": (
+        h2.stream,
+        ("StreamClosedBy", "StreamInputs", "StreamState", "H2Stream", "H2StreamStateMachine"),
+    ),
+    "h2.windows": (h2.windows, ("WindowManager",)),
     "H2Connection": (
         h2.connection.H2Connection,
         ("_receive_frame", "_receive_data_frame", "_receive_goaway_frame",
@@ -168,6 +176,18 @@ def check_h2_internals() -> None:
         missing.append("hpack.Encoder().table_size_changes")
     if not hasattr(decoder, "max_allowed_table_size"):
         missing.append("hpack.Decoder().max_allowed_table_size")
+    # receive_request skips the connection's transition that changes nothing.
+    states = getattr(h2.connection, "ConnectionState", None)
+    inputs = getattr(h2.connection, "ConnectionInputs", None)
+    transitions = getattr(h2.connection.H2ConnectionStateMachine, "_transitions", {})
+    if states is not None and inputs is not None and transitions.get(
+        (states.SERVER_OPEN, inputs.RECV_HEADERS)
+    ) != (None, states.SERVER_OPEN):
+        missing.append("H2ConnectionStateMachine._transitions[SERVER_OPEN, RECV_HEADERS]")
+    if not missing:  # streams opened and answered without h2's stream code (_h2streams)
+        from ._h2streams import check_stream_paths
+
+        missing += check_stream_paths()
     if missing:
         raise UnsupportedH2Error(
             f"h2 {metadata.version('h2')} (hpack {metadata.version('hpack')}) is not supported: "
@@ -186,6 +206,7 @@ from h2.connection import (  # noqa: E402  (after the check, which names what is
 )
 from h2.stream import StreamClosedBy, StreamInputs, StreamState  # noqa: E402
 
+from ._h2streams import H2_ONLY, open_request_stream, request_length, send_headers  # noqa: E402
 from ._hpack import CachingDecoder, CachingEncoder  # noqa: E402
 
 # A frame header: length (high byte, low 16 bits), type, flags, stream id.
@@ -269,6 +290,13 @@ class TunedH2Connection(h2.connection.H2Connection):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        config = self.config
+        if (config.validate_inbound_headers or config.normalize_inbound_headers
+                or config.header_encoding):
+            # receive_request hands on headers as decoded, and opens plain requests' streams
+            # as h2 does only then.
+            raise ValueError("TunedH2Connection keeps received headers as they came: "
+                             "no inbound validation, normalization or header_encoding")
         self.encoder = CachingEncoder()
         self.decoder = CachingDecoder()
         self.decoder.max_header_list_size = self.DEFAULT_MAX_HEADER_LIST_SIZE
@@ -462,9 +490,15 @@ class TunedH2Connection(h2.connection.H2Connection):
             return None
         try:
             headers: Any = _decode_headers(self.decoder, block)  # type: ignore[arg-type]
-            self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
-            stream = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
-            stream.receive_headers(headers, end_stream, None)
+            machine = self.state_machine
+            if machine.state is not ConnectionState.SERVER_OPEN:  # the first call: h2 moves
+                machine.process_input(ConnectionInputs.RECV_HEADERS)
+            length = request_length(headers)
+            if length != H2_ONLY:
+                open_request_stream(self, stream_id, end_stream, length)
+            else:
+                stream = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
+                stream.receive_headers(headers, end_stream, None)
         except h2.exceptions.ProtocolError as exc:
             self._terminate_connection(exc.error_code)
             raise
@@ -601,11 +635,7 @@ class TunedH2Connection(h2.connection.H2Connection):
         stream = self.streams.get(stream_id)
         if stream is None or self.state_machine.state is ConnectionState.CLOSED:
             raise h2.exceptions.StreamClosedError(stream_id)
-        stream.state_machine.process_input(StreamInputs.SEND_HEADERS)
-        if stream.state_machine.trailers_sent and not end_stream:
-            raise h2.exceptions.ProtocolError("trailers must end the stream")
-        if end_stream:
-            stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
+        send_headers(stream, end_stream)
         block = self.encoder.encode(headers)
         limit = self.max_outbound_frame_size
         out = self._data_to_send

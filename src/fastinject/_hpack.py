@@ -48,6 +48,19 @@ _FIELD_COST = 64
 Snapshot = tuple[tuple[tuple[bytes, bytes], ...], int, int]
 
 
+class HeaderBlock(tuple[Any, ...]):
+    """A decoded header list, as :class:`CachingDecoder` returns it.
+
+    The decoder returns the same object each time it decodes a block it remembers (the same
+    bytes in the same table state): what consumers derive from a header list alone is computed
+    once and kept on it, in these attributes (None until computed).  The memo's budget counts
+    them as much again as the decoded fields.
+    """
+
+    request_length: int | None = None
+    """h2's view of a request (:func:`fastinject._h2streams.request_length`)."""
+
+
 class TableState:
     """One content of a dynamic table, and what the blocks met in it did."""
 
@@ -204,22 +217,28 @@ class CachingDecoder(_MemoCoder, hpack.Decoder):
         self._decoding_limit = advertised * HARD_HEADER_LIST_FACTOR
 
     def decode(self, data: bytes, raw: bool = False) -> Any:
-        """The header list of block ``data``, as hpack's ``decode`` (from the memo if known)."""
+        """The header list of block ``data``, as hpack's ``decode`` (from the memo if known).
+
+        A :class:`HeaderBlock` (a tuple), the same object for every decoding of a remembered
+        block.
+        """
         # The limits are in the key: a block decoded under a larger one may fail under this one.
         key = (bytes(data), raw, self._decoding_limit, self.max_allowed_table_size)
         known = self._recall(key)
         if known is not None:
-            return list(known)
+            return known
         self._load()
         try:
-            headers = list(super().decode(data, raw))
+            headers = HeaderBlock(super().decode(data, raw))
         except BaseException:
             self._rebase()  # whatever the half-decoded block left in the table
             raise
         shareable = len(key[0]) <= MAX_SHARED_BLOCK and not any(
             header.__class__ is NeverIndexedHeaderTuple for header in headers
         )
-        self._learn(key, tuple(headers), len(key[0]) + _FIELD_COST * len(headers), shareable)
+        # The fields, and what consumers derive from them (HeaderBlock) as much again.
+        cost = len(key[0]) + 2 * sum(_FIELD_COST + len(n) + len(v) for n, v in headers)
+        self._learn(key, headers, cost, shareable)
         return headers
 
 

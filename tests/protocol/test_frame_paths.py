@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastinject import StatusCode, _h2tuning
+from fastinject import StatusCode, _h2streams, _h2tuning
 from fastinject.options import ServerSettings
 from fastinject.protocol import (
     CallStarted,
@@ -423,6 +423,18 @@ def test_a_malformed_first_settings_is_h2s_to_refuse() -> None:
         ([raw_frame(HEADERS, END_HEADERS, 1, _headers((b"content-length", b"6"))),
           raw_frame(DATA, END_STREAM, 1, grpc_frame(b"toolong"))], {}),
         ([raw_frame(HEADERS, END_HEADERS, 1, _headers((b"content-length", b"six")))], {}),
+        # Content-lengths h2 alone judges: repeated (equal, then not), with a sign or a space.
+        ([raw_frame(HEADERS, END_HEADERS, 1, _headers((b"content-length", b"6"),
+                                                      (b"content-length", b"6"))),
+          raw_frame(DATA, END_STREAM, 1, grpc_frame(b"x"))], {}),
+        ([raw_frame(HEADERS, END_HEADERS, 1, _headers((b"content-length", b"6"),
+                                                      (b"content-length", b"7")))], {}),
+        ([raw_frame(HEADERS, END_HEADERS, 1, _headers((b"content-length", b"+6"))),
+          raw_frame(DATA, END_STREAM, 1, grpc_frame(b"x"))], {}),
+        ([raw_frame(HEADERS, END_HEADERS, 1, _headers((b"content-length", b" 6")))], {}),
+        # A content-length the body keeps, on a call half-closed by its DATA.
+        ([raw_frame(HEADERS, END_HEADERS, 1, _headers((b"content-length", b"0006"))),
+          raw_frame(DATA, END_STREAM, 1, grpc_frame(b"x"))], {}),
         # Stream ids: even, then one below the last stream's.
         ([raw_frame(HEADERS, END_HEADERS | END_STREAM, 2, _headers())], {}),
         ([raw_frame(HEADERS, END_HEADERS | END_STREAM, 5, _headers()),
@@ -469,6 +481,51 @@ def test_headers_and_acknowledgements_answer_exactly_as_h2_alone(
         assert serve_bytes(data, chunks, fast=True, **settings) == serve_bytes(
             data, chunks, fast=False, **settings
         )
+
+
+def _stream_state(server: ServerProtocol, stream_id: int) -> dict[str, object]:
+    """Everything h2 holds for a stream: its attributes, state machine and receive window."""
+    stream = server._h2.streams[stream_id]
+    state = dict(vars(stream))
+    state["state_machine"] = dict(vars(stream.state_machine))
+    state["_inbound_window_manager"] = dict(vars(stream._inbound_window_manager))
+    return state
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [(), ((b"content-length", b"5"),), ((b"content-length", b"05"), (b"content-length", b"05"))],
+)
+@pytest.mark.parametrize("half_closed", [False, True])
+@pytest.mark.parametrize("trailers_only", [False, True])
+def test_call_streams_are_the_streams_h2_makes(
+    fields: tuple[tuple[bytes, bytes], ...], half_closed: bool, trailers_only: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A call's stream opened and answered without h2's stream code is the one h2 makes.
+
+    After each step (opened by the request, response headers, trailers; or trailers-only),
+    every attribute of the stream, its state machine and its receive window is what h2's
+    ``receive_headers`` and ``send_headers`` leave, and the bytes sent are the same.
+    """
+    flags = END_HEADERS | (END_STREAM if half_closed else 0)
+    histories = []
+    for fast in (True, False):
+        server = ServerProtocol(ServerSettings(initial_stream_window_size=50_000))
+        if not fast:
+            server._h2.receive_request = lambda *args: None  # type: ignore[method-assign]
+            monkeypatch.setattr(_h2tuning, "send_headers", _h2streams._h2_send_headers)
+        server.receive(_PREFACE + raw_frame(HEADERS, flags, 1, _headers(*fields)))
+        history = [_stream_state(server, 1)]
+        if trailers_only:
+            server.send_trailers_only(1, StatusCode.OK, None, ())
+        else:
+            server.send_headers(1, [], None)
+            history.append(_stream_state(server, 1))
+            server.send_trailers(1, StatusCode.OK, None, [])
+        history.append(_stream_state(server, 1))
+        histories.append((history, server.data_to_send()))
+    assert histories[0] == histories[1]
 
 
 def test_settings_after_a_refused_replay_are_h2s() -> None:

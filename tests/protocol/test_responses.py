@@ -11,7 +11,17 @@ import json
 
 from fastinject import StatusCode
 from protocol.probe_service import ABORT_DETAILS, Probe, StartServer
-from protocol.wire import DATA, HEADERS, NO_ERROR, OpenWire, Wire, grpc_frame, parse_messages
+from protocol.wire import (
+    DATA,
+    HEADERS,
+    NO_ERROR,
+    OpenWire,
+    Wire,
+    grpc_frame,
+    parse_messages,
+)
+
+PROTOCOL_ERROR = 0x1
 
 
 async def test_unary_response_is_headers_message_trailers(wire: Wire) -> None:
@@ -28,6 +38,23 @@ async def test_unary_response_is_headers_message_trailers(wire: Wire) -> None:
     assert kinds[0] == HEADERS
     assert kinds[-1] == HEADERS
     assert set(kinds[1:-1]) == {DATA}
+
+
+async def test_requests_declaring_their_content_length_are_served(wire: Wire) -> None:
+    """A request with content-length (h2load sends one) is served; a body breaking it is not.
+
+    The broken one ends the connection with PROTOCOL_ERROR (RFC 9113 8.1.1).
+    """
+    body = grpc_frame(b"hello")
+    length = (b"content-length", str(len(body)).encode())
+    for _ in range(3):  # the first opens its stream on a decoded block, later ones remembered
+        response = await wire.finish(wire.client.start_call(b"/test.Echo/Unary", [b"hello"],
+                                                            extra=[length]))
+        assert response.status == StatusCode.OK.number
+        assert response.messages == [(False, b"hello")]
+    wire.client.start_call(b"/test.Echo/Unary", [b"hello!"], extra=[length])
+    await wire.wait_closed()
+    assert [g.error_code for g in wire.client.goaways] == [PROTOCOL_ERROR]
 
 
 async def test_server_streaming_messages_arrive_in_order(wire: Wire) -> None:
