@@ -138,6 +138,7 @@ class Inbox:
     def release(self) -> None:
         """Drop every message, owing their credit (the call ended without reading them)."""
 
+@final
 class InboxReader:
     """A call's request messages, deserialized, as an async iterator over its :class:`Inbox`.
 

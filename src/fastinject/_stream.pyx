@@ -434,6 +434,7 @@ cdef PyObject* _ready_next(PyObject* ready) noexcept:
 (<_TypeSlots*>_Ready).tp_iternext = _ready_next
 
 
+@cython.final
 @cython.auto_pickle(False)
 cdef class InboxReader:
     """A call's request messages as an async iterator; see ``_stream.pyi``."""

@@ -313,6 +313,7 @@ async def _ready(value: Any) -> Any:
     return value
 
 
+@final
 class InboxReader:
     """A call's request messages as an async iterator; see ``_stream.pyi``."""
 

@@ -237,9 +237,11 @@ class Call:
 
     async def read(self) -> Any:
         """One request message, deserialized; the EOF object once the client half-closed."""
-        raw = await self.read_raw()
+        raw = self.take_ready()
         if raw is None:
-            return end_of_stream()
+            raw = await self.read_raw()
+            if raw is None:
+                return end_of_stream()
         return self.deserialize(raw)
 
     def deserialize(self, raw: bytes) -> Any:
