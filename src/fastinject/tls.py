@@ -7,14 +7,20 @@ from arrival, which also covers the HTTP/2 preface after the handshake) is dropp
 handshake that completes after the server (or the connection's port or injector) stopped is
 refused.  Every connection in its handshake is followed by its
 :class:`~fastinject.pending.Arrival` from the moment it arrives, so ``stop`` reaches it and
-the number of connections not serving yet stays capped.
+the number of connections not serving yet stays capped.  Neither makes a TLS session before
+the peer's first TLS record (its ClientHello) is whole: a peer that sends half of one, or
+nothing, costs the server a few KiB, not OpenSSL's state and buffers; a first record that is
+not a handshake, or is longer than TLS allows, closes the connection at once.
 
 * :class:`NativeTlsHandshake` is for connections on a real socket transport (accepted on a
-  port, or an injected socket): ``loop.start_tls`` runs the handshake and the TLS records,
-  which uvloop implements in C.
+  port, or an injected socket): the ClientHello waits unread in the kernel until it is whole
+  (:mod:`~fastinject.first_record`), then ``loop.start_tls`` runs the handshake and the TLS
+  records, which uvloop implements in C.
 * :class:`TlsLayer` does TLS itself with ``ssl.MemoryBIO``, for any transport: injected
-  :class:`~fastinject.duplex.Duplex` streams, and connections whose first bytes the caller
-  already read (``initial_data``), which ``start_tls`` has no way to take.
+  :class:`~fastinject.duplex.Duplex` streams, connections whose first bytes the caller
+  already read (``initial_data``), which ``start_tls`` has no way to take, and sockets whose
+  ClientHello the kernel cannot hold back (Unix sockets, or bytes uvloop read before the
+  pause held).
 """
 
 from __future__ import annotations
@@ -28,16 +34,12 @@ from typing import Any, cast
 
 from .credentials import check_alpn
 from .errors import HandshakeError
+from .first_record import FirstRecordWait, first_record_size
 from .pending import Arrival
 
 logger = logging.getLogger(__name__)
 
 _READ_SIZE = 256 * 1024
-# TLS records: content type, version, 16-bit length; a handshake record's fragment is at most
-# 2**14 bytes (RFC 8446 5.1).
-_RECORD_HEADER_LENGTH = 5
-_HANDSHAKE_RECORD = 0x16
-_MAX_FRAGMENT = 2**14
 
 UpperFactory = Callable[[bytes], asyncio.Protocol]
 """Makes the HTTP/2 connection once the handshake is done, given bytes already decrypted."""
@@ -106,19 +108,16 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
     def _start_session(self, data: bytes) -> ssl.MemoryBIO | None:
         """The TLS session, made once the first record is whole; None while it is not.
 
-        A first record that is not a handshake or is too long for one is handed to OpenSSL at
-        once, to be refused.
+        A first record that is not a handshake or is too long for one closes the connection.
         """
         first = self._first_record
         first += data
-        if len(first) < _RECORD_HEADER_LENGTH:
+        try:
+            size = first_record_size(first)
+        except HandshakeError as exc:
+            self._fail(str(exc))
             return None
-        length = first[3] << 8 | first[4]
-        if (
-            first[0] == _HANDSHAKE_RECORD
-            and length <= _MAX_FRAGMENT
-            and len(first) < _RECORD_HEADER_LENGTH + length
-        ):
+        if len(first) < size:
             return None
         self._incoming = ssl.MemoryBIO()
         self._ssl = self._context.wrap_bio(self._incoming, self._outgoing, server_side=True)
@@ -309,11 +308,17 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
 class NativeTlsHandshake(asyncio.Protocol):
     """Runs a socket connection's TLS handshake with ``loop.start_tls``, then hands it on.
 
-    The protocol of the plain transport until ``start_tls`` takes the transport over (on the
-    next loop turn), then the application protocol of the TLS transport until the HTTP/2
-    connection replaces it: bytes decrypted in between are kept and given to the connection.
-    If the peer's first bytes arrive before ``start_tls`` took over (it cannot be given bytes
-    already read), the connection goes to a :class:`TlsLayer` with those bytes instead.
+    The protocol of the plain transport, which it pauses: the peer's bytes stay unread in the
+    kernel until its first TLS record is whole there (:mod:`~fastinject.first_record`), so a
+    peer that sends half a ClientHello, or nothing, never gets a TLS session made for it.  Then
+    ``start_tls`` takes the transport over, with every byte still to read, and this is the
+    application protocol of the TLS transport until the HTTP/2 connection replaces it: bytes
+    decrypted in between are kept and given to the connection.
+
+    uvloop starts reading a transport after ``connection_made`` whatever it did, so the pause
+    holds from the loop turn after.  Bytes read before it, or when the kernel cannot wait for
+    the record (``first_record_unwaited``), go to a :class:`TlsLayer` (``start_tls`` cannot
+    be given them).
     """
 
     def __init__(
@@ -326,27 +331,38 @@ class NativeTlsHandshake(asyncio.Protocol):
         self._upper_factory = upper_factory
         self._arrival = arrival
         self._transport: asyncio.Transport | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._wait: FirstRecordWait | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the deadline, until start_tls has it
         self._taken_over = False  # start_tls owns the plain transport
         self._decrypted = bytearray()  # application bytes before the connection is attached
         self._eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Track the new connection and start its handshake on the next loop turn."""
-        self._transport = cast(asyncio.Transport, transport)
+        """Track the new connection and wait for its first TLS record."""
+        plain = self._transport = cast(asyncio.Transport, transport)
         self._arrival.hold(self)
-        if self._transport is not None:
-            self._task = asyncio.get_running_loop().create_task(self._handshake(self._transport))
+        if self._transport is not plain:
+            return  # dropped at once: too many connections not serving yet
+        plain.pause_reading()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(self._arrival.deadline, self._on_timeout)
+        # This call makes uvloop start reading on the next turn, before the one that follows.
+        loop.call_soon(loop.call_soon, self._wait_for_first_record)
+
+    def _wait_for_first_record(self) -> None:
+        if self._transport is None:
+            return  # closed, or handed to a TlsLayer
+        self._transport.pause_reading()
+        self._wait = FirstRecordWait(self._transport.get_extra_info("socket"), self)
+        self._wait.start()
 
     def data_received(self, data: bytes) -> None:
-        """Plain bytes before ``start_tls`` took over, or decrypted bytes after the handshake."""
+        """Plain bytes read before the pause held, or decrypted bytes after the handshake."""
         if self._taken_over:
             self._decrypted += data
             return
+        self._stop_waiting()
         transport, self._transport = self._transport, None
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None  # its CancelledError's traceback would refer back to us
         if transport is None:
             return
         layer = TlsLayer(self._context, self._upper_factory, self._arrival, data)
@@ -360,18 +376,55 @@ class NativeTlsHandshake(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The connection closed during its handshake."""
+        self._stop_waiting()
         self._transport = None
         self._arrival.end()
 
     def abort(self) -> None:
         """Drop the connection at once (server stopping, or too many handshakes)."""
+        self._stop_waiting()
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.abort()
 
+    def first_record_whole(self) -> None:
+        """The ClientHello is whole in the kernel: ``start_tls`` takes the transport now."""
+        self._wait = None
+        self._cancel_timer()
+        if self._transport is not None:
+            self._taken_over = True
+            asyncio.get_running_loop().create_task(self._handshake(self._transport))
+
+    def first_record_unwaited(self) -> None:
+        """The kernel cannot wait for the ClientHello: read it, and a TlsLayer takes over."""
+        self._wait = None
+        if self._transport is not None:
+            self._transport.resume_reading()
+
+    def first_record_refused(self, reason: str) -> None:
+        """Not a ClientHello, or the peer left: close."""
+        self._wait = None
+        logger.debug("closing connection: %s", reason)
+        self.abort()
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        logger.debug("closing connection: no whole ClientHello by the handshake deadline")
+        self.abort()
+
+    def _stop_waiting(self) -> None:
+        self._cancel_timer()
+        if self._wait is not None:
+            self._wait.cancel()
+            self._wait = None
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     async def _handshake(self, transport: asyncio.Transport) -> None:
         loop = asyncio.get_running_loop()
-        self._taken_over = True
         try:
             tls = await loop.start_tls(
                 transport,

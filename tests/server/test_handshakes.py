@@ -13,126 +13,26 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
-import pytest
 
 import fastinject
 from echo_service import Recorder
+from server.handshaking import (
+    Caller,
+    client_context,
+    client_hello,
+    closed_by_server,
+    connect,
+    still_open,
+    tls_channel,
+)
 from serving import TIMEOUT, echo_server, eventually, method
 from tls_material import TlsMaterial
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-class Caller:
-    """A grpcio client calling test.Echo/Unary in a loop until stopped; counts its calls."""
-
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self._unary = method(channel, "Unary")
-        self.succeeded = 0
-        self._stop = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        for _ in range(100_000):  # a bound; stop() ends it long before
-            if self._stop.is_set():
-                return
-            assert await self._unary(b"ping", timeout=TIMEOUT) == b"ping"
-            self.succeeded += 1
-
-    async def calls(self, count: int) -> None:
-        """Wait until ``count`` more calls succeeded (re-raising any failure)."""
-        target = self.succeeded + count
-        async with asyncio.timeout(TIMEOUT):
-            while self.succeeded < target:
-                if self._task.done():
-                    self._task.result()
-                    raise AssertionError("the caller stopped early")
-                await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        """Stop calling; re-raise a failed call."""
-        self._stop.set()
-        await asyncio.wait_for(self._task, TIMEOUT)
-
-
-def client_context(tls: TlsMaterial) -> ssl.SSLContext:
-    """A TLS client context trusting the test CA, offering ALPN h2."""
-    context = ssl.create_default_context(cadata=tls.ca_pem.decode())
-    context.set_alpn_protocols(["h2"])
-    return context
-
-
-def client_hello(tls: TlsMaterial) -> bytes:
-    """A real ClientHello for ``localhost``."""
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = client_context(tls).wrap_bio(incoming, outgoing, server_hostname="localhost")
-    with pytest.raises(ssl.SSLWantReadError):
-        client.do_handshake()
-    return outgoing.read()
-
-
-async def connect(port: int, first: bytes = b"") -> Connection:
-    """Open a raw TCP connection to ``port`` and send ``first``."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(first)
-    await writer.drain()
-    return reader, writer
-
-
-async def closed_by_server(connection: Connection) -> bool:
-    """Read until the server closes the connection (True); False if it stays open TIMEOUT s."""
-    reader, writer = connection
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            while await reader.read(65536):
-                pass
-    except ConnectionResetError:
-        pass
-    except TimeoutError:
-        return False
-    finally:
-        writer.close()
-    return True
-
-
-def still_open(connection: Connection) -> bool:
-    """Whether the server has not closed ``connection`` yet (nothing buffered says so)."""
-    reader, _ = connection
-    return not reader.at_eof() and reader.exception() is None
-
-
-@pytest.fixture
-async def tls_server(
-    recorder: Recorder, tls: TlsMaterial
-) -> AsyncIterator[Callable[..., Awaitable[tuple[fastinject.Server, int]]]]:
-    """Start TLS test.Echo servers with the given settings; stopped at teardown."""
-    servers: list[fastinject.Server] = []
-
-    async def start(**settings: Any) -> tuple[fastinject.Server, int]:
-        server = echo_server(recorder, **settings)
-        servers.append(server)
-        credentials = fastinject.ServerCredentials.ssl([(tls.server_key_pem, tls.server_cert_pem)])
-        port = server.add_secure_port("127.0.0.1:0", credentials)
-        await server.start()
-        return server, port
-
-    yield start
-    for server in servers:
-        await server.stop(None)
-
-
-def tls_channel(port: int, tls: TlsMaterial) -> grpc.aio.Channel:
-    """A grpcio TLS channel to ``port`` trusting the test CA."""
-    credentials = grpc.ssl_channel_credentials(root_certificates=tls.ca_pem)
-    return grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials)
-
 
 async def test_stalled_tls_handshakes_are_closed_at_the_timeout(
     tls_server: Any, tls: TlsMaterial
