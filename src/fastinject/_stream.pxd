@@ -51,3 +51,4 @@ cdef class InboxReader:
     cdef object _deserializer
     cdef object _wait
     cdef object _failed
+    cdef object _ready           # the last step's awaitable, used again once nobody holds it

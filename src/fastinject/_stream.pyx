@@ -18,7 +18,7 @@ cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.exc cimport PyErr_SetObject
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_INCREF
+from cpython.ref cimport Py_INCREF, Py_REFCNT
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from libc.string cimport memcpy
 
@@ -458,7 +458,10 @@ cdef class InboxReader:
                 payload = self._deserializer(payload)
             except Exception as exc:
                 raise self._failed(exc) from exc
-        ready = _Ready.__new__(_Ready)
+        ready = self._ready
+        if ready is None or Py_REFCNT(ready) > 2:  # others hold it: it may not be awaited yet
+            ready = _Ready.__new__(_Ready)
+            self._ready = ready
         ready.value = payload
         return ready
 

@@ -134,8 +134,11 @@ def test_the_request_stream_is_iterated_in_order_across_deliveries(
 
 
 def test_awaitables_are_independent(stream_impl: ModuleType) -> None:
-    """Two steps taken before either is awaited give their own messages."""
-    reader, _, _, _ = _reader(stream_impl, [(b"first", False), (b"second", False)])
+    """Steps taken before earlier ones are awaited, or while those are held, give their own.
+
+    The Cython reader uses an awaitable again only once nobody else holds it.
+    """
+    reader, inbox, _, _ = _reader(stream_impl, [(b"first", False), (b"second", False)])
     first: Awaitable[Any] = reader.__anext__()
     second: Awaitable[Any] = reader.__anext__()
 
@@ -143,3 +146,10 @@ def test_awaitables_are_independent(stream_impl: ModuleType) -> None:
         return [await second, await first]
 
     assert asyncio.run(both()) == [b"second", b"first"]
+    inbox.deliver([(b"third", False)], 0)
+    third: Awaitable[Any] = reader.__anext__()  # ``first`` and ``second`` are still held
+
+    async def one() -> Any:
+        return await third
+
+    assert asyncio.run(one()) == b"third"
