@@ -256,6 +256,8 @@ class Connection(asyncio.Protocol):
             else:
                 self._on_rare_event(event)
         self._flush()
+        if self._final_goaway_sent and not self._calls:
+            self._close_when_answered()  # what held the last answers back may have opened
 
     def _on_rare_event(self, event: p.Event) -> None:
         if isinstance(event, p.CallReset):
@@ -355,7 +357,7 @@ class Connection(asyncio.Protocol):
         self._window_waiters.pop(call.stream_id, None)
         if not self._calls:
             if self._final_goaway_sent:
-                self._close_transport()
+                self._close_when_answered()
             elif self.settings.max_connection_idle is not None and not self._closing:
                 self._set_timer("idle", self.settings.max_connection_idle, self._on_idle)
 
@@ -546,6 +548,16 @@ class Connection(asyncio.Protocol):
         self.protocol.goaway(self.protocol.highest_stream_id, _NO_ERROR)
         self._flush()
         if not self._calls:
+            self._close_when_answered()
+
+    def _close_when_answered(self) -> None:
+        """Close, unless ended calls' answers still wait for the client's window.
+
+        A client may shrink its window while a call's reply is queued (grpc core's BDP probes
+        do); the reply and trailers leave when it grows again, within the grace that
+        :meth:`cancel_calls` ends.
+        """
+        if not self.protocol.trailers_waiting:
             self._close_transport()
 
     def cancel_calls(self) -> None:

@@ -862,6 +862,11 @@ class ServerProtocol:
         if stream_id in self._final_headers and not self.outbound.queued(stream_id):
             self._send_final_headers(stream_id, self._final_headers.pop(stream_id))
 
+    @property
+    def trailers_waiting(self) -> bool:
+        """Whether calls that ended still have trailers (and DATA) waiting for the window."""
+        return bool(self._final_headers)
+
     def send_trailers(
         self,
         stream_id: int,

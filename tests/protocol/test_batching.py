@@ -30,6 +30,7 @@ class RecordingTransport(asyncio.Transport):
         super().__init__()
         self.writes: list[bytes] = []
         self.closed = False
+        self.eof = False
         self.reading = True
         self.written = asyncio.Event()
 
@@ -66,6 +67,17 @@ class RecordingTransport(asyncio.Transport):
         """Record that the connection takes bytes again."""
         self.reading = True
 
+    def can_write_eof(self) -> bool:
+        """The transport half-closes (a TCP socket's does)."""
+        return True
+
+    def write_eof(self) -> None:
+        """Record the half-close: the connection's output is over."""
+        self.eof = True
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Every write is sent at once: no limits to keep."""
+
 
 class NoGroup:
     """Stands in for the server's connection group."""
@@ -93,11 +105,14 @@ def pool() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
 
 
 def connection(
-    pool: concurrent.futures.Executor, **settings: Any
+    pool: concurrent.futures.Executor,
+    registry: HandlerRegistry | None = None,
+    **settings: Any,
 ) -> tuple[Connection, RecordingTransport]:
-    """A connection serving test.Echo (with ``settings``) on a recording transport."""
-    registry = HandlerRegistry()
-    registry.add_registered(SERVICE, handlers(Recorder()))
+    """A connection serving ``registry`` (test.Echo by default) on a recording transport."""
+    if registry is None:
+        registry = HandlerRegistry()
+        registry.add_registered(SERVICE, handlers(Recorder()))
     conn = Connection(
         settings=ServerSettings(**settings),
         registry=registry,
