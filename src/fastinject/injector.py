@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .connection import format_peer
@@ -112,21 +112,15 @@ class ConnectionInjector:
         if kind == "socket":
             assert isinstance(connection, socket.socket)
             _send_without_delay(connection)
-            return _keep(loop.create_task(self._attach_socket(loop, connection, protocol)))
+            attached = loop.create_future()
+            _attach_socket(loop.connect_accepted_socket(lambda: protocol, connection),
+                           connection, attached)
+            return attached
         duplex = StreamPairDuplex(*connection) if kind == "pair" else connection  # type: ignore[misc]
         extra = {"peername": getattr(duplex, "peername", None),
                  "socket": getattr(duplex, "socket", None)}
         DuplexTransport(duplex, protocol, extra)  # type: ignore[arg-type]
         return done_future(loop)
-
-    async def _attach_socket(
-        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: asyncio.Protocol
-    ) -> None:
-        try:
-            await loop.connect_accepted_socket(lambda: protocol, sock)
-        except OSError as exc:
-            logger.debug("injected socket could not be served: %s", exc)
-            sock.close()
 
     def drain(self, grace_time_ms: float) -> Awaitable[None]:
         """Gracefully close the connections injected so far (like ``Server.drain``, gRFC L111).
@@ -159,6 +153,30 @@ class ConnectionInjector:
     def _server_stopping(self) -> None:
         """The server is stopping: refuse new injections (its stop closes the connections)."""
         self._server_stopped = True
+
+
+def _attach_socket(
+    attaching: Coroutine[Any, Any, Any], sock: socket.socket, attached: asyncio.Future[None]
+) -> None:
+    """Step ``loop.connect_accepted_socket``, which serves ``sock``; then complete ``attached``.
+
+    The coroutine makes the transport at once and then waits for the transport to be
+    connected; it is stepped here, as a task would, without the task (and the context copy,
+    the entry in asyncio's set of tasks and the loop callbacks) a socket would cost.
+    """
+    try:
+        waiting = attaching.send(None)
+    except StopIteration:
+        attached.set_result(None)
+    except OSError as exc:
+        logger.debug("injected socket could not be served: %s", exc)
+        sock.close()
+        attached.set_result(None)
+    else:
+        if waiting is None:  # a bare yield: go on at the next loop turn
+            attached.get_loop().call_soon(_attach_socket, attaching, sock, attached)
+        else:
+            waiting.add_done_callback(lambda _: _attach_socket(attaching, sock, attached))
 
 
 def _loop_thread_check(method: str) -> asyncio.AbstractEventLoop:

@@ -180,20 +180,22 @@ async def serve(config: ServerConfig) -> None:
 
 
 def _inject_accepted(listener: socket.socket, injector: fastinject.ConnectionInjector) -> None:
-    """Accept the connections waiting on our own listener and inject each one.
+    """Accept one connection waiting on our own listener and inject it.
 
-    ``--transport inject``: called when the listener is readable, as the event loop's own
-    servers accept (no coroutine step or future per connection).
+    ``--transport inject``: called when the listener is readable (no coroutine step or future
+    per connection).  One connection per call, as uvloop's own listening servers take them
+    under load: the next waits for the next loop turn, after the work of those accepted
+    (taking a whole backlog at once made 64 new connections start together, their objects
+    alive at once, and the garbage collector run).
     """
-    while True:
-        try:
-            sock, _ = listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:  # out of descriptors, say: try again when next readable
-            print(f"accept failed: {exc}", file=sys.stderr, flush=True)
-            return
-        injector.inject_connection(sock)
+    try:
+        sock, _ = listener.accept()
+    except (BlockingIOError, InterruptedError):
+        return
+    except OSError as exc:  # out of descriptors, say: try again when next readable
+        print(f"accept failed: {exc}", file=sys.stderr, flush=True)
+        return
+    injector.inject_connection(sock)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
