@@ -278,7 +278,8 @@ class Connection(asyncio.Protocol):
                 self._cancel_timer("keepalive_timeout")
                 self._set_timer("keepalive", self.settings.keepalive_time, self._send_keepalive)
         elif isinstance(event, p.ConnectionClosedByPeer):
-            logger.debug("peer %s closed the connection: %s", self.peer, event.reason)
+            if logger.isEnabledFor(logging.DEBUG):  # naming the peer costs a few system calls
+                logger.debug("peer %s closed the connection: %s", self.peer, event.reason)
             if event.error_code == _NO_ERROR:
                 self._peer_leaving()
             else:
