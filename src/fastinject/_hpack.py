@@ -59,6 +59,9 @@ class HeaderBlock(tuple[Any, ...]):
 
     request_length: int | None = None
     """h2's view of a request (:func:`fastinject._h2streams.request_length`)."""
+    head: Any = None
+    """The gRPC request head parsed from it, with the settings it was parsed under
+    (:meth:`fastinject.protocol.ServerProtocol._head`)."""
 
 
 class TableState:

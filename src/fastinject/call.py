@@ -65,13 +65,13 @@ class Call:
         "trailing_metadata",
     )
 
-    def __init__(self, conn: Connection, head: RequestHead) -> None:
+    def __init__(self, conn: Connection, stream_id: int, head: RequestHead) -> None:
         self._conn = conn
         self.head = head
-        self.stream_id = head.stream_id
+        self.stream_id = stream_id
         self._context: ServicerContext | None = None
         # Received messages and the flow-control credit they owe until the handler takes them.
-        self._inbox = Inbox(head.stream_id, conn.protocol.credit)
+        self._inbox = Inbox(stream_id, conn.protocol.credit)
         self._ended = False
         self.failure: RpcError | None = None
         self._read_waiter: asyncio.Future[None] | None = None

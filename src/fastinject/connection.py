@@ -246,7 +246,7 @@ class Connection(asyncio.Protocol):
                     size = sum(len(payload) + 5 for payload, _ in event.messages)
                     self.protocol.consumed(event.stream_id, size - event.prepaid)
             elif isinstance(event, p.CallStarted):
-                self._start_call(event.head)
+                self._start_call(event.stream_id, event.head)
             elif isinstance(event, p.RequestEnded):
                 call = self._calls.get(event.stream_id)
                 if call is not None:
@@ -341,13 +341,13 @@ class Connection(asyncio.Protocol):
 
     # -- calls -------------------------------------------------------------------------------
 
-    def _start_call(self, head: p.RequestHead) -> None:
+    def _start_call(self, stream_id: int, head: p.RequestHead) -> None:
         if self._linger is not None:
             # The connection ended in the read that opened it (its transport is closing): the
             # call could never answer, and would hold what it made until the close completed.
             return
-        call = Call(self, head)
-        self._calls[head.stream_id] = call
+        call = Call(self, stream_id, head)
+        self._calls[stream_id] = call
         if len(self._calls) == 1:
             self._cancel_timer("idle")
         call.task = self.loop.create_task(run_rpc(self, call))

@@ -28,7 +28,7 @@ import h2.settings
 from . import metadata as md
 from ._budget import TokenBucket
 from ._h2tuning import StreamRefused, TunedH2Connection
-from ._hpack import HARD_HEADER_LIST_FACTOR
+from ._hpack import HARD_HEADER_LIST_FACTOR, HeaderBlock
 from .compression import accept_encoding_header, is_enabled, is_supported
 from .errors import FloodError, FramingError, InvalidMetadataError, RpcError
 from .framing import Deframer
@@ -72,11 +72,13 @@ _H2_CONFIG = h2.config.H2Configuration(
 _RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, frozen=True)
 class RequestHead:
-    """What a call's HEADERS frame told us, validated."""
+    """What a call's request headers told us, validated.
 
-    stream_id: int
+    Shared by the calls whose headers were the same block (see :meth:`ServerProtocol._head`).
+    """
+
     method: str
     metadata: md.Metadata
     timeout: float | None
@@ -89,6 +91,7 @@ class RequestHead:
 class CallStarted:
     """A new, valid gRPC call; ``ended`` when the client already half-closed."""
 
+    stream_id: int
     head: RequestHead
     ended: bool
 
@@ -594,7 +597,7 @@ class ServerProtocol:
             self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
             return
         try:
-            head = self._parse_head(stream_id, headers)
+            head = self._head(headers)
         except _HttpRejection as rejection:
             self._abandoned()
             self._send_http_error(stream_id, rejection)
@@ -605,14 +608,29 @@ class ServerProtocol:
             return
         self._streams[stream_id] = _StreamState(self.settings.max_receive_message_length)
         self.outbound.open(stream_id, stream.outbound_flow_control_window)
-        events.append(CallStarted(head, ended))
+        events.append(CallStarted(stream_id, head, ended))
 
     def _abandoned(self) -> None:
         """A stream opened without a call (a rejected request): as costly as a reset one."""
         self._owe_answer()
         self._spend_reset()
 
-    def _parse_head(self, stream_id: int, headers: object) -> RequestHead:
+    def _head(self, headers: object) -> RequestHead:
+        """The request head ``headers`` give under this server's settings.
+
+        A header block the HPACK memo remembers keeps its head (for the settings it was parsed
+        under): a client's repeated requests are parsed once, not once per call.
+        """
+        if headers.__class__ is not HeaderBlock:
+            return self._parse_head(headers)
+        known = headers.head
+        if known is not None and known[0] is self.settings:
+            return known[1]  # type: ignore[no-any-return]
+        head = self._parse_head(headers)
+        headers.head = (self.settings, head)
+        return head
+
+    def _parse_head(self, headers: object) -> RequestHead:
         method = path = content_type = authority = None
         timeout: float | None = None
         encoding: str | None = None
@@ -661,7 +679,6 @@ class ServerProtocol:
                     f"Compression algorithm '{encoding}' is disabled.", StatusCode.UNIMPLEMENTED
                 )
         return RequestHead(
-            stream_id,
             path.decode("utf-8", "replace"),
             md.decode_metadata(headers),  # type: ignore[arg-type]
             timeout,

@@ -98,10 +98,10 @@ async def test_streams_reset_in_the_same_read_start_no_call(
     started = 0
     start_call = Connection._start_call
 
-    def counting(self: Connection, head: Any) -> None:
+    def counting(self: Connection, stream_id: int, head: Any) -> None:
         nonlocal started
         started += 1
-        start_call(self, head)
+        start_call(self, stream_id, head)
 
     monkeypatch.setattr(Connection, "_start_call", counting)
     served = await start_server()  # the default budget: 1000 resets at once

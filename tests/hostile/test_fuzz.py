@@ -147,7 +147,7 @@ def test_any_frames_leave_the_protocol_sound(data: bytes, cuts: list[int]) -> No
         going = True
         for event in events:
             if isinstance(event, CallStarted):
-                started.append(event.head.stream_id)
+                started.append(event.stream_id)
             elif isinstance(event, MessagesReceived):
                 size = sum(len(payload) + 5 for payload, _ in event.messages)
                 server.consumed(event.stream_id, size - event.prepaid)

@@ -72,7 +72,7 @@ def summarise(events: list[Event]) -> tuple[dict[int, bytes], list[int], list[in
             messages[event.stream_id] = messages.get(event.stream_id, b"") + b"".join(
                 payload for payload, _ in event.messages
             )
-    started = [e.head.stream_id for e in events if isinstance(e, CallStarted)]
+    started = [e.stream_id for e in events if isinstance(e, CallStarted)]
     ended = [e.stream_id for e in events if isinstance(e, RequestEnded)]
     return messages, started, ended
 
@@ -249,7 +249,7 @@ def serve_bytes(
                     server.consumed(event.stream_id, len(payload) + 5 - event.prepaid)
                     event.prepaid = 0
             elif isinstance(event, CallStarted):
-                summary.append(("started", event.head.stream_id))
+                summary.append(("started", event.stream_id))
             elif isinstance(event, ConnectionClosedByPeer):  # (hpack's reasons hold addresses)
                 reason = re.sub(" at 0x[0-9a-f]+", "", event.reason)
                 summary.append(("closed", event.error_code, reason))

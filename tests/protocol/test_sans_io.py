@@ -10,15 +10,24 @@ from collections.abc import Sequence
 
 import pytest
 
-from fastinject import StatusCode
+from fastinject import StatusCode, _hpack
+from fastinject.options import ServerSettings
 from fastinject.protocol import (
     CallFailed,
     CallStarted,
     Event,
     MessagesReceived,
     RequestEnded,
+    ServerProtocol,
 )
-from protocol.wire import WINDOW_UPDATE, connected, exchange, grpc_frame, request_headers
+from protocol.wire import (
+    WINDOW_UPDATE,
+    H2Client,
+    connected,
+    exchange,
+    grpc_frame,
+    request_headers,
+)
 
 
 def without(name: bytes, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -64,7 +73,7 @@ def test_grpc_content_types_start_a_call(content_type: bytes) -> None:
         headers=replaced(b"content-type", content_type, request_headers())
     )
     calls = started(exchange(client, server))
-    assert [call.head.stream_id for call in calls] == [stream_id]
+    assert [call.stream_id for call in calls] == [stream_id]
     assert calls[0].head.method == "/test.Echo/Unary"
 
 
@@ -282,3 +291,42 @@ def test_credit_for_a_finished_call_still_reopens_the_connection_window() -> Non
     server.consumed(stream_id, 40_005)
     client.receive(server.data_to_send())
     assert client.h2.outbound_flow_control_window == 65535
+
+
+def test_repeated_request_headers_are_parsed_once_per_settings() -> None:
+    """Calls whose header blocks repeat share one parsed head, within and across connections.
+
+    The head is remembered with the block for the settings it was parsed under: a server whose
+    limits differ judges the same block itself.
+    """
+    _hpack.DECODER_MEMO.clear()  # earlier tests may have nearly filled it
+    extra = [(b"x-custom", b"v" * 600)]
+    settings = ServerSettings()  # as a server's connections share theirs
+    heads: list[list[object]] = []
+    for _ in range(2):
+        client, server = H2Client(), ServerProtocol(settings)
+        exchange(client, server)
+        exchange(client, server)  # SETTINGS acknowledgements
+        heads.append([])
+        for _ in range(3):  # the first block adds to the HPACK table, the next ones repeat
+            client.start_call(extra=extra)
+            (call,) = started(exchange(client, server))
+            assert call.head.metadata == (("x-custom", "v" * 600),)
+            heads[-1].append(call.head)
+    first, second = heads
+    assert [id(head) for head in first] == [id(head) for head in second]
+    assert first[1] is first[2]
+    client, strict = connected(max_header_list_size=512)
+    stream_id = client.start_call(extra=extra)
+    assert started(exchange(client, strict)) == []
+    assert client.response(stream_id).status == StatusCode.RESOURCE_EXHAUSTED.number
+
+
+def test_a_rejected_request_is_rejected_each_time() -> None:
+    """A request refused for its headers is refused again when the same block repeats."""
+    client, server = connected()
+    headers = replaced(b"content-type", b"text/html", request_headers())
+    for _ in range(3):
+        stream_id = client.start_call(headers=headers)
+        assert started(exchange(client, server)) == []
+        assert client.response(stream_id).header_map[b":status"] == b"415"

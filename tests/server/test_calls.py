@@ -224,6 +224,26 @@ async def test_oversized_metadata_fails_only_its_call(serve: Serve, recorder: Re
         assert await method(channel, "Unary")(b"after") == b"after"
 
 
+async def test_repeated_metadata_is_judged_by_each_servers_limits(serve: Serve) -> None:
+    """Requests whose headers repeat (parsed once, remembered) meet each server's own limits.
+
+    Two servers of one process share the HPACK memo: the same metadata, alternately, reaches
+    the lenient one's handler every time and fails on the strict one every time.
+    """
+    lenient, strict = await serve(), await serve(max_header_list_size=4096)
+    metadata = (("x-big", "v" * 3000), ("x-more", "w" * 1500))
+    same = [("grpc.default_authority", "localhost")]  # the same header blocks on both
+    async with grpc.aio.insecure_channel(lenient.target, options=same) as open_channel, \
+            grpc.aio.insecure_channel(strict.target, options=same) as strict_channel:
+        for _ in range(3):
+            received = dict(json.loads(await method(open_channel, "Metadata")(
+                b"", metadata=metadata)))
+            assert (received["x-big"], received["x-more"]) == ("v" * 3000, "w" * 1500)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await method(strict_channel, "Metadata")(b"", metadata=metadata)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 async def test_grpcio_option_tuples_apply(serve: Serve) -> None:
     """Option tuples in grpcio's form set the same limits as keyword settings."""
     served = await serve(options=[("grpc.max_receive_message_length", 100)])
