@@ -32,13 +32,14 @@ from __future__ import annotations
 import enum
 import struct
 from importlib import metadata
-from typing import Any
+from typing import Any, cast
 
 import h2.config
 import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.settings
 import h2.stream
 import h2.windows
 import hpack
@@ -257,6 +258,58 @@ class StreamRefused(h2.events.Event):
         self.stream_id = stream_id
 
 
+class _SharedSettings(h2.settings.Settings):
+    """h2's ``Settings`` of a connection copied from a prototype, its values shared until changed.
+
+    h2 keeps a deque of values per setting (the current one and those waiting for an
+    acknowledgement); copying them for our and the client's settings was a tenth of a new
+    connection's instructions.  A copy shares the prototype's values, or those of the other
+    connections that received the same first SETTINGS, and copies them when h2 changes them.
+    Acknowledging shared values is remembered: every connection whose client acknowledges our
+    SETTINGS then shares the acknowledged values.
+    """
+
+    _shared: bool  # _settings is shared with other Settings objects: copy before changing it
+
+    def _own(self) -> None:
+        if self._shared:
+            self._settings = {code: values.copy() for code, values in self._settings.items()}
+            self._shared = False
+
+    def share(self, values: dict[Any, Any]) -> None:
+        """Take ``values`` (a ``_settings`` dict that is not to change any more) as they are."""
+        self._settings = values
+        self._shared = True
+
+    def __setitem__(self, key: Any, value: int) -> None:
+        self._own()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self._own()
+        super().__delitem__(key)
+
+    def acknowledge(self) -> dict[Any, Any]:
+        """As h2's; the outcome for shared values is computed once and shared in turn."""
+        if not self._shared:
+            return super().acknowledge()
+        pending = self._settings
+        known = _acknowledged.get(id(pending))
+        if known is None or known[0] is not pending:
+            self._own()
+            changes = super().acknowledge()
+            if len(_acknowledged) >= _MAX_PROTOTYPES:
+                _acknowledged.clear()
+            known = _acknowledged[id(pending)] = (pending, self._settings, changes)
+        self.share(known[1])
+        return dict(known[2])
+
+
+# What acknowledging shared settings values does, by id of those values: (the values, the
+# acknowledged values, the changes); see _SharedSettings.acknowledge.
+_acknowledged: dict[int, tuple[dict[Any, Any], dict[Any, Any], dict[Any, Any]]] = {}
+
+
 class _FrameHandlers:
     """The ``_frame_dispatch_table`` of a connection copied from a prototype.
 
@@ -348,10 +401,10 @@ class TunedH2Connection(h2.connection.H2Connection):
             state[name] = copy
         for name in ("local_settings", "remote_settings"):
             original = self.__dict__[name]
-            copy = object.__new__(type(original))
-            copy.__dict__.update(original.__dict__)
-            copy._settings = {code: values.copy() for code, values in original._settings.items()}
-            state[name] = copy
+            settings = object.__new__(_SharedSettings)
+            settings.__dict__.update(original.__dict__)
+            settings.share(original._settings)
+            state[name] = settings
         state["_data_to_send"] = bytearray(self._data_to_send)
         state["streams"] = {}
         state["encoder"] = CachingEncoder()
@@ -359,8 +412,10 @@ class TunedH2Connection(h2.connection.H2Connection):
         decoder.max_header_list_size = self.DEFAULT_MAX_HEADER_LIST_SIZE
         state["incoming_buffer"] = type(self.incoming_buffer)(server=True)
         state["_header_frames"] = []
+        # h2's SizeLimitDict, empty, made without its Python __init__ (which checks the size).
         closed_streams: Any = type(self._closed_streams)
-        state["_closed_streams"] = closed_streams(size_limit=self.MAX_CLOSED_STREAMS)
+        state["_closed_streams"] = closed = closed_streams.__new__(closed_streams)
+        closed._size_limit = self.MAX_CLOSED_STREAMS
         state["_buffers"] = []
         state["data_frames_sent"] = 0
         state["_prototype"] = self
@@ -399,7 +454,7 @@ class TunedH2Connection(h2.connection.H2Connection):
             return False
         machine_state, remote, max_outbound_frame_size, ack = effect
         self.state_machine.state = machine_state
-        self.remote_settings._settings = {code: values.copy() for code, values in remote.items()}
+        cast(_SharedSettings, self.remote_settings).share(remote)
         self.max_outbound_frame_size = max_outbound_frame_size
         self._data_to_send += ack
         return True

@@ -388,6 +388,31 @@ def test_first_settings_answer_exactly_as_h2_alone(first: tuple[tuple[int, int],
         assert serve_bytes(data, chunks, fast=True) == serve_bytes(data, chunks, fast=False)
 
 
+def test_settings_changed_on_one_connection_stay_on_it() -> None:
+    """New connections share their settings values until one changes them.
+
+    A client's SETTINGS and its acknowledgement of ours change its own connection only, not
+    one made before it nor one made after.
+    """
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    before = ServerProtocol(ServerSettings())
+    changed = ServerProtocol(ServerSettings())
+    changed.receive(
+        preface + _settings((0x4, 100)) + _settings((0x4, 70_000)) + raw_frame(0x4, 0x1, 0, b"")
+    )
+    after = ServerProtocol(ServerSettings())
+    assert changed._h2.remote_settings.initial_window_size == 70_000
+    assert changed._h2.local_settings.max_concurrent_streams == 1000
+    for server in (before, after):
+        assert server._h2.remote_settings.initial_window_size == 65535
+        assert server._h2.local_settings.max_concurrent_streams == 100  # h2's, until acked
+    for server in (before, after):
+        server.receive(preface + _settings((0x4, 100)) + raw_frame(0x4, 0x1, 0, b""))
+        assert server._h2.remote_settings.initial_window_size == 100
+        assert server._h2.local_settings.max_concurrent_streams == 1000
+    assert changed._h2.remote_settings.initial_window_size == 70_000
+
+
 def test_a_long_first_settings_is_not_remembered() -> None:
     """A first SETTINGS of many entries goes to h2 alone and stays out of the memo.
 
