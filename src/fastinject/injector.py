@@ -111,10 +111,11 @@ class ConnectionInjector:
         )
         if kind == "socket":
             assert isinstance(connection, socket.socket)
-            _send_without_delay(connection)
+            if isinstance(loop, asyncio.BaseEventLoop):  # see _send_without_delay
+                _send_without_delay(connection)
             attached = loop.create_future()
             _attach_socket(loop.connect_accepted_socket(lambda: protocol, connection),
-                           connection, attached)
+                           connection, attached, first=True)
             return attached
         duplex = StreamPairDuplex(*connection) if kind == "pair" else connection  # type: ignore[misc]
         extra = {"peername": getattr(duplex, "peername", None),
@@ -156,27 +157,38 @@ class ConnectionInjector:
 
 
 def _attach_socket(
-    attaching: Coroutine[Any, Any, Any], sock: socket.socket, attached: asyncio.Future[None]
+    attaching: Coroutine[Any, Any, Any],
+    sock: socket.socket,
+    attached: asyncio.Future[None],
+    first: bool = False,
 ) -> None:
     """Step ``loop.connect_accepted_socket``, which serves ``sock``; then complete ``attached``.
 
     The coroutine makes the transport at once and then waits for the transport to be
     connected; it is stepped here, as a task would, without the task (and the context copy,
-    the entry in asyncio's set of tasks and the loop callbacks) a socket would cost.
+    the entry in asyncio's set of tasks and the loop callbacks) a socket would cost.  During
+    the ``first`` step a plain socket reads its family and type as ints (:class:`_IntSocket`).
     """
+    plain = first and sock.__class__ is socket.socket
+    if plain:
+        sock.__class__ = _IntSocket
     try:
         waiting = attaching.send(None)
     except StopIteration:
         attached.set_result(None)
+        return
     except OSError as exc:
         logger.debug("injected socket could not be served: %s", exc)
         sock.close()
         attached.set_result(None)
+        return
+    finally:
+        if plain:
+            sock.__class__ = socket.socket
+    if waiting is None:  # a bare yield: go on at the next loop turn
+        attached.get_loop().call_soon(_attach_socket, attaching, sock, attached)
     else:
-        if waiting is None:  # a bare yield: go on at the next loop turn
-            attached.get_loop().call_soon(_attach_socket, attaching, sock, attached)
-        else:
-            waiting.add_done_callback(lambda _: _attach_socket(attaching, sock, attached))
+        waiting.add_done_callback(lambda _: _attach_socket(attaching, sock, attached))
 
 
 def _loop_thread_check(method: str) -> asyncio.AbstractEventLoop:
@@ -193,6 +205,19 @@ def _loop_thread_check(method: str) -> asyncio.AbstractEventLoop:
 # enums, which cost more than the rest of an injection's checks together.
 _family: Callable[[socket.socket], int] = _socket.socket.family.__get__
 _type: Callable[[socket.socket], int] = _socket.socket.type.__get__
+
+
+class _IntSocket(socket.socket):
+    """A socket whose ``family`` and ``type`` are plain ints, as the event loop reads them.
+
+    ``socket.socket`` converts them to enums on every read (several thousand instructions
+    each); a loop attaching an injected socket reads them three times.  A plain socket is of
+    this class only while the loop attaches it.
+    """
+
+    __slots__ = ()
+    family = property(_family)
+    type = property(_type)
 
 
 def _classify(connection: Any) -> str:
@@ -221,7 +246,8 @@ def _send_without_delay(sock: socket.socket) -> None:
     asyncio does it only for sockets whose ``proto`` says TCP, which a socket accepted from a
     listener made with ``socket.socket()`` or ``socket.create_server()`` does not (its proto
     is 0).  With Nagle on, a response written in two parts waits for the peer's delayed ACK
-    (40 ms on Linux) before its second part leaves.
+    (40 ms on Linux) before its second part leaves.  Only for asyncio's own loops: uvloop's
+    (libuv) turns it off on every TCP socket it opens.
     """
     if _family(sock) in (socket.AF_INET, socket.AF_INET6):
         # A socket already closed fails when served, and is logged as for any other peer.

@@ -160,6 +160,23 @@ async def test_each_connection_kind_and_security(
         assert info["auth"]["transport_security_type"] == ["ssl"]
 
 
+async def test_an_injected_socket_stays_what_it_was(
+    server: fastinject.Server, injector: fastinject.ConnectionInjector
+) -> None:
+    """An injected socket keeps its class, and reads its family and type as enums, once served.
+
+    (While the loop attaches it, a plain socket reads them as ints: the loop reads each
+    several times, and each enum costs thousands of instructions.)
+    """
+    ours, theirs = socket.socketpair()
+    with theirs:
+        await injector.inject_connection(ours)
+        assert type(ours) is socket.socket
+        assert ours.family is socket.AF_UNIX
+        assert ours.type is socket.SOCK_STREAM
+        await eventually(lambda: len(server._connections) == 1)
+
+
 async def test_initial_data_is_served_first(injector: fastinject.ConnectionInjector) -> None:
     """Bytes the caller already read (sniffing) are processed before the rest of the stream."""
     listener = socket.create_server(("127.0.0.1", 0))
