@@ -189,13 +189,14 @@ def _inject_accepted(listener: socket.socket, injector: fastinject.ConnectionInj
     alive at once, and the garbage collector run).
     """
     try:
-        sock, _ = listener.accept()
+        # listener.accept() less its two enum conversions (family and type, per call)
+        fd, _ = listener._accept()  # type: ignore[attr-defined]
     except (BlockingIOError, InterruptedError):
         return
     except OSError as exc:  # out of descriptors, say: try again when next readable
         print(f"accept failed: {exc}", file=sys.stderr, flush=True)
         return
-    injector.inject_connection(sock)
+    injector.inject_connection(socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
