@@ -72,7 +72,8 @@ _H2_INTERNALS: dict[str, tuple[object, tuple[str, ...]]] = {
     ),
     "H2Stream": (
         h2.stream.H2Stream,
-        ("acknowledge_received_data", "reset_stream", "open", "inbound_flow_control_window"),
+        ("acknowledge_received_data", "reset_stream", "open", "closed", "closed_by",
+         "inbound_flow_control_window"),
     ),
 }
 # Instance attributes, looked up on a connection and a stream made for the check.
@@ -654,6 +655,25 @@ class TunedH2Connection(h2.connection.H2Connection):
                 frames.extend(stream.acknowledge_received_data(size))
         self._prepare_for_sending(frames)
 
+    def finish_stream(self, stream_id: int, error_code: int) -> None:
+        """A call is over: reset its stream if still open, then forget it as h2 forgets.
+
+        h2 drops closed streams (remembering how each closed, to judge frames that still come
+        on it) whenever it counts the open ones; done here, once per stream, the stream table
+        holds only open streams and counting them (:attr:`open_inbound_streams`) costs no scan.
+        Nothing is forgotten while the connection cannot send the reset.
+        """
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        if not stream.closed:
+            try:
+                self.reset_stream(stream_id, error_code)
+            except h2.exceptions.ProtocolError:  # the connection is closed
+                return
+        del self.streams[stream_id]
+        self._closed_streams[stream_id] = stream.closed_by
+
     def refuse_overlong_frame(self, length: int) -> None:
         """Fail the connection for a frame declared longer than our maximum frame size.
 
@@ -766,7 +786,8 @@ class TunedH2Connection(h2.connection.H2Connection):
 
         h2 counts by scanning (and pruning) every stream on each new one.  While the stream
         table holds fewer entries than the limit, the open count cannot reach the limit either,
-        so the scan is only done when the table is full: closed streams are pruned in batches.
+        so the scan is only done when the table is full; calls that end take their streams out
+        at once (:meth:`finish_stream`), streams closed otherwise are pruned in batches.
         """
         if len(self.streams) < self.local_settings.max_concurrent_streams:
             return len(self.streams)

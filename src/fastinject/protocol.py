@@ -13,7 +13,6 @@ stops its peer instead of growing our buffers.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import struct
 import time
@@ -943,20 +942,14 @@ class ServerProtocol:
             self._h2.send_header_block(stream_id, headers, end_stream=True)
         except h2.exceptions.ProtocolError:
             return
-        self._reset_if_open(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+        self._h2.finish_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
 
     def reset(self, stream_id: int, error_code: int = h2.errors.ErrorCodes.CANCEL) -> None:
         """Reset a stream (the call is abandoned, queued DATA with it)."""
         self._forget(stream_id)
         self.outbound.close(stream_id)
         self._final_headers.pop(stream_id, None)
-        self._reset_if_open(stream_id, error_code)
-
-    def _reset_if_open(self, stream_id: int, error_code: int) -> None:
-        stream = self._h2.streams.get(stream_id)
-        if stream is not None and not stream.closed:
-            with contextlib.suppress(h2.exceptions.ProtocolError):  # the connection is closed
-                self._h2.reset_stream(stream_id, error_code)
+        self._h2.finish_stream(stream_id, error_code)
 
     def ping(self, opaque: bytes) -> bool:
         """Send a PING with 8 bytes of ``opaque`` data; False if the connection cannot send."""

@@ -509,8 +509,13 @@ def test_headers_and_acknowledgements_answer_exactly_as_h2_alone(
 
 
 def _stream_state(server: ServerProtocol, stream_id: int) -> dict[str, object]:
-    """Everything h2 holds for a stream: its attributes, state machine and receive window."""
-    stream = server._h2.streams[stream_id]
+    """Everything h2 holds for a stream: its attributes, state machine and receive window.
+
+    Once forgotten (closed), how it closed.
+    """
+    stream = server._h2.streams.get(stream_id)
+    if stream is None:
+        return {"closed_by": server._h2._closed_streams[stream_id]}
     state = dict(vars(stream))
     state["state_machine"] = dict(vars(stream.state_machine))
     state["_inbound_window_manager"] = dict(vars(stream._inbound_window_manager))
@@ -551,6 +556,35 @@ def test_call_streams_are_the_streams_h2_makes(
         history.append(_stream_state(server, 1))
         histories.append((history, server.data_to_send()))
     assert histories[0] == histories[1]
+
+
+def test_streams_of_ended_calls_are_forgotten_as_h2_forgets_closed_streams() -> None:
+    """A call's stream leaves h2's stream table when the call ends, remembered as closed.
+
+    Ended by trailers after the client half-closed, by trailers while the client still sends
+    (then RST_STREAM NO_ERROR), or reset by us: only open streams stay, so counting them costs
+    no scan.  Frames the client sent before it saw the end are ignored (RFC 9113 5.1): a
+    WINDOW_UPDATE, a RST_STREAM, DATA on the stream we reset.
+    """
+    client, server = connected()
+    half_closed, sending, reset, running = (client.start_call(end=end)
+                                            for end in (True, False, False, False))
+    exchange(client, server)
+    server.send_headers(half_closed, [], None)
+    server.send_trailers(half_closed, StatusCode.OK, None, [])
+    server.send_trailers_only(sending, StatusCode.OK, None, ())
+    server.reset(reset)
+    client.receive(server.data_to_send())
+    assert set(server._h2.streams) == {running}
+    assert server._h2._closed_streams.keys() >= {half_closed, sending, reset}
+    late = (raw_frame(0x8, 0, half_closed, struct.pack(">I", 100))
+            + raw_frame(0x3, 0, sending, struct.pack(">I", 0x8))
+            + raw_frame(DATA, 0, reset, grpc_frame(b"late")))
+    before = len(client.frames)
+    assert server.receive(late) == []
+    client.receive(server.data_to_send())
+    assert client.goaways == []
+    assert client.frames[before:] == []
 
 
 def test_settings_after_a_refused_replay_are_h2s() -> None:
