@@ -125,8 +125,12 @@ def channel_for(mode: str, port: int, tls: TlsMaterial, *, client_cert: bool = T
 
 @pytest.fixture
 async def server(recorder: Recorder) -> AsyncIterator[fastinject.Server]:
-    """A started test.Echo server with no ports, whose TLS handshakes time out after 0.5 s."""
-    server = echo_server(recorder, handshake_timeout=0.5)
+    """A started test.Echo server with no ports (the default handshake timeout, 120 s).
+
+    A short one would make every injection of a test race it: 1,000 of them on a loaded host
+    met a 0.5 s deadline stalled between injection and preface (BrokenPipe, once, on uvloop).
+    """
+    server = echo_server(recorder)
     await server.start()
     yield server
     await server.stop(None)
@@ -212,17 +216,22 @@ async def test_mtls_without_client_certificate_is_refused(
 
 
 async def test_silent_connection_closed_at_handshake_timeout(
-    server: fastinject.Server, tls: TlsMaterial
+    recorder: Recorder, tls: TlsMaterial
 ) -> None:
     """A peer that never starts its TLS handshake is disconnected at the handshake timeout."""
+    server = echo_server(recorder, handshake_timeout=0.5)
+    await server.start()
     injector = server.create_connection_injector(credentials("tls", tls))
     ours, theirs = socket.socketpair()
     injector.inject_connection(ours)
     theirs.setblocking(False)
     loop = asyncio.get_running_loop()
-    assert await asyncio.wait_for(loop.sock_recv(theirs, 100), 10) == b""
-    theirs.close()
-    assert injector.connections == 0
+    try:
+        assert await asyncio.wait_for(loop.sock_recv(theirs, 100), 10) == b""
+        assert injector.connections == 0
+    finally:
+        theirs.close()
+        await server.stop(None)
 
 
 async def test_garbage_does_not_raise_into_caller(
