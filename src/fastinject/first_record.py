@@ -1,8 +1,8 @@
 """Waiting, reading nothing, until a socket's first TLS record is whole in the kernel.
 
 ``loop.start_tls`` makes a connection's TLS session at once, before the peer sent a byte:
-OpenSSL's state and buffers, ~50 KiB on uvloop and ~300 KiB on asyncio's own loop (whose TLS
-protocol allocates a 256 KiB read buffer).  It cannot be given bytes already read, so a
+OpenSSL's state and buffers, ~55 KiB on uvloop (~300 KiB on asyncio's own loop, whose sockets
+therefore take ``tls.TlsLayer`` instead).  It cannot be given bytes already read, so a
 connection on a socket waits with its transport paused and the peer's bytes unread in the
 kernel until its first TLS record (the ClientHello) is whole, and only then starts TLS.  A
 slowloris peer that sends half a ClientHello, or nothing, costs the server its transport and a

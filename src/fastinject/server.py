@@ -37,7 +37,7 @@ from .handlers import (
 from .memory import MessageMemory
 from .options import ServerSettings
 from .pending import Arrival
-from .tls import NativeTlsHandshake, TlsLayer
+from .tls import NativeTlsHandshake, TlsLayer, native_tls_pays
 
 if TYPE_CHECKING:
     from .injector import ConnectionInjector
@@ -285,7 +285,8 @@ class Server:
         """The protocol serving one new connection: TLS first if ``credentials`` ask for it.
 
         ``native_tls``: the connection will be a socket transport of this loop, so the loop's
-        own TLS can run the handshake (unless ``initial_data`` was already read from it).
+        own TLS can run the handshake (unless ``initial_data`` was already read from it), where
+        that pays (:func:`~fastinject.tls.native_tls_pays`: on uvloop).
         """
         # One deadline from arrival for the TLS handshake and the preface, as grpc core.
         arrival = Arrival(group, self.loop.time() + self.settings.handshake_timeout)
@@ -307,7 +308,7 @@ class Server:
         context = credentials.ssl_context()
         if context is None:
             return make_connection(initial_data)
-        if native_tls and not initial_data:
+        if native_tls and not initial_data and native_tls_pays(self.loop):
             return NativeTlsHandshake(context, make_connection, arrival)
         return TlsLayer(context, make_connection, arrival, initial_data)
 

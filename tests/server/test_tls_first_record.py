@@ -1,10 +1,10 @@
 """A connection's TLS session is made only once its first TLS record is whole.
 
 Half a ClientHello (a slowloris peer), or nothing, then costs the server the connection, not an
-OpenSSL session and its buffers (~50 KiB on uvloop, ~300 KiB on asyncio's loop); a ClientHello
-that arrives in pieces still completes its handshake.  On a port and on an injected socket the
-bytes wait unread in the kernel until the record is whole, then the loop's own TLS takes them;
-on the ``ssl.MemoryBIO`` path (``initial_data``, injected streams) the server holds the bytes.
+OpenSSL session and its buffers (~55 KiB); a ClientHello that arrives in pieces still completes
+its handshake.  On uvloop, on a port and on an injected TCP socket, the bytes wait unread in
+the kernel until the record is whole, then uvloop's TLS takes them; on the ``ssl.MemoryBIO``
+path (asyncio's loop, ``initial_data``, Unix sockets) the server holds the bytes.
 A first record that is not a TLS handshake, or is longer than TLS allows, is refused at once.
 Run with ``FASTINJECT_TEST_LOOP=uvloop`` for uvloop's TLS.
 """
