@@ -363,22 +363,28 @@ class TunedH2Connection(h2.connection.H2Connection):
 
     @classmethod
     def started(
-        cls, config: h2.config.H2Configuration, settings: dict[int, int], extra_window: int
+        cls,
+        config: h2.config.H2Configuration,
+        settings: tuple[tuple[int, int], ...],
+        extra_window: int,
     ) -> TunedH2Connection:
         """A new server connection with its SETTINGS (and window increment) queued.
 
-        As ``initiate_connection()``, ``update_settings(settings)`` and
-        ``increment_flow_control_window(extra_window)`` (if positive) leave one.  Those calls
+        As ``initiate_connection()``, ``update_settings(dict(settings))`` and
+        ``increment_flow_control_window(extra_window)`` (if positive) leave one; ``settings``
+        are (parameter, value) pairs, the parameters as ints.  Those calls
         build, validate and serialise the same frames for every connection (with h2's
         constructor, a sixth of a plaintext connection's CPU); the first connection of a
         configuration is made so and kept as a prototype, and later ones are copies of it.
         """
-        key = (config, tuple(settings.items()), extra_window)
+        key = (config, settings, extra_window)
         prototype = _prototypes.get(key)
         if prototype is None:
             prototype = cls(config=config)
             prototype.initiate_connection()
-            prototype.update_settings(settings)
+            prototype.update_settings(
+                {h2.settings.SettingCodes(code): value for code, value in settings}
+            )
             if extra_window > 0:
                 prototype.increment_flow_control_window(extra_window)
             unknown = vars(prototype).keys() - _COPIED_STATE

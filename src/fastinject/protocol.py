@@ -22,7 +22,6 @@ import h2.config
 import h2.errors
 import h2.events
 import h2.exceptions
-import h2.settings
 
 from . import metadata as md
 from ._budget import TokenBucket
@@ -52,6 +51,12 @@ _PING_FRAME_TYPE = 0x6
 _GOAWAY_FRAME_TYPE = 0x7
 _WINDOW_UPDATE_FRAME_TYPE = 0x8
 _CONTINUATION_FRAME_TYPE = 0x9
+# SETTINGS parameters (RFC 9113 6.5.2) as ints: h2's SettingCodes are enums, hashed in Python.
+_ENABLE_PUSH = 0x2
+_MAX_CONCURRENT_STREAMS = 0x3
+_INITIAL_WINDOW_SIZE = 0x4
+_MAX_FRAME_SIZE = 0x5
+_MAX_HEADER_LIST_SIZE = 0x6
 # A client may answer each DATA frame we send with a WINDOW_UPDATE for its stream and one for
 # the connection, and widen the window of each stream it opens; WINDOW_UPDATE frames beyond
 # that count against the useless-frame budget.
@@ -203,18 +208,17 @@ class ServerProtocol:
         self._accept_encoding = (
             b"grpc-accept-encoding", accept_encoding_header(settings.enabled_compression)
         )
-        s = h2.settings.SettingCodes
         # Our settings are sent as an update, so that (RFC 9113 6.9.3) they bind the client only
         # once it acknowledges them: bytes it sent before seeing them are within the defaults.
         self._h2 = TunedH2Connection.started(
             _H2_CONFIG,
-            {
-                s.MAX_CONCURRENT_STREAMS: settings.max_concurrent_streams,
-                s.INITIAL_WINDOW_SIZE: settings.initial_stream_window_size,
-                s.MAX_FRAME_SIZE: settings.max_frame_size,
-                s.MAX_HEADER_LIST_SIZE: settings.max_header_list_size,
-                s.ENABLE_PUSH: 0,
-            },
+            (
+                (_MAX_CONCURRENT_STREAMS, settings.max_concurrent_streams),
+                (_INITIAL_WINDOW_SIZE, settings.initial_stream_window_size),
+                (_MAX_FRAME_SIZE, settings.max_frame_size),
+                (_MAX_HEADER_LIST_SIZE, settings.max_header_list_size),
+                (_ENABLE_PUSH, 0),
+            ),
             settings.initial_connection_window_size - 65535,
         )
         self._streams: dict[int, _StreamState] = {}
