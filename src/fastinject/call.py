@@ -208,6 +208,10 @@ class Call:
             raise StopAsyncIteration
         return self.deserialize(raw)
 
+    def request_done(self) -> bool:
+        """Whether the request ended with nothing left to read (:meth:`read_raw` gives None)."""
+        return self._ended and self.failure is None and not self._inbox
+
     async def read_raw(self) -> bytes | None:
         """The next request message's payload (decompressed), or ``None`` at end of stream."""
         while (message := self._inbox.pop()) is None:  # taken: its credit is now owed

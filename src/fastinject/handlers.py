@@ -162,6 +162,16 @@ class HandlerRegistry:
         handler = self._registered.get(details.method)
         if handler is not None:
             return handler
+        return self._find_generic(details)
+
+    def find_method(self, method: str, metadata: Metadata) -> Any:
+        """:meth:`find` for a call's method and metadata; a registered method costs a lookup."""
+        handler = self._registered.get(method)
+        if handler is not None:
+            return handler
+        return self._find_generic(HandlerCallDetails(method, metadata))
+
+    def _find_generic(self, details: HandlerCallDetails) -> Any:
         for generic in self._generic:
             handler = generic.service(details)
             if handler is not None:

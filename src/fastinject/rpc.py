@@ -67,9 +67,12 @@ async def run_rpc(conn: Connection, call: Call) -> None:
     try:
         if call.interrupted:
             raise asyncio.CancelledError
-        details = HandlerCallDetails(call.head.method, call.head.metadata)
+        head = call.head
         lookup = conn.intercepted_lookup
-        handler = conn.registry.find(details) if lookup is None else await lookup(details)
+        if lookup is None:
+            handler = conn.registry.find_method(head.method, head.metadata)
+        else:
+            handler = await lookup(HandlerCallDetails(head.method, head.metadata))
         if handler is None:
             call.finish(StatusCode.UNIMPLEMENTED, f"Method not found: {call.head.method}")
             return
@@ -138,7 +141,7 @@ async def _read_single(call: Call) -> Any:
     if raw is None:
         raise RpcError("the client sent no request message for a unary call",
                        StatusCode.UNIMPLEMENTED)
-    if await call.read_raw() is not None:
+    if not call.request_done() and await call.read_raw() is not None:
         raise RpcError("the client sent more than one request message for a unary call",
                        StatusCode.UNIMPLEMENTED)
     return call.deserialize(raw)

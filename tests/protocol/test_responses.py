@@ -157,6 +157,22 @@ async def test_unary_with_two_request_messages_is_unimplemented(wire: Wire) -> N
     assert response.messages == []
 
 
+async def test_unary_waits_for_the_half_close_after_its_message(wire: Wire) -> None:
+    """A unary request half-closed after its message is answered once the half-close comes.
+
+    A second message before the half-close is UNIMPLEMENTED instead.
+    """
+    single = wire.client.start_call(b"/test.Echo/Unary", [b"one"], end=False)
+    double = wire.client.start_call(b"/test.Echo/Unary", [b"one"], end=False)
+    await wire.round_trip()
+    assert not wire.client.response(single).done
+    wire.client.end(single)
+    wire.client.send(double, grpc_frame(b"two"), end=True)
+    response = await wire.finish(single)
+    assert (response.status, response.messages) == (StatusCode.OK.number, [(False, b"one")])
+    assert (await wire.finish(double)).status == StatusCode.UNIMPLEMENTED.number
+
+
 async def test_unary_with_no_request_message_is_unimplemented(wire: Wire) -> None:
     """A unary call half-closed without a request is a cardinality violation: UNIMPLEMENTED.
 
