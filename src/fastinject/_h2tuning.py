@@ -166,6 +166,8 @@ def check_h2_internals() -> None:
             missing.append("FrameBuffer()._headers_buffer")
         if not hasattr(stream.state_machine, "trailers_sent"):
             missing.append("H2StreamStateMachine().trailers_sent")
+        if not hasattr(stream._inbound_window_manager, "current_window_size"):
+            missing.append("WindowManager().current_window_size")
         missing += _uncopyable(connection)
     encoder, decoder = hpack.Encoder(), hpack.Decoder()
     table = getattr(encoder, "header_table", None)
@@ -619,6 +621,26 @@ class TunedH2Connection(h2.connection.H2Connection):
         if end_stream:
             stream.state_machine.process_input(StreamInputs.RECV_END_STREAM)
         return True
+
+    def data_allowance(self, stream_id: int) -> int:
+        """How many bytes of DATA without END_STREAM :meth:`accept_data` takes on ``stream_id``.
+
+        The least of the connection's and the stream's receive windows: frames within it can
+        be accounted together, with one :meth:`accept_data` for their summed length.  0 when
+        the frames must be accounted one by one (or seen by h2): :meth:`accept_data` would
+        refuse them, or the request declared a content-length.
+        """
+        stream = self.streams.get(stream_id)
+        if (
+            stream is None
+            or stream.state_machine.state is not StreamState.OPEN
+            or self.state_machine.state is ConnectionState.CLOSED
+            or self.incoming_buffer._headers_buffer
+            or stream._expected_content_length is not None
+        ):
+            return 0
+        return min(self._inbound_flow_control_window_manager.current_window_size,
+                   stream._inbound_window_manager.current_window_size)
 
     def ignore_data(self, stream_id: int, length: int) -> bool:
         """Account for a DATA frame on a stream we reset, which RFC 9113 5.1 says to ignore.

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from fastinject import StatusCode, _h2streams, _h2tuning
 from fastinject.options import ServerSettings
 from fastinject.protocol import (
+    CallFailed,
     CallStarted,
     ConnectionClosedByPeer,
     Event,
@@ -31,6 +32,7 @@ from protocol.wire import (
     DATA,
     END_STREAM,
     GOAWAY,
+    RST_STREAM,
     H2Client,
     connected,
     exchange,
@@ -103,6 +105,66 @@ def test_data_beyond_the_stream_window_is_a_flow_control_error() -> None:
     ]
     client.receive(server.data_to_send())
     assert [g.error_code for g in client.goaways] == [FLOW_CONTROL_ERROR]
+
+
+def test_frames_that_overrun_the_stream_window_together_are_a_flow_control_error() -> None:
+    """Frames each within the stream window but over it together, in one read: GOAWAY."""
+    client, server = connected(initial_stream_window_size=1024)
+    stream_id = client.start_call(end=False)
+    exchange(client, server)
+    events = server.receive(raw_frame(DATA, 0, stream_id, grpc_frame(b"\0" * 395)) * 3)
+    assert [(type(e), e.error_code) for e in events] == [  # type: ignore[union-attr]
+        (ConnectionClosedByPeer, FLOW_CONTROL_ERROR)
+    ]
+    client.receive(server.data_to_send())
+    assert [g.error_code for g in client.goaways] == [FLOW_CONTROL_ERROR]
+
+
+def test_streams_that_overrun_the_connection_window_together_are_a_flow_control_error() -> None:
+    """Runs of frames of two calls, each within its stream window, over the connection's."""
+    client, server = connected(
+        initial_stream_window_size=1 << 20, initial_connection_window_size=65_535
+    )
+    one, three = client.start_call(end=False), client.start_call(end=False)
+    exchange(client, server)
+    frame = grpc_frame(b"\0" * 16_379)
+    data = raw_frame(DATA, 0, one, frame) * 2 + raw_frame(DATA, 0, three, frame) * 2
+    assert len(data) - 4 * 9 > 65_535
+    events = server.receive(data)
+    assert [(type(e), e.error_code) for e in events] == [  # type: ignore[union-attr]
+        (ConnectionClosedByPeer, FLOW_CONTROL_ERROR)
+    ]
+
+
+def test_one_message_per_frame_answers_exactly_as_h2_alone() -> None:
+    """Small DATA frames of interleaved calls: the same answers as h2 alone, however cut.
+
+    Among them padded frames, a broken message inside a run of frames and a stream the client
+    resets: the same messages, failures and window updates.
+    """
+    client = H2Client()
+    one, three, five = (client.start_call(end=False) for _ in range(3))
+    frames = [raw_frame(DATA, 0, one, grpc_frame(bytes([n]) * n)) for n in range(1, 30)]
+    frames += [raw_frame(DATA, 0, three, grpc_frame(b"three"))] * 5
+    frames += [raw_frame(DATA, 0x8, one, b"\x07" + grpc_frame(b"padded") + bytes(7))]
+    frames += [raw_frame(DATA, 0, one, grpc_frame(b"after padding"))] * 3
+    frames += [raw_frame(DATA, 0, three, grpc_frame(b"ok")), raw_frame(DATA, 0, three, b"\x02")]
+    frames += [raw_frame(DATA, 0, three, grpc_frame(b"lost"))] * 3  # the call failed
+    frames += [raw_frame(DATA, 0, five, grpc_frame(b"five"))] * 2
+    frames += [raw_frame(RST_STREAM, 0, five, struct.pack(">I", 8))]
+    frames += [raw_frame(DATA, 0, five, grpc_frame(b"reset"))] * 2
+    frames += [raw_frame(DATA, END_STREAM, one, grpc_frame(b"end"))]
+    data = client.data_to_send() + b"".join(frames)
+    for chunks in ([], [len(data) - sum(map(len, frames)) + 300] * 3, [50] * 200):
+        fast, slow = serve_bytes(data, chunks, fast=True), serve_bytes(data, chunks, fast=False)
+        assert fast == slow
+    events = fast[0]
+    three_messages = [
+        message for e in events if isinstance(e, tuple) and e[:2] == ("messages", 3)
+        for message in e[2]
+    ]
+    assert three_messages == [(b"three", False)] * 5 + [(b"ok", False)]
+    assert [e.status for e in events if isinstance(e, CallFailed)] == [StatusCode.INTERNAL]
 
 
 def test_body_longer_than_content_length_is_a_protocol_error() -> None:
@@ -226,12 +288,14 @@ def serve_bytes(
 ) -> tuple[list[object], bytes]:
     """Feed ``data`` cut at ``chunks`` to a fresh server; return a summary of events and output.
 
-    With ``fast`` off, every frame goes through h2 (``accept_data``, ``receive_request``,
-    ``receive_settings_ack`` and ``receive_first_settings`` decline them all).
+    With ``fast`` off, every frame goes through h2 (``accept_data``, ``data_allowance``,
+    ``receive_request``, ``receive_settings_ack`` and ``receive_first_settings`` decline them
+    all).
     """
     server = ServerProtocol(ServerSettings(initial_stream_window_size=32_768, **settings))
     if not fast:
         server._h2.accept_data = lambda *args: False  # type: ignore[method-assign]
+        server._h2.data_allowance = lambda *args: 0  # type: ignore[method-assign]
         server._h2.receive_request = lambda *args: None  # type: ignore[method-assign]
         server._h2.receive_settings_ack = lambda: False  # type: ignore[method-assign]
         server._h2.receive_first_settings = lambda *args: False  # type: ignore[method-assign]
@@ -244,7 +308,12 @@ def serve_bytes(
             continue
         for event in server.receive(piece):
             if isinstance(event, MessagesReceived):
-                summary.append(("messages", event.stream_id, event.messages))
+                # Consecutive DATA frames of a call may be reported in one event or in several.
+                last = summary[-1] if summary else None
+                if isinstance(last, tuple) and last[:2] == ("messages", event.stream_id):
+                    summary[-1] = (*last[:2], last[2] + event.messages)
+                else:
+                    summary.append(("messages", event.stream_id, event.messages))
                 for payload, _ in event.messages:
                     server.consumed(event.stream_id, len(payload) + 5 - event.prepaid)
                     event.prepaid = 0
