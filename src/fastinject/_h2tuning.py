@@ -41,6 +41,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import h2.stream
+import h2.utilities
 import h2.windows
 import hpack
 import hyperframe.frame
@@ -62,6 +63,7 @@ _H2_INTERNALS: dict[str, tuple[object, tuple[str, ...]]] = {
         ("StreamClosedBy", "StreamInputs", "StreamState", "H2Stream", "H2StreamStateMachine"),
     ),
     "h2.windows": (h2.windows, ("WindowManager",)),
+    "h2.utilities": (h2.utilities, ("guard_increment_window",)),
     "H2Connection": (
         h2.connection.H2Connection,
         ("_receive_frame", "_receive_data_frame", "_receive_goaway_frame",
@@ -209,6 +211,7 @@ from h2.connection import (  # noqa: E402  (after the check, which names what is
     _decode_headers,
 )
 from h2.stream import StreamClosedBy, StreamInputs, StreamState  # noqa: E402
+from h2.utilities import guard_increment_window  # noqa: E402
 
 from ._h2streams import H2_ONLY, open_request_stream, request_length, send_headers  # noqa: E402
 from ._hpack import CachingDecoder, CachingEncoder  # noqa: E402
@@ -222,6 +225,8 @@ _END_HEADERS = 0x4
 # Stream states in which a server may send DATA (the request side may still be open or not).
 _SENDING_STATES = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
 
+
+_MAX_WINDOW = 2**31 - 1  # a flow-control window's largest size, and an update's (RFC 9113 6.9)
 
 # Started connections to copy, by (config, settings, extra window): see TunedH2Connection.started.
 _prototypes: dict[tuple[Any, ...], TunedH2Connection] = {}
@@ -567,6 +572,36 @@ class TunedH2Connection(h2.connection.H2Connection):
             self._terminate_connection(exc.error_code)
             raise
         return headers  # type: ignore[no-any-return]
+
+    def receive_window_update(self, increment: int) -> bool:
+        """Apply a WINDOW_UPDATE of the connection (stream 0) as h2 does for the frame.
+
+        Widens the connection's send window, without h2's frame parsing, frame object and
+        event.  Returns False, touching nothing, when h2 must see the frame itself (an
+        increment h2 refuses: 0 or over 2^31-1; a header block in progress; the connection
+        closed).  Errors are h2's: GOAWAY is queued and :class:`h2.exceptions.ProtocolError`
+        raised (FlowControlError for a window past 2^31-1).
+        """
+        if (not 0 < increment <= _MAX_WINDOW or self.incoming_buffer._headers_buffer
+                or self.state_machine.state is ConnectionState.CLOSED):
+            return False
+        try:
+            self.state_machine.process_input(ConnectionInputs.RECV_WINDOW_UPDATE)
+            self.outbound_flow_control_window = guard_increment_window(
+                self.outbound_flow_control_window, increment
+            )
+        except h2.exceptions.ProtocolError as exc:
+            self._terminate_connection(exc.error_code)
+            raise
+        return True
+
+    def receive_goaway(self) -> bool:
+        """Whether a client's GOAWAY (stream 0, at least 8 bytes) may be taken without h2.
+
+        h2 keeps no state for it (see :meth:`_receive_goaway_frame`): the caller reports it.
+        False when a header block is in progress, which h2 refuses the frame inside.
+        """
+        return not self.incoming_buffer._headers_buffer
 
     def receive_settings_ack(self) -> bool:
         """Apply the client's acknowledgement of our SETTINGS, as h2 does for the frame.

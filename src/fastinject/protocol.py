@@ -40,6 +40,7 @@ _CLIENT_PREFACE_LENGTH = len(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 # An HTTP/2 frame header: 24-bit length (high byte, low 16 bits), type, flags, stream id
 # (the reserved top bit of a client's stream id is always clear: h2 rejects it otherwise).
 _FRAME_HEADER = struct.Struct(">BHBBI")
+_INCREMENT = struct.Struct(">I")  # a WINDOW_UPDATE's increment, a GOAWAY's error code
 _END_STREAM = 0x1
 _ACK = 0x1
 _END_HEADERS = 0x4
@@ -441,6 +442,25 @@ class ServerProtocol:
                     ):
                         handed = frame_end
                         self._on_remote_settings(events)
+            elif frame_type == _WINDOW_UPDATE_FRAME_TYPE and length == 4 and not stream_id:
+                # The connection's window, widened (h2load sends one after its SETTINGS).
+                self._police(frame_type, flags, length)
+                if handed < pos or self._opened:  # what precedes it first, calls opened too
+                    self._feed_h2(view[handed:pos], events)
+                    handed = pos
+                if self._h2.receive_window_update(_INCREMENT.unpack_from(buf, pos + 9)[0]):
+                    handed = frame_end
+                    self._mirror_window(0)
+                    events.append(WindowOpened(0))
+            elif frame_type == _GOAWAY_FRAME_TYPE and length >= 8 and not stream_id:
+                # The client leaves (most send GOAWAY before they close).
+                self._police(frame_type, flags, length)
+                if handed < pos or self._opened:
+                    self._feed_h2(view[handed:pos], events)
+                    handed = pos
+                if self._h2.receive_goaway():
+                    handed = frame_end
+                    self._closed_by_peer(_INCREMENT.unpack_from(buf, pos + 13)[0], events)
             elif frame_type != _HEADERS_FRAME_TYPE or not flags & _END_HEADERS:
                 self._police(frame_type, flags, length)
             elif not flags & _PADDED_OR_PRIORITY:
@@ -605,15 +625,17 @@ class ServerProtocol:
             elif isinstance(event, h2.events.PingAckReceived):
                 events.append(PingAcked(bytes(event.ping_data or b"")))
             elif isinstance(event, h2.events.ConnectionTerminated):
-                self.closed = True
-                events.append(
-                    ConnectionClosedByPeer(int(event.error_code or 0), "client sent GOAWAY")
-                )
+                self._closed_by_peer(int(event.error_code or 0), events)
             elif isinstance(event, h2.events.TrailersReceived):
                 self._fail(event.stream_id, StatusCode.INTERNAL, "unexpected request trailers",
                            events)
             elif isinstance(event, StreamRefused):
                 self._abandoned()  # over max_concurrent_streams: refused, no call
+
+    def _closed_by_peer(self, error_code: int, events: list[Event]) -> None:
+        """The client sent GOAWAY with ``error_code``."""
+        self.closed = True
+        events.append(ConnectionClosedByPeer(error_code, "client sent GOAWAY"))
 
     def _on_remote_settings(self, events: list[Event]) -> None:
         """The client's SETTINGS were applied (and acknowledged)."""

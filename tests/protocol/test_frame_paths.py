@@ -289,8 +289,8 @@ def serve_bytes(
     """Feed ``data`` cut at ``chunks`` to a fresh server; return a summary of events and output.
 
     With ``fast`` off, every frame goes through h2 (``accept_data``, ``data_allowance``,
-    ``receive_request``, ``receive_settings_ack`` and ``receive_first_settings`` decline them
-    all).
+    ``receive_request``, ``receive_settings_ack``, ``receive_first_settings``,
+    ``receive_window_update`` and ``receive_goaway`` decline them all).
     """
     server = ServerProtocol(ServerSettings(initial_stream_window_size=32_768, **settings))
     if not fast:
@@ -299,6 +299,8 @@ def serve_bytes(
         server._h2.receive_request = lambda *args: None  # type: ignore[method-assign]
         server._h2.receive_settings_ack = lambda: False  # type: ignore[method-assign]
         server._h2.receive_first_settings = lambda *args: False  # type: ignore[method-assign]
+        server._h2.receive_window_update = lambda *args: False  # type: ignore[method-assign]
+        server._h2.receive_goaway = lambda: False  # type: ignore[method-assign]
     summary: list[object] = []
     output = b""
     offset = 0
@@ -454,6 +456,49 @@ def test_first_settings_answer_exactly_as_h2_alone(first: tuple[tuple[int, int],
         + raw_frame(DATA, END_STREAM, 1, grpc_frame(b"x" * 100))
     )
     for chunks in ([], [1] * len(data), [], [7] * 100):
+        assert serve_bytes(data, chunks, fast=True) == serve_bytes(data, chunks, fast=False)
+
+
+WINDOW_UPDATE = 0x8
+
+
+def _window_update(increment: int, stream_id: int = 0) -> bytes:
+    return raw_frame(WINDOW_UPDATE, 0, stream_id, struct.pack(">I", increment))
+
+
+def _goaway(last_stream_id: int, error_code: int, debug: bytes = b"") -> bytes:
+    return raw_frame(GOAWAY, 0, 0, struct.pack(">II", last_stream_id, error_code) + debug)
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [_window_update(1000)],
+        [_window_update(0)],  # refused: PROTOCOL_ERROR
+        [_window_update(2**31 - 1)],  # the window past 2^31-1: FLOW_CONTROL_ERROR
+        [_window_update(2**31)],  # the reserved bit set
+        [raw_frame(WINDOW_UPDATE, 0, 0, b"\0\0\0")],  # too short
+        [_window_update(1000), _window_update(2000, stream_id=1)],
+        [_goaway(0, 0)],
+        [_goaway(1, 2, b"debug data")],
+        [raw_frame(GOAWAY, 0, 0, b"\0" * 4)],  # too short
+        [raw_frame(GOAWAY, 0, 1, b"\0" * 8)],  # on a stream
+        [raw_frame(HEADERS, 0, 1, _headers()[:3]), _window_update(1000)],  # in a header block
+        [raw_frame(HEADERS, 0, 1, _headers()[:3]), _goaway(0, 0)],
+        [raw_frame(HEADERS, END_HEADERS | END_STREAM, 1, _headers()), _goaway(1, 0)],
+        [raw_frame(HEADERS, END_HEADERS, 1, _headers()), _window_update(70_000),
+         raw_frame(DATA, END_STREAM, 1, grpc_frame(b"x" * 100)), _goaway(1, 0),
+         raw_frame(HEADERS, END_HEADERS | END_STREAM, 3, _headers())],
+    ],
+)
+def test_window_updates_and_goaways_answer_exactly_as_h2_alone(frames: list[bytes]) -> None:
+    """The connection's WINDOW_UPDATE and the client's GOAWAY, taken without h2, change nothing.
+
+    Valid or refused, inside a header block or after a call opened in the same read: the
+    events and bytes are those of h2 alone, whole and byte by byte.
+    """
+    data = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _settings() + b"".join(frames)
+    for chunks in ([], [1] * len(data)):
         assert serve_bytes(data, chunks, fast=True) == serve_bytes(data, chunks, fast=False)
 
 
