@@ -49,6 +49,7 @@ _Machine = h2.stream.H2StreamStateMachine
 _Window = h2.windows.WindowManager
 _StreamState = h2.stream.StreamState
 _StreamInputs = h2.stream.StreamInputs
+_INITIAL_WINDOW_SIZE = h2.settings.SettingCodes.INITIAL_WINDOW_SIZE
 
 # What h2 leaves in a new stream's (stream, state machine, window manager) after receiving a
 # plain request, by END_STREAM; values other than numbers, flags and enums are replaced per
@@ -134,8 +135,9 @@ def open_request_stream(
     machine.stream_id = stream_id
     window = _new(_Window)
     window.__dict__.update(window_vars)
+    # Settings' current values, read as its __getitem__ does (the check compares windows).
     window.max_window_size = window.current_window_size = (
-        connection.local_settings.initial_window_size
+        connection.local_settings._settings[_INITIAL_WINDOW_SIZE][0]
     )
     stream = _new(_H2Stream)
     state = stream.__dict__
@@ -144,7 +146,9 @@ def open_request_stream(
     state["_inbound_window_manager"] = window
     state["config"] = connection.config
     state["stream_id"] = stream_id
-    state["outbound_flow_control_window"] = connection.remote_settings.initial_window_size
+    state["outbound_flow_control_window"] = (
+        connection.remote_settings._settings[_INITIAL_WINDOW_SIZE][0]
+    )
     state["max_outbound_frame_size"] = connection.max_outbound_frame_size
     if "max_inbound_frame_size" in state:  # h2 before 4.2
         state["max_inbound_frame_size"] = connection.max_inbound_frame_size

@@ -642,16 +642,22 @@ def _stream_state(server: ServerProtocol, stream_id: int) -> dict[str, object]:
 )
 @pytest.mark.parametrize("half_closed", [False, True])
 @pytest.mark.parametrize("trailers_only", [False, True])
+@pytest.mark.parametrize("settled", [False, True])
 def test_call_streams_are_the_streams_h2_makes(
     fields: tuple[tuple[bytes, bytes], ...], half_closed: bool, trailers_only: bool,
-    monkeypatch: pytest.MonkeyPatch,
+    settled: bool, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A call's stream opened and answered without h2's stream code is the one h2 makes.
 
     After each step (opened by the request, response headers, trailers; or trailers-only),
-    every attribute of the stream, its state machine and its receive window is what h2's
-    ``receive_headers`` and ``send_headers`` leave, and the bytes sent are the same.
+    every attribute of the stream, its state machine and its windows is what h2's
+    ``receive_headers`` and ``send_headers`` leave, and the bytes sent are the same; with the
+    default windows, and once the client set its window and acknowledged ours (``settled``).
     """
+    preface = _PREFACE
+    if settled:
+        preface = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _settings((0x4, 70_000))
+                   + _SETTINGS_ACK)
     flags = END_HEADERS | (END_STREAM if half_closed else 0)
     histories = []
     for fast in (True, False):
@@ -659,7 +665,7 @@ def test_call_streams_are_the_streams_h2_makes(
         if not fast:
             server._h2.receive_request = lambda *args: None  # type: ignore[method-assign]
             monkeypatch.setattr(_h2tuning, "send_headers", _h2streams._h2_send_headers)
-        server.receive(_PREFACE + raw_frame(HEADERS, flags, 1, _headers(*fields)))
+        server.receive(preface + raw_frame(HEADERS, flags, 1, _headers(*fields)))
         history = [_stream_state(server, 1)]
         if trailers_only:
             server.send_trailers_only(1, StatusCode.OK, None, ())
@@ -670,6 +676,10 @@ def test_call_streams_are_the_streams_h2_makes(
         history.append(_stream_state(server, 1))
         histories.append((history, server.data_to_send()))
     assert histories[0] == histories[1]
+    windows = {"outbound_flow_control_window": 70_000, "_inbound_window_manager": {
+        "max_window_size": 50_000, "current_window_size": 50_000, "_bytes_processed": 0}}
+    opened = histories[0][0][0]
+    assert settled is all(opened[name] == value for name, value in windows.items())
 
 
 def test_streams_of_ended_calls_are_forgotten_as_h2_forgets_closed_streams() -> None:
