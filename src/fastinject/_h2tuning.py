@@ -111,6 +111,9 @@ _KNOWN_ATTRIBUTES = (
 _COPIED_STATE = _KNOWN_ATTRIBUTES | {"_buffers", "data_frames_sent", "_prototype"}
 
 
+_CLIENT_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 section 3.4
+
+
 def _uncopyable(connection: Any) -> list[str]:
     """What keeps ``connection`` from being copied as :meth:`TunedH2Connection.started` does."""
     names = vars(connection).keys()
@@ -166,6 +169,11 @@ def check_h2_internals() -> None:
         ]
         if not hasattr(connection.incoming_buffer, "_headers_buffer"):
             missing.append("FrameBuffer()._headers_buffer")
+        preamble = vars(connection.incoming_buffer)
+        if (preamble.get("_preamble"), preamble.get("_preamble_len")) != (
+            _CLIENT_PREFACE, len(_CLIENT_PREFACE)
+        ):
+            missing.append("FrameBuffer()._preamble and _preamble_len")
         if not hasattr(stream.state_machine, "trailers_sent"):
             missing.append("H2StreamStateMachine().trailers_sent")
         if not hasattr(stream._inbound_window_manager, "current_window_size"):
@@ -572,6 +580,19 @@ class TunedH2Connection(h2.connection.H2Connection):
             self._terminate_connection(exc.error_code)
             raise
         return headers  # type: ignore[no-any-return]
+
+    def receive_preface(self, data: bytes | memoryview) -> bool:
+        """Take the client's connection preface, whole, as h2's frame buffer does, without h2.
+
+        Returns False, touching nothing, when h2 must check the bytes itself: they are not
+        the preface (h2 refuses them), or part of it already went to h2.
+        """
+        buffer = self.incoming_buffer
+        if buffer._preamble_len != len(_CLIENT_PREFACE) or data != _CLIENT_PREFACE:
+            return False
+        buffer._preamble = b""
+        buffer._preamble_len = 0
+        return True
 
     def receive_window_update(self, increment: int) -> bool:
         """Apply a WINDOW_UPDATE of the connection (stream 0) as h2 does for the frame.

@@ -360,13 +360,16 @@ class ServerProtocol:
         """Handle the whole frames in ``buf``; return where the incomplete rest starts.
 
         DATA for a live call is deframed here; the other frames go to h2 in runs.  An overlong
-        frame ends the connection from its header; the client preface is h2's to check.
+        frame ends the connection from its header; a client preface that does not come whole
+        is h2's to check.
         """
         end = len(buf)
         view = memoryview(buf)
         pos = min(end, self._preface_left)
-        self._preface_left -= pos
         handed = 0  # bytes before this offset went to h2 or were deframed
+        if pos == _CLIENT_PREFACE_LENGTH and self._h2.receive_preface(view[:pos]):
+            handed = pos  # the whole preface in the first read, as clients send it
+        self._preface_left -= pos
         streams = self._streams
         unpack_header = _FRAME_HEADER.unpack_from
         max_length = self._h2.max_inbound_frame_size

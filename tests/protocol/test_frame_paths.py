@@ -290,7 +290,7 @@ def serve_bytes(
 
     With ``fast`` off, every frame goes through h2 (``accept_data``, ``data_allowance``,
     ``receive_request``, ``receive_settings_ack``, ``receive_first_settings``,
-    ``receive_window_update`` and ``receive_goaway`` decline them all).
+    ``receive_window_update``, ``receive_goaway`` and ``receive_preface`` decline them all).
     """
     server = ServerProtocol(ServerSettings(initial_stream_window_size=32_768, **settings))
     if not fast:
@@ -301,6 +301,7 @@ def serve_bytes(
         server._h2.receive_first_settings = lambda *args: False  # type: ignore[method-assign]
         server._h2.receive_window_update = lambda *args: False  # type: ignore[method-assign]
         server._h2.receive_goaway = lambda: False  # type: ignore[method-assign]
+        server._h2.receive_preface = lambda *args: False  # type: ignore[method-assign]
     summary: list[object] = []
     output = b""
     offset = 0
@@ -500,6 +501,23 @@ def test_window_updates_and_goaways_answer_exactly_as_h2_alone(frames: list[byte
     data = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _settings() + b"".join(frames)
     for chunks in ([], [1] * len(data)):
         assert serve_bytes(data, chunks, fast=True) == serve_bytes(data, chunks, fast=False)
+
+
+@pytest.mark.parametrize(
+    ("preface", "chunks"),
+    [
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", []),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", [30]),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", [10]),  # in two reads: h2 checks it
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", [1] * 30),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\r", []),
+        (b"GET / HTTP/1.1\r\n\r\n" * 2, []),
+    ],
+)
+def test_the_preface_is_checked_exactly_as_h2_does(preface: bytes, chunks: list[int]) -> None:
+    """The client's preface, taken here when it comes whole, is accepted or refused as by h2."""
+    data = preface + _settings() + raw_frame(HEADERS, END_HEADERS | END_STREAM, 1, _headers())
+    assert serve_bytes(data, chunks, fast=True) == serve_bytes(data, chunks, fast=False)
 
 
 def test_settings_changed_on_one_connection_stay_on_it() -> None:
