@@ -146,3 +146,23 @@ async def test_ok_echo_status_does_not_end_the_call() -> None:
     context = FakeContext()
     await InteropCall(context).echo_status(EchoStatus(code=0, message="ignored"))
     assert context.events == []
+
+
+@pytest.mark.parametrize(
+    ("metadata", "expect", "status", "compressed", "plain"),
+    [
+        ((), None, None, None, True),
+        ((), BoolValue(value=False), EchoStatus(code=0), BoolValue(value=False), True),
+        ((("x-grpc-test-echo-initial", "v"),), None, None, None, False),
+        ((), BoolValue(value=True), None, None, False),
+        ((), None, EchoStatus(code=3, message="m"), None, False),
+        ((), None, None, BoolValue(value=True), False),
+    ],
+)
+def test_a_call_asks_nothing_only_when_every_check_would_pass_at_once(
+    metadata: Sequence[tuple[str, str]], expect: BoolValue | None, status: EchoStatus | None,
+    compressed: BoolValue | None, plain: bool,
+) -> None:
+    """The servicer skips the awaited checks only for calls none of them would act on."""
+    call = InteropCall(FakeContext(metadata))
+    assert call.asks_nothing(expect, status, compressed) is plain

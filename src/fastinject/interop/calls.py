@@ -81,6 +81,24 @@ class InteropCall:
             context.set_trailing_metadata(echo_trailing)
         self._compressed_probe = _request_compressed_probe(context)
 
+    def asks_nothing(
+        self,
+        expect_compressed: BoolValue | None,
+        status: EchoStatus | None,
+        compressed: BoolValue | None,
+    ) -> bool:
+        """Whether a call with one response needs nothing of its context before answering.
+
+        No echoed initial metadata, no compression expected of the request or asked for the
+        response, no status to echo: its checks would all pass without awaiting anything.
+        """
+        return not (
+            self._initial
+            or (expect_compressed is not None and expect_compressed.value)
+            or (status is not None and status.code)
+            or (compressed is not None and compressed.value)
+        )
+
     def add_initial_metadata(self, pair: tuple[str, MetadataValue]) -> None:
         """Add ``pair`` to the response headers (which must not have been sent yet)."""
         if self._headers_sent:
