@@ -37,6 +37,7 @@ from .handlers import (
 from .memory import MessageMemory
 from .options import ServerSettings
 from .pending import Arrival
+from .preface import PrefaceDeadlines, PrefaceWait
 from .tls import NativeTlsHandshake, TlsLayer, native_tls_pays
 
 if TYPE_CHECKING:
@@ -200,6 +201,7 @@ class Server:
         self._connections: set[Connection] = set()
         # Every connection not serving yet, oldest first (a dict keeps insertion order).
         self._pending: dict[Arrival, None] = {}
+        self._preface_deadlines = PrefaceDeadlines()  # of plaintext ones before their preface
         self._injectors: set[ConnectionInjector] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
@@ -307,7 +309,7 @@ class Server:
 
         context = credentials.ssl_context()
         if context is None:
-            return make_connection(initial_data)
+            return PrefaceWait(make_connection, arrival, self._preface_deadlines, initial_data)
         if native_tls and not initial_data and native_tls_pays(self.loop):
             return NativeTlsHandshake(context, make_connection, arrival)
         return TlsLayer(context, make_connection, arrival, initial_data)
@@ -374,6 +376,7 @@ class Server:
         for injector in list(self._injectors):
             injector._server_stopping()
         abort_pending(self._pending)
+        self._preface_deadlines.cancel()
         connections = list(self._connections)
         for conn in connections:
             conn.close_gracefully()

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from fastinject import ServerCredentials
+from fastinject.preface import PREFACE
 from hostile.conftest import MIN_CALLS
 from hostile.test_floods import StartLegitimate, target
 from hostile.test_slow_reader import TlsClient, attacker_socket, server_side
@@ -92,12 +93,12 @@ async def attack(served: Served, port: int, tls: TlsMaterial | None) -> bytes:
         client = None if tls is None else TlsClient(sock, tls)
         if client is not None:
             await client.handshake()
-        conn = await server_side(served, sock)
 
         def wire(data: bytes) -> bytes:
             return data if client is None else client.encrypt(data)
 
-        flood = wire(H2Client().data_to_send() + settings * (BURST + 100))
+        conn = await server_side(served, sock, wire)
+        flood = wire(H2Client().data_to_send()[len(PREFACE):] + settings * (BURST + 100))
         await asyncio.wait_for(loop.sock_sendall(sock, flood), TIMEOUT)
         # The budget is spent: the server answered, and its GOAWAY is out or queued.
         await eventually(lambda: conn.protocol.closed, "the end of the attack")
@@ -177,8 +178,8 @@ async def test_nothing_starts_or_is_written_after_the_close_began(
     try:
         sock = attacker_socket(served.port)
         client = H2Client()
-        await loop.sock_sendall(sock, client.data_to_send())
         conn = await server_side(served, sock)
+        await loop.sock_sendall(sock, client.data_to_send()[len(PREFACE):])
         batch = bytearray()
         for index in range(20):
             client.start_call(b"/test.Probe/Produce", [b"1:100000"], end=True)

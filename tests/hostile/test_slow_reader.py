@@ -15,9 +15,11 @@ import contextlib
 import socket
 import ssl
 import struct
+from collections.abc import Callable
 
 import fastinject
 from fastinject.connection import Connection
+from fastinject.preface import PREFACE
 from hostile.conftest import MIN_CALLS
 from hostile.test_floods import StartLegitimate, target
 from protocol.probe_service import StartServer
@@ -40,8 +42,14 @@ def attacker_socket(port: int) -> socket.socket:
     return sock
 
 
-async def server_side(served: Served, sock: socket.socket) -> Connection:
-    """The server's connection for the attacker's socket, its kernel buffers made small."""
+async def server_side(
+    served: Served, sock: socket.socket, wire: Callable[[bytes], bytes] = bytes
+) -> Connection:
+    """The server's connection for the attacker's socket, its kernel buffers made small.
+
+    The server makes it on the client's preface: this sends that (through ``wire``).
+    """
+    sock.send(wire(PREFACE))
     host, port = sock.getsockname()[:2]
     peer = f"ipv4:{host}:{port}"
     await eventually(
@@ -84,7 +92,7 @@ async def test_peer_that_never_reads_is_not_read_either(
     sock = attacker_socket(served.port)
     conn = await server_side(served, sock)
     h2_client = H2Client()
-    preface = h2_client.data_to_send()
+    preface = h2_client.data_to_send()[len(PREFACE):]
     try:
         sent = await flood_until_blocked(sock, conn, preface)
     except BaseException:
@@ -116,7 +124,7 @@ async def test_answers_owed_past_the_cap_close_the_connection(
     sock = attacker_socket(served.port)
     conn = await server_side(served, sock)
     with contextlib.suppress(ConnectionError):  # the server closed it while we were sending
-        await flood_until_blocked(sock, conn, H2Client().data_to_send())
+        await flood_until_blocked(sock, conn, H2Client().data_to_send()[len(PREFACE):])
     await eventually(lambda: conn not in served.server._connections, "the attacker's close")
     assert await client.finish() >= MIN_CALLS
     sock.close()

@@ -178,6 +178,7 @@ async def test_an_injected_socket_stays_what_it_was(
         assert type(ours) is socket.socket
         assert ours.family is socket.AF_UNIX
         assert ours.type is socket.SOCK_STREAM
+        theirs.sendall(CLIENT_PREFACE)
         await eventually(lambda: len(server._connections) == 1)
 
 
