@@ -3,7 +3,7 @@
 A connection arrives (accepted on a port, or injected) and is served once its client has sent
 the HTTP/2 preface and its first SETTINGS frame; before that it may run a TLS handshake.  An
 :class:`Arrival` follows it through that time, whichever object is working on it (the TLS
-handshake, then the HTTP/2 connection waiting for the preface), so that it has
+handshake, or the wait for a plaintext preface, then the HTTP/2 connection), so that it has
 
 * one deadline, ``handshake_timeout`` from arrival, covering the TLS handshake and the preface
   (grpc core's server handshake deadline does the same);
