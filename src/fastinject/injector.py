@@ -18,6 +18,7 @@ from __future__ import annotations
 import _socket
 import asyncio
 import contextlib
+import contextvars
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -156,6 +157,9 @@ class ConnectionInjector:
         self._server_stopped = True
 
 
+_ATTACHING = contextvars.Context()
+
+
 def _attach_socket(
     attaching: Coroutine[Any, Any, Any],
     sock: socket.socket,
@@ -188,7 +192,10 @@ def _attach_socket(
     if waiting is None:  # a bare yield: go on at the next loop turn
         attached.get_loop().call_soon(_attach_socket, attaching, sock, attached)
     else:
-        waiting.add_done_callback(lambda _: _attach_socket(attaching, sock, attached))
+        # (its own context: the coroutine reads no context variable; a copy per socket costs)
+        waiting.add_done_callback(
+            lambda _: _attach_socket(attaching, sock, attached), context=_ATTACHING
+        )
 
 
 def _loop_thread_check(method: str) -> asyncio.AbstractEventLoop:
