@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 import ssl
 import struct
 
@@ -14,10 +15,17 @@ from fastinject.sniff import HTTP2_PREFACE, MAX_CLIENT_HELLO, MAX_SNIFF_BYTES, S
 
 _LABEL = st.from_regex(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,20}[a-zA-Z0-9])?", fullmatch=True)
 def _is_ip(name: str) -> bool:
+    """Whether a TLS client may take ``name`` for an address (and send no SNI for it).
+
+    OpenSSL reads forms ``ipaddress`` refuses, such as a leading zero ("0.0.0.00").
+    """
     try:
         ipaddress.ip_address(name)
     except ValueError:
-        return False
+        try:
+            socket.inet_aton(name)
+        except OSError:
+            return False
     return True
 
 
