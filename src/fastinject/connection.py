@@ -32,6 +32,7 @@ from .options import ServerSettings
 from .peerlog import PeerLog
 from .pending import Arrival
 from .rpc import run_rpc
+from .turns import FrameTurns
 
 if TYPE_CHECKING:
     from .concurrency import ConcurrentRpcLimit
@@ -96,6 +97,7 @@ class Connection(asyncio.Protocol):
         initial_data: bytes = b"",
         rpc_limit: ConcurrentRpcLimit | None = None,
         memory: MessageMemory | None = None,
+        turns: FrameTurns | None = None,
         arrival: Arrival,
     ) -> None:
         self.settings = settings
@@ -109,7 +111,11 @@ class Connection(asyncio.Protocol):
         self.group = group
         self.loop = asyncio.get_running_loop()
         # ``memory``: the server's budget of bytes held for partly received messages, shared.
-        self.protocol = p.ServerProtocol(settings, self.loop.time, memory)
+        # ``turns``: the server's frame budget per loop turn, shared (see turns.py).
+        self._turns = (
+            FrameTurns.for_settings(settings, self.loop.call_soon) if turns is None else turns
+        )
+        self.protocol = p.ServerProtocol(settings, self.loop.time, memory, self._turns)
         self.protocol.on_shed = self._on_shed
         self._outbound = self.protocol.outbound
         self.protocol.credit.on_consumed = self._credit_owed
@@ -126,6 +132,7 @@ class Connection(asyncio.Protocol):
         self._read_pauses: set[str] = set()
         self._turn_scheduled = False
         self._turn_frames = 0  # frames handled since reading last yielded a loop turn
+        self._turn = 0  # the FrameTurns.turn those frames were handled in
         self._closing = False  # a graceful close has begun
         self._final_goaway_sent = False
         self._linger: Linger | None = None  # the transport is closing (see linger.py)
@@ -176,19 +183,26 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         """Feed received bytes through the protocol and act on what they produced.
 
-        The protocol handles at most ``max_frames_per_turn`` frames per call: the rest is
-        handled on later loop turns, with reading paused meanwhile, so that the other
-        connections' work runs in between.  Reading also yields a turn once that many frames
-        were handled over several calls: uvloop (libuv) reads a socket up to 32 times per
-        loop turn, each read a call here.
+        The protocol handles at most the frames the turn's budget grants per call (see
+        turns.py): the rest is handled on later loop turns, with reading paused meanwhile, so
+        that the other connections' work runs in between.  Reading also yields a turn once the
+        connection's share was handled over several calls: uvloop (libuv) reads a socket up to
+        32 times per loop turn, each read a call here.
         """
         if self._linger is not None:
             self._linger.discard(data)
             return
         protocol = self.protocol
         self._handle(protocol.receive(data))
-        self._turn_frames += protocol.frames_handled
-        if self._turn_frames >= self.settings.max_frames_per_turn:  # a backlog's are too
+        turns = self._turns
+        if self._turn != turns.turn:  # the frames counted were handled in an earlier turn
+            self._turn = turns.turn
+            self._turn_frames = 0
+        frames = protocol.frames_handled
+        self._turn_frames += frames
+        busy = protocol.has_backlog or self._turn_frames >= turns.share
+        turns.charge(frames, busy)
+        if busy:
             self._schedule_turn()
         if self._arrival is not None and self.protocol.settings_received:
             self._arrival.end()  # the client's preface and SETTINGS are here: it serves
@@ -205,9 +219,12 @@ class Connection(asyncio.Protocol):
         self._turn_scheduled = False
         if self._transport is None or self._writable is not None or self._linger is not None:
             return  # gone, resume_writing() takes over, or closing
-        self._handle(self.protocol.receive(b""))
-        self._turn_frames = self.protocol.frames_handled
-        if self.protocol.has_backlog:
+        protocol = self.protocol
+        self._handle(protocol.receive(b""))
+        self._turn_frames = protocol.frames_handled
+        self._turn = self._turns.turn
+        self._turns.charge(self._turn_frames, protocol.has_backlog)
+        if protocol.has_backlog:
             self._schedule_turn()
         else:
             self._resume_reading("turn")

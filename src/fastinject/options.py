@@ -138,10 +138,13 @@ class ServerSettings:
         unknown frame types, empty DATA without END_STREAM, DATA for no call, empty
         CONTINUATION, and WINDOW_UPDATE beyond two per DATA frame sent (nghttp2's "glitches").
         Past it: GOAWAY ENHANCE_YOUR_CALM ``too_many_useless_frames``.
-    ``max_frames_per_turn`` = 256
-        Frames of one connection handled per event-loop turn, a HEADERS frame counting as 8
-        (it starts a call); the rest waits, with reading paused, for the next turn, so one
-        busy connection cannot starve the others.
+    ``max_frames_per_turn`` = 256, ``min_frames_per_turn`` = 32
+        Frames the server's connections handle together per event-loop turn, a HEADERS frame
+        counting as 8 (it starts a call).  A connection's share is the budget split among the
+        connections that stopped with frames left the turn before (a lone busy connection
+        gets it all); once a turn spent the budget, a connection still reading gets
+        ``min_frames_per_turn``.  The rest waits, with reading paused, for a later turn, so
+        busy connections cannot starve the others, however many they are.
     ``max_pending_control_frames`` = 10000
         Answers a client's frames oblige us to queue (SETTINGS and PING ACKs, RST_STREAM,
         rejections) while our output to it has not drained (grpc core's limit of "induced
@@ -185,6 +188,7 @@ class ServerSettings:
     useless_frame_burst: int = 1000
     useless_frame_rate: float = 33.0
     max_frames_per_turn: int = 256
+    min_frames_per_turn: int = 32
     max_pending_control_frames: int = 10000
 
     def __post_init__(self) -> None:
@@ -297,6 +301,7 @@ _LIMITS: dict[str, _Range] = {
     "useless_frame_burst": _Range("int", 1, _INT32_MAX),
     "useless_frame_rate": _Range("rate"),
     "max_frames_per_turn": _Range("int", 1, _INT32_MAX),
+    "min_frames_per_turn": _Range("int", 1, _INT32_MAX),
     "max_pending_control_frames": _Range("int", 1, _INT32_MAX),
 }
 

@@ -34,6 +34,7 @@ from .memory import MessageMemory
 from .options import ServerSettings
 from .status import StatusCode
 from .stream import CreditBook, SendQueue
+from .turns import FrameTurns
 
 MAX_STREAM_ID = 2**31 - 1
 _CLIENT_PREFACE_LENGTH = len(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
@@ -204,6 +205,7 @@ class ServerProtocol:
         settings: ServerSettings,
         clock: Callable[[], float] = time.monotonic,
         memory: MessageMemory | None = None,
+        turns: FrameTurns | None = None,
     ) -> None:
         self.settings = settings
         self._accept_encoding = (
@@ -242,7 +244,9 @@ class ServerProtocol:
         self._inbound = bytearray()  # the start of a frame not yet received whole
         # Whole frames left over when a turn's frame budget ran out (see has_backlog).
         self._backlog: memoryview | None = None
-        self._frames_left = 0
+        # The loop turn's frame budget over all the server's connections (its own, when alone).
+        self._turns = turns
+        self._frames_granted = self._frames_left = 0
         self._failed = False  # we ended the connection for abuse: nothing more is read
         self._preface_left = _CLIENT_PREFACE_LENGTH
         self._resets = TokenBucket(settings.stream_reset_burst, settings.stream_reset_rate, clock)
@@ -275,7 +279,8 @@ class ServerProtocol:
     def receive(self, data: bytes) -> list[Event]:
         """Process received bytes and return the gRPC events they produced.
 
-        At most ``max_frames_per_turn`` frames are handled per call; the rest waits (see
+        At most the frames granted by the server's turn budget (``max_frames_per_turn`` when
+        alone, see :class:`~fastinject.turns.FrameTurns`) are handled per call; the rest waits (see
         :attr:`has_backlog`) for the next call, which may pass ``b""``.
         """
         events: list[Event] = []
@@ -284,7 +289,10 @@ class ServerProtocol:
         if self._backlog is not None:
             backlog, self._backlog = self._backlog, None
             data = bytes(backlog) + data if data else backlog  # type: ignore[assignment]
-        self._frames_left = self.settings.max_frames_per_turn
+        turns = self._turns
+        self._frames_left = self._frames_granted = (
+            self.settings.max_frames_per_turn if turns is None else turns.grant()
+        )
         try:
             self._receive_frames(data, events)
         except h2.exceptions.ProtocolError as exc:
@@ -304,8 +312,8 @@ class ServerProtocol:
 
     @property
     def frames_handled(self) -> int:
-        """How many frames the last :meth:`receive` handled (at most ``max_frames_per_turn``)."""
-        return self.settings.max_frames_per_turn - self._frames_left
+        """How many frames the last :meth:`receive` handled (at most what it was granted)."""
+        return self._frames_granted - self._frames_left
 
     @property
     def has_backlog(self) -> bool:

@@ -39,6 +39,7 @@ from .options import ServerSettings
 from .pending import Arrival
 from .preface import PrefaceDeadlines, PrefaceWait
 from .tls import NativeTlsHandshake, TlsLayer, native_tls_pays
+from .turns import FrameTurns
 
 if TYPE_CHECKING:
     from .injector import ConnectionInjector
@@ -190,6 +191,8 @@ class Server:
         )
         # Bytes held for partly received messages, over every connection (ports, injectors).
         self._message_memory = MessageMemory.for_settings(self.settings)
+        # Frames handled per loop turn over every connection, made on the loop (see turns.py).
+        self._frame_turns: FrameTurns | None = None
         self.registry = HandlerRegistry(interceptors or ())
         if handlers:
             self.registry.add_generic(handlers)
@@ -292,6 +295,9 @@ class Server:
         """
         # One deadline from arrival for the TLS handshake and the preface, as grpc core.
         arrival = Arrival(group, self.loop.time() + self.settings.handshake_timeout)
+        if self._frame_turns is None:
+            self._frame_turns = FrameTurns.for_settings(self.settings, self.loop.call_soon)
+        turns = self._frame_turns
 
         def make_connection(data: bytes = b"") -> Connection:
             return Connection(
@@ -305,6 +311,7 @@ class Server:
                 rpc_limit=self._rpc_limit,
                 arrival=arrival,
                 memory=self._message_memory,
+                turns=turns,
             )
 
         context = credentials.ssl_context()

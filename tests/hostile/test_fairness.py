@@ -2,17 +2,22 @@
 
 Two connections run on recording transports (no sockets, so the count of loop turns is
 deterministic): one receives a thousand PINGs in a single read, the other a unary call right
-after.  The call is answered while the flood is still being worked through.
+after.  The call is answered while the flood is still being worked through.  Over sockets,
+several flooding connections share one budget per turn (turns.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import struct
 
+import pytest
+
 from fastinject import StatusCode
 from fastinject.connection import Connection
+from fastinject.protocol import Event, ServerProtocol
 from hostile.conftest import MIN_CALLS
 from hostile.test_floods import StartLegitimate, target
 from protocol.probe_service import StartServer
@@ -111,3 +116,63 @@ async def test_flood_over_a_socket_is_answered_in_full_while_grpcio_is_served(
     await wire.wait_for(lambda: len(wire.client.ping_acks) >= count, "every PING's ACK")
     assert wire.client.ping_acks == [struct.pack(">Q", index) for index in range(count)]
     assert await client.finish() >= MIN_CALLS
+
+
+FLOODERS = 4
+BUDGET = 64
+
+
+async def test_flooding_connections_share_one_budget_per_turn(
+    start_server: StartServer,
+    open_wire: OpenWire,
+    legitimate: StartLegitimate,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Four connections flooding at once split the turn's frames; each is served every turn.
+
+    Each of them handles its share of ``max_frames_per_turn`` (64 / 4) per turn, not the whole
+    budget, so a turn's frames over all of them stay near the budget instead of 4 x 64; every
+    PING is answered and a grpcio client's calls on another connection all succeed.
+    """
+    # (protocol, turn, share, granted, frames)
+    receives: list[tuple[int, int, int, int, int]] = []
+    receive = ServerProtocol.receive
+
+    def recording(self: ServerProtocol, data: bytes) -> list[Event]:
+        turns = self._turns
+        assert turns is not None
+        turn, share = turns.turn, turns.share
+        events = receive(self, data)
+        receives.append((id(self), turn, share, self._frames_granted, self.frames_handled))
+        return events
+
+    monkeypatch.setattr(ServerProtocol, "receive", recording)
+    served = await start_server(
+        max_frames_per_turn=BUDGET, min_frames_per_turn=4, max_ping_strikes=0
+    )
+    client = await legitimate(target(served.port))
+    wires = [await open_wire(served.port) for _ in range(FLOODERS)]
+    count = 5 * FLOOD
+    for wire in wires:
+        for index in range(count):
+            wire.client.send_raw(raw_frame(PING, 0, 0, struct.pack(">Q", index)))
+    await asyncio.gather(*(
+        wire.wait_for(lambda wire=wire: len(wire.client.ping_acks) >= count, "every PING's ACK")
+        for wire in wires
+    ))
+    assert await client.finish() >= MIN_CALLS
+
+    # A read handles what it is granted, at most the share (a HEADERS frame may overshoot).
+    assert all(frames < granted + 8 and granted <= share for *_, share, granted, frames in receives)
+    split = BUDGET // FLOODERS
+    frames_per_turn: collections.Counter[int] = collections.Counter()
+    served_per_turn: dict[int, set[int]] = collections.defaultdict(set)
+    for protocol, turn, share, _, frames in receives:
+        if share <= split and frames:
+            frames_per_turn[turn] += frames
+            served_per_turn[turn].add(protocol)
+    together = [turn for turn, protocols in served_per_turn.items()
+                if len(protocols) >= FLOODERS]
+    assert len(together) >= 10  # they were busy at once, each served in the same turns
+    # A read may follow a short one in the same turn (uvloop reads up to 32 times a turn).
+    assert max(frames_per_turn[turn] for turn in together) <= 2 * BUDGET

@@ -204,6 +204,7 @@ def test_malformed_option_items_raise(item: Any) -> None:
         ("useless_frame_burst", 0),
         ("useless_frame_rate", math.nan),
         ("max_frames_per_turn", 0),
+        ("min_frames_per_turn", 0),
         ("max_pending_control_frames", 0),
     ],
 )
@@ -228,6 +229,7 @@ def test_invalid_settings_raise_naming_the_setting(field: str, value: Any) -> No
         ("stream_reset_rate", 0.0),
         ("useless_frame_burst", 1),
         ("max_frames_per_turn", 1),
+        ("min_frames_per_turn", 1),
         ("max_pending_control_frames", 1),
     ],
 )
