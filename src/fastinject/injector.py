@@ -172,6 +172,9 @@ def _attach_socket(
     connected; it is stepped here, as a task would, without the task (and the context copy,
     the entry in asyncio's set of tasks and the loop callbacks) a socket would cost.  During
     the ``first`` step a plain socket reads its family and type as ints (:class:`_IntSocket`).
+    However the coroutine ends, ``attached`` completes: a failure (an OSError, its waiter
+    cancelled, any other exception) closes the socket and is logged at debug level, instead
+    of reaching the loop's exception handler with ``attached`` left pending.
     """
     plain = first and sock.__class__ is socket.socket
     if plain:
@@ -179,12 +182,14 @@ def _attach_socket(
     try:
         waiting = attaching.send(None)
     except StopIteration:
-        attached.set_result(None)
+        _settle(attached)
         return
-    except OSError as exc:
-        logger.debug("injected socket could not be served: %s", exc)
+    except BaseException as exc:
+        logger.debug("injected socket could not be served: %r", exc)
         sock.close()
-        attached.set_result(None)
+        _settle(attached)
+        if not isinstance(exc, Exception | asyncio.CancelledError):
+            raise  # KeyboardInterrupt, SystemExit: the process is to stop
         return
     finally:
         if plain:
@@ -196,6 +201,11 @@ def _attach_socket(
         waiting.add_done_callback(
             lambda _: _attach_socket(attaching, sock, attached), context=_ATTACHING
         )
+
+
+def _settle(attached: asyncio.Future[None]) -> None:
+    if not attached.done():  # the caller may have cancelled it
+        attached.set_result(None)
 
 
 def _loop_thread_check(method: str) -> asyncio.AbstractEventLoop:

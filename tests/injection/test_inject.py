@@ -17,7 +17,7 @@ import pytest
 import fastinject
 from echo_service import Recorder
 from fastinject.duplex import StreamPairDuplex
-from serving import Serve, echo_server, eventually, method, sleeping
+from serving import TIMEOUT, Serve, echo_server, eventually, method, sleeping
 from tls_material import TlsMaterial
 
 Inject = Callable[[fastinject.ConnectionInjector], Awaitable[str]]
@@ -476,3 +476,40 @@ async def test_injected_tcp_sockets_send_without_delay(
         (connection,) = server._connections
         sock = connection._transport.get_extra_info("socket")  # type: ignore[union-attr]
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+@pytest.mark.parametrize("failure", ["cancelled", "error"])
+async def test_a_socket_the_loop_fails_to_attach_is_closed_and_its_injection_completes(
+    injector: fastinject.ConnectionInjector, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """However attaching a socket fails, it is closed and the returned awaitable completes.
+
+    The loop's ``connect_accepted_socket`` waits for its transport; here that wait is
+    cancelled, or fails with an exception other than OSError.  Nothing reaches the loop's
+    exception handler.
+    """
+    loop = asyncio.get_running_loop()
+    if not isinstance(loop, asyncio.BaseEventLoop):
+        pytest.skip("uvloop's connect_accepted_socket cannot be replaced")
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    async def connect_accepted_socket(*_: object) -> None:
+        await waiter
+
+    monkeypatch.setattr(loop, "connect_accepted_socket", connect_accepted_socket)
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    ours, theirs = socket.socketpair()
+    try:
+        attached = injector.inject_connection(ours)
+        if failure == "cancelled":
+            waiter.cancel()
+        else:
+            waiter.set_exception(RuntimeError("the transport failed"))
+        await asyncio.wait_for(attached, TIMEOUT)
+        assert ours.fileno() == -1
+        assert theirs.recv(1) == b""
+        assert errors == []
+    finally:
+        loop.set_exception_handler(None)
+        theirs.close()
