@@ -654,13 +654,8 @@ class TunedH2Connection(h2.connection.H2Connection):
         Raises :class:`h2.exceptions.FlowControlError` (after queueing GOAWAY, as h2 does)
         when the frame overruns a window.
         """
-        stream = self.streams.get(stream_id)
-        if (
-            stream is None
-            or stream.state_machine.state is not StreamState.OPEN
-            or self.state_machine.state is ConnectionState.CLOSED
-            or self.incoming_buffer._headers_buffer
-        ):
+        stream = self._open_stream_for_data(stream_id)
+        if stream is None:
             return False
         expected = stream._expected_content_length
         if expected is not None:
@@ -686,17 +681,27 @@ class TunedH2Connection(h2.connection.H2Connection):
         the frames must be accounted one by one (or seen by h2): :meth:`accept_data` would
         refuse them, or the request declared a content-length.
         """
+        stream = self._open_stream_for_data(stream_id)
+        if stream is None or stream._expected_content_length is not None:
+            return 0
+        return min(self._inbound_flow_control_window_manager.current_window_size,
+                   stream._inbound_window_manager.current_window_size)
+
+    def _open_stream_for_data(self, stream_id: int) -> h2.stream.H2Stream | None:
+        """``stream_id``'s stream if DATA on it can be accounted without h2's frame path.
+
+        None when h2 must see the frame: no such stream, the stream is not open, the
+        connection is closed, or a header block is in progress.
+        """
         stream = self.streams.get(stream_id)
         if (
             stream is None
             or stream.state_machine.state is not StreamState.OPEN
             or self.state_machine.state is ConnectionState.CLOSED
             or self.incoming_buffer._headers_buffer
-            or stream._expected_content_length is not None
         ):
-            return 0
-        return min(self._inbound_flow_control_window_manager.current_window_size,
-                   stream._inbound_window_manager.current_window_size)
+            return None
+        return stream
 
     def ignore_data(self, stream_id: int, length: int) -> bool:
         """Account for a DATA frame on a stream we reset, which RFC 9113 5.1 says to ignore.

@@ -147,21 +147,28 @@ async def serving(
         await server.stop(None)
 
 
+async def warmed_up(churner: Churner) -> Churner:
+    """``churner`` after its warm-up cycles, once every connection and task of them is gone.
+
+    Tests take their baseline then: a warm-up connection or task (handshake, injection)
+    still finishing would count as left behind.
+    """
+    tasks_at_start = asyncio.all_tasks()
+    for index in range(WARM_UP):
+        await churner.cycle(index)
+    await eventually(lambda: "Connection" not in snapshot()[2] and not (
+        asyncio.all_tasks() - tasks_at_start - {asyncio.current_task()}
+    ))
+    return churner
+
+
 @pytest.mark.parametrize("transport", ["plaintext", "tls", "injected", "injected-tls"])
 async def test_connect_close_cycles_leave_nothing_behind(
     transport: str, recorder: Recorder, tls: TlsMaterial
 ) -> None:
     """After many connect/close cycles the fds, tasks and fastinject objects are as before."""
     async with serving(transport, recorder, tls) as (port, context):
-        churner = Churner(port, context)
-        tasks_at_start = asyncio.all_tasks()
-        for index in range(WARM_UP):
-            await churner.cycle(index)
-        # The baseline waits for every connection and task (handshake, injection) of the
-        # warm-up to be gone.
-        await eventually(lambda: "Connection" not in snapshot()[2] and not (
-            asyncio.all_tasks() - tasks_at_start - {asyncio.current_task()}
-        ))
+        churner = await warmed_up(Churner(port, context))
         before = snapshot()
         for index in range(CYCLES):
             await churner.cycle(index)
@@ -180,13 +187,7 @@ async def test_closed_connections_are_freed_without_the_garbage_collector(
     makes a busy server run collections, each of which walks the young objects.)
     """
     async with serving(transport, recorder, tls) as (port, context):
-        churner = Churner(port, context)
-        tasks_at_start = asyncio.all_tasks()
-        for index in range(WARM_UP):
-            await churner.cycle(index)
-        await eventually(lambda: "Connection" not in snapshot()[2] and not (
-            asyncio.all_tasks() - tasks_at_start - {asyncio.current_task()}
-        ))
+        churner = await warmed_up(Churner(port, context))
         before = snapshot()
         gc.disable()
         try:
