@@ -32,7 +32,6 @@ from fastinject.errors import IncompleteMessageError, InvalidFlagsError, Message
 DEFAULT_MAX_MESSAGE_LENGTH = 4 * 1024 * 1024
 
 cdef enum:
-    HEADER_LENGTH = 5
     # Smallest body buffer allocated for a message that is not here whole yet.
     MIN_BODY_CAPACITY = 1024
 
@@ -71,19 +70,6 @@ cdef inline int _check_wire_length(Py_ssize_t length) except -1:
 cdef class Deframer:
     """Split the bytes of one gRPC stream into messages; see ``_framing.pyi``."""
 
-    cdef unsigned char _header[HEADER_LENGTH]
-    cdef Py_ssize_t _header_len       # bytes of the current header held; 5 while a body is pending
-    # The pending message's payload object (our only reference, so it can be resized in place),
-    # or NULL; it is _body_capacity bytes long until the message is complete.
-    cdef PyObject* _body
-    cdef unsigned char* _body_ptr
-    cdef Py_ssize_t _body_len         # the declared length
-    cdef Py_ssize_t _body_capacity
-    cdef Py_ssize_t _body_filled
-    cdef bint _compressed
-    cdef object _limit                # the int the user set, as reported in errors
-    cdef uint64_t _effective_limit
-    cdef object _error
 
     def __init__(self, max_message_length=DEFAULT_MAX_MESSAGE_LENGTH):
         self.max_message_length = max_message_length
@@ -117,16 +103,32 @@ cdef class Deframer:
     def feed(self, data):
         """Consume ``data`` and return the ``(payload, compressed)`` messages it completes."""
         cdef Py_buffer view
+        cdef list messages = []
         if self._error is not None:
             raise self._error.with_traceback(None)
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
-            return self._feed(<const unsigned char*>view.buf, view.len)
-        except BaseException as exc:
-            self._fail(exc)
-            raise
+            self.feed_into(<const unsigned char*>view.buf, view.len, messages)
         finally:
             PyBuffer_Release(&view)
+        return messages
+
+    cdef int feed_into(self, const unsigned char* data, Py_ssize_t length, list messages) except -1:
+        """Consume ``length`` bytes at ``data``, appending the messages they complete.
+
+        On an error the messages this call appended are removed again and the deframer is
+        poisoned (see ``feed``).
+        """
+        cdef Py_ssize_t before = len(messages)
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        try:
+            self._feed(data, length, messages)
+        except BaseException as exc:
+            del messages[before:]
+            self._fail(exc)
+            raise
+        return 0
 
     def close(self):
         """Declare the end of the stream; raise IncompleteMessageError inside a message."""
@@ -169,8 +171,7 @@ cdef class Deframer:
         self._body_capacity = capacity
         return 0
 
-    cdef list _feed(self, const unsigned char* data, Py_ssize_t end):
-        cdef list messages = []
+    cdef int _feed(self, const unsigned char* data, Py_ssize_t end, list messages) except -1:
         cdef Py_ssize_t pos = 0
         cdef Py_ssize_t take
         if self._body != NULL:
@@ -179,7 +180,7 @@ cdef class Deframer:
             memcpy(self._body_ptr + self._body_filled, data, take)
             self._body_filled += take
             if self._body_filled < self._body_len:
-                return messages
+                return 0
             messages.append((self._drop_body(), self._compressed))
             self._header_len = 0
             pos = take
@@ -189,21 +190,21 @@ cdef class Deframer:
             self._header_len += take
             pos = take
             if self._header_len < HEADER_LENGTH:
-                return messages
+                return 0
             pos += self._begin(self._header, data + pos, end - pos, messages)
             if self._body != NULL:
-                return messages
+                return 0
         # Fast path: parse straight out of the caller's buffer.
         while end - pos >= HEADER_LENGTH:
             pos += HEADER_LENGTH + self._begin(
                 data + pos, data + pos + HEADER_LENGTH, end - pos - HEADER_LENGTH, messages
             )
             if self._body != NULL:
-                return messages
+                return 0
         if pos < end:
             memcpy(self._header, data + pos, end - pos)
             self._header_len = end - pos
-        return messages
+        return 0
 
     cdef Py_ssize_t _begin(
         self,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import h2.config
 import h2.errors
@@ -33,7 +33,7 @@ from .framing import Deframer
 from .memory import MessageMemory
 from .options import ServerSettings
 from .status import StatusCode
-from .stream import CreditBook, SendQueue
+from .stream import CreditBook, SendQueue, data_run, deframe_data_run
 from .turns import FrameTurns
 
 MAX_STREAM_ID = 2**31 - 1
@@ -41,6 +41,8 @@ _CLIENT_PREFACE_LENGTH = len(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 # An HTTP/2 frame header: 24-bit length (high byte, low 16 bits), type, flags, stream id
 # (the reserved top bit of a client's stream id is always clear: h2 rejects it otherwise).
 _FRAME_HEADER = struct.Struct(">BHBBI")
+_Fed = tuple[list[tuple[bytes, bool]], int, FramingError | None]
+"""What feeding DATA payloads to a deframer gave: messages, bytes fed before a failure, failure."""
 _INCREMENT = struct.Struct(">I")  # a WINDOW_UPDATE's increment, a GOAWAY's error code
 _END_STREAM = 0x1
 _ACK = 0x1
@@ -418,17 +420,18 @@ class ServerProtocol:
                     allowance = (
                         0 if flags or state.failed else self._h2.data_allowance(stream_id)
                     )
-                    pieces, run_end = self._data_run(
-                        buf, view, pos, end, stream_id, allowance, max_length, frames_left + 1
-                    ) if allowance >= length else ([], pos)
-                    if pieces and self._h2.accept_data(
-                        stream_id, run_end - pos - 9 * len(pieces), False
-                    ):
+                    run_end, frames = data_run(
+                        buf, pos, end, stream_id, allowance, max_length, frames_left + 1
+                    ) if allowance >= length else (pos, 0)
+                    payload = run_end - pos - 9 * frames
+                    if frames and self._h2.accept_data(stream_id, payload, False):
                         # Consecutive DATA of this call (clients that send a DATA frame per
                         # message): one window update with h2 and one event for all of them.
-                        frames_left -= len(pieces) - 1
+                        frames_left -= frames - 1
                         frame_end = handed = run_end
-                        self._deframe(stream_id, state, pieces, events)
+                        self._deframe(stream_id, state,
+                                      deframe_data_run(state.deframer, buf, pos, run_end),
+                                      payload, events)
                     elif self._h2.accept_data(stream_id, length, end_stream):
                         self._on_data(stream_id, state, view[pos + 9 : frame_end], length, events)
                         if end_stream:
@@ -489,39 +492,6 @@ class ServerProtocol:
         if handed < pos or self._opened:
             self._feed_h2(view[handed:pos], events)
         return pos
-
-    def _data_run(
-        self,
-        buf: bytes | bytearray | memoryview,
-        view: memoryview,
-        pos: int,
-        end: int,
-        stream_id: int,
-        allowance: int,
-        max_length: int,
-        budget: int,
-    ) -> tuple[list[memoryview], int]:
-        """The payloads of the DATA frames of ``stream_id`` that follow each other from ``pos``.
-
-        Frames without flags, not empty and at most ``max_length`` long, whole in ``buf``; at
-        most ``budget`` of them and ``allowance`` bytes together (the receive windows, as
-        ``data_allowance`` says); also where the last one ends.  Any other frame ends the run.
-        ``view`` is a view of ``buf``.
-        """
-        pieces: list[memoryview] = []
-        unpack_header = _FRAME_HEADER.unpack_from
-        left = allowance
-        while end - pos >= 9 and len(pieces) < budget:
-            length_high, length_low, frame_type, flags, frame_stream = unpack_header(buf, pos)
-            length = length_high << 16 | length_low
-            frame_end = pos + 9 + length
-            if (frame_type or flags or frame_stream != stream_id or not length
-                    or length > max_length or length > left or frame_end > end):
-                break
-            pieces.append(view[pos + 9 : frame_end])
-            left -= length
-            pos = frame_end
-        return pieces, pos
 
     def _police(self, frame_type: int, flags: int, length: int) -> None:
         """Count a frame other than DATA or a whole HEADERS block against the peer's budgets.
@@ -787,36 +757,33 @@ class ServerProtocol:
             if data:
                 self._return_credit(stream_id, len(data))
             return
-        self._deframe(stream_id, state, (data,), events)
+        try:
+            fed: _Fed = (state.deframer.feed(data), len(data), None)
+        except FramingError as exc:
+            fed = ([], 0, exc)
+        self._deframe(stream_id, state, fed, len(data), events)
 
     def _deframe(
-        self,
-        stream_id: int,
-        state: _StreamState,
-        pieces: Sequence[bytes | memoryview],
-        events: list[Event],
+        self, stream_id: int, state: _StreamState, fed: _Fed, size: int, events: list[Event]
     ) -> None:
-        """Feed consecutive DATA payloads of a live call to its deframer; account for them.
+        """Account for ``size`` bytes of DATA payload of a live call that its deframer was fed.
 
-        The limits on bytes held for partial messages are checked once for all the pieces.
+        ``fed`` is what feeding it gave: the messages, the bytes fed before a failure and the
+        failure (see :func:`~fastinject.stream.deframe_data_run`).  The limits on bytes held for
+        partial messages are checked once for all of them.
         """
-        messages: list[tuple[bytes, bool]] = []
-        for index, piece in enumerate(pieces):
-            try:
-                messages += state.deframer.feed(piece)
-            except FramingError as exc:
-                # The pieces before this one count as received (their messages and their early
-                # credit); the bytes of the partial message they left, this piece and the rest
-                # are credited back now: nobody will read them.
-                fed = sum(len(p) for p in pieces[:index])
-                partial = state.prepaid + fed - sum(len(m) + 5 for m, _ in messages)
-                if messages:
-                    events.append(MessagesReceived(stream_id, messages, state.prepaid))
-                    state.prepaid = 0
-                rest = sum(len(p) for p in pieces[index:])
-                self._return_credit(stream_id, partial - state.prepaid + rest)
-                self._fail(stream_id, exc.status, str(exc), events)
-                return
+        messages, fed_before_failure, failure = fed
+        if failure is not None:
+            # The bytes fed before the failure count as received (their messages and their
+            # early credit); the bytes of the partial message they left, and the rest, are
+            # credited back now: nobody will read them.
+            partial = state.prepaid + fed_before_failure - sum(len(m) + 5 for m, _ in messages)
+            if messages:
+                events.append(MessagesReceived(stream_id, messages, state.prepaid))
+                state.prepaid = 0
+            self._return_credit(stream_id, partial - state.prepaid + size - fed_before_failure)
+            self._fail(stream_id, failure.status, str(failure), events)
+            return
         if messages:
             events.append(MessagesReceived(stream_id, messages, state.prepaid))
             state.prepaid = 0

@@ -16,17 +16,50 @@ IMPLEMENTATION: str
 """``"cython"`` or ``"python"``: the implementation behind the names of this module."""
 
 if TYPE_CHECKING or os.environ.get("FASTINJECT_NO_EXTENSIONS", "") not in ("", "0"):
-    from ._stream_py import KEEP_APART, CreditBook, Inbox, InboxReader, SendQueue
+    from ._stream_py import (
+        KEEP_APART,
+        CreditBook,
+        Inbox,
+        InboxReader,
+        SendQueue,
+        data_run,
+        deframe_data_run,
+    )
 
     IMPLEMENTATION = "python"
 else:
     try:
-        from ._stream import KEEP_APART, CreditBook, Inbox, InboxReader, SendQueue
+        from ._stream import (
+            KEEP_APART,
+            CreditBook,
+            Inbox,
+            InboxReader,
+            SendQueue,
+            data_run,
+            deframe_data_run,
+        )
     except ImportError:
-        from ._stream_py import KEEP_APART, CreditBook, Inbox, InboxReader, SendQueue
+        from ._stream_py import (
+            KEEP_APART,
+            CreditBook,
+            Inbox,
+            InboxReader,
+            SendQueue,
+            data_run,
+            deframe_data_run,
+        )
 
         IMPLEMENTATION = "python"
     else:
         IMPLEMENTATION = "cython"
 
-__all__ = ["IMPLEMENTATION", "KEEP_APART", "CreditBook", "Inbox", "InboxReader", "SendQueue"]
+__all__ = [
+    "IMPLEMENTATION",
+    "KEEP_APART",
+    "CreditBook",
+    "Inbox",
+    "InboxReader",
+    "SendQueue",
+    "data_run",
+    "deframe_data_run",
+]
