@@ -1,10 +1,11 @@
 """Build script: everything is in pyproject.toml except the optional Cython extension.
 
-The extensions ``fastinject._framing`` (message framing) and ``fastinject._stream`` (the
-per-stream core) are compiled from ``src/fastinject/<name>.pyx``.  Rules:
+The extensions ``fastinject._framing`` (message framing), ``fastinject._stream`` (the
+per-stream core) and ``fastinject._frames`` (the inbound frame splitter) are compiled from
+``src/fastinject/<name>.pyx``.  Rules:
 
 * ``FASTINJECT_NO_EXTENSIONS`` set to anything but ``""``/``"0"`` at build time: no extension,
-  the pure-Python twins ``fastinject._framing_py`` and ``fastinject._stream_py`` are used.
+  the pure-Python twins (``fastinject._framing_py``, ``_stream_py``, ``_frames_py``) are used.
 * No C compiler, or the C compiler fails: the install still succeeds as pure Python and a
   warning says why (the msgpack/aiohttp convention).  Under cibuildwheel (``CIBUILDWHEEL=1``)
   a failed compile is an error, so no pure-Python wheel is ever published by mistake.
@@ -86,7 +87,7 @@ class OptionalBuildExt(build_ext):
             _warn(exc)
 
 
-EXTENSIONS = ("_framing", "_stream")
+EXTENSIONS = ("_framing", "_stream", "_frames")
 
 ext_modules = (
     []

@@ -8,9 +8,6 @@ bytes out; h2 keeps the authoritative flow-control windows and stream states.
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, final
 
-from fastinject._framing import Deframer
-from fastinject.errors import FramingError
-
 KEEP_APART: Final[int]
 """Payload pieces at least this long (4 KiB) are kept and written as views, never copied."""
 
@@ -168,44 +165,4 @@ class InboxReader:
     def __anext__(self) -> Awaitable[Any]:
         """The next message; raises (at once) what ``failed`` made of a deserializer's error."""
 
-def data_run(
-    buf: bytes | bytearray | memoryview,
-    pos: int,
-    end: int,
-    stream_id: int,
-    allowance: int,
-    max_length: int,
-    budget: int,
-) -> tuple[int, int]:
-    """Where the consecutive DATA frames of ``stream_id`` from ``pos`` end, and how many.
-
-    The run is the whole frames of ``buf`` before ``end`` that follow each other from ``pos``
-    with type DATA, no flags, this stream, a payload of 1 to ``max_length`` bytes; at most
-    ``budget`` of them and ``allowance`` payload bytes together.  Any other frame, or one that
-    would cross ``allowance``, ends it.  Returns ``(run_end, frames)``: where the last frame of
-    the run ends (``pos`` if none qualifies) and how many frames it has.  Raises ``ValueError``
-    when ``pos`` or ``end`` lies outside ``buf``.
-    """
-
-def deframe_data_run(
-    deframer: Deframer, buf: bytes | bytearray | memoryview, pos: int, end: int
-) -> tuple[list[tuple[bytes, bool]], int, FramingError | None]:
-    """Feed the payloads of the DATA frames from ``pos`` to ``end`` of ``buf`` to ``deframer``.
-
-    The frames must lie whole between ``pos`` and ``end`` (as :func:`data_run` found them;
-    otherwise ``ValueError``); their headers are not checked again.  Returns ``(messages, fed,
-    error)``: the messages completed, in order, the payload bytes fed, and ``None``; or, when
-    a frame's payload makes the deframer fail, the messages of the frames before it, their
-    payload bytes and the :class:`~fastinject.errors.FramingError` (the deframer is poisoned,
-    the frames after it are not fed).
-    """
-
-__all__ = [
-    "KEEP_APART",
-    "CreditBook",
-    "Inbox",
-    "InboxReader",
-    "SendQueue",
-    "data_run",
-    "deframe_data_run",
-]
+__all__ = ["KEEP_APART", "CreditBook", "Inbox", "InboxReader", "SendQueue"]

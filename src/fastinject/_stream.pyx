@@ -12,8 +12,6 @@ On the inbound side, :class:`CreditBook` owns the flow-control credit owed to th
 call's :class:`Inbox` its messages and their credit, so taking a message is one C call;
 :class:`InboxReader` is a handler's request iterator, whose step for a message already here is
 one C call too (taken, deserialized, returned through an awaitable that is already done).
-:func:`data_run` and :func:`deframe_data_run` split a call's consecutive DATA frames out of the
-received bytes and feed their payloads to its deframer, without an object per frame.
 """
 
 cimport cython
@@ -22,12 +20,7 @@ from cpython.exc cimport PyErr_SetObject
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_REFCNT
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
-from libc.stdint cimport uint32_t
 from libc.string cimport memcpy
-
-from fastinject._framing cimport Deframer
-
-from fastinject.errors import FramingError
 
 cdef enum:
     KEEP_APART_BYTES = 4096
@@ -373,72 +366,6 @@ cdef class Inbox:
             self._book._owing.append(self)
             self._book._consumed()
         return 0
-
-
-cdef inline Py_ssize_t _frame_length(const unsigned char* header) noexcept nogil:
-    return (<Py_ssize_t>header[0] << 16) | (<Py_ssize_t>header[1] << 8) | header[2]
-
-
-cdef inline uint32_t _frame_stream(const unsigned char* header) noexcept nogil:
-    return ((<uint32_t>header[5] << 24) | (<uint32_t>header[6] << 16)
-            | (<uint32_t>header[7] << 8) | header[8])
-
-
-cdef inline int _frames_view(object buf, Py_buffer* view, Py_ssize_t pos, Py_ssize_t end) except -1:
-    PyObject_GetBuffer(buf, view, PyBUF_SIMPLE)
-    if pos < 0 or end > view.len:
-        PyBuffer_Release(view)
-        raise ValueError(f"frames from {pos} to {end} lie outside a buffer of {view.len} bytes")
-    return 0
-
-
-def data_run(buf, Py_ssize_t pos, Py_ssize_t end, stream_id, Py_ssize_t allowance,
-             Py_ssize_t max_length, Py_ssize_t budget):
-    """Where the consecutive DATA frames of ``stream_id`` from ``pos`` end, and how many."""
-    cdef Py_buffer view
-    cdef const unsigned char* header
-    cdef uint32_t wanted = stream_id
-    cdef Py_ssize_t frames = 0
-    cdef Py_ssize_t length
-    _frames_view(buf, &view, pos, end)
-    try:
-        while end - pos >= DATA_HEADER and frames < budget:
-            header = <const unsigned char*>view.buf + pos
-            length = _frame_length(header)
-            if (header[3] or header[4] or _frame_stream(header) != wanted or not length
-                    or length > max_length or length > allowance or end - pos - DATA_HEADER < length):
-                break
-            allowance -= length
-            pos += DATA_HEADER + length
-            frames += 1
-    finally:
-        PyBuffer_Release(&view)
-    return pos, frames
-
-
-def deframe_data_run(Deframer deframer not None, buf, Py_ssize_t pos, Py_ssize_t end):
-    """Feed the payloads of the whole frames from ``pos`` to ``end`` to ``deframer``."""
-    cdef Py_buffer view
-    cdef const unsigned char* header
-    cdef list messages = []
-    cdef Py_ssize_t fed = 0
-    cdef Py_ssize_t length
-    _frames_view(buf, &view, pos, end)
-    try:
-        while pos < end:
-            header = <const unsigned char*>view.buf + pos
-            if end - pos < DATA_HEADER or end - pos - DATA_HEADER < _frame_length(header):
-                raise ValueError(f"the frame at {pos} ends after {end}")
-            length = _frame_length(header)
-            try:
-                deframer.feed_into(header + DATA_HEADER, length, messages)
-            except FramingError as exc:
-                return messages, fed, exc
-            fed += length
-            pos += DATA_HEADER + length
-    finally:
-        PyBuffer_Release(&view)
-    return messages, fed, None
 
 
 cdef extern from "Python.h":

@@ -9,9 +9,7 @@ messages straight into the stream's buffer, checked against *mirrors* of the HTT
 windows, then cut into DATA frames once per flush.  On the inbound side, :class:`CreditBook`
 owns the flow-control credit owed to the peer (returned once per flush) and each call's
 :class:`Inbox` holds its received messages and the credit they owe until they are taken;
-:class:`InboxReader` iterates them for a streaming-request handler.  :func:`data_run` and
-:func:`deframe_data_run` split a call's consecutive DATA frames out of the received bytes and
-feed their payloads to its deframer.
+:class:`InboxReader` iterates them for a streaming-request handler.
 """
 
 from __future__ import annotations
@@ -21,8 +19,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Any, final
 
-from ._framing_py import Deframer, _flat
-from .errors import FramingError
+from ._framing_py import _flat
 
 KEEP_APART = 4096
 """Payload pieces at least this long are not copied: they are kept (and written) as views."""
@@ -350,65 +347,4 @@ class InboxReader:
         return _ready(message)
 
 
-
-def data_run(
-    buf: bytes | bytearray | memoryview,
-    pos: int,
-    end: int,
-    stream_id: int,
-    allowance: int,
-    max_length: int,
-    budget: int,
-) -> tuple[int, int]:
-    """Where the consecutive DATA frames of ``stream_id`` from ``pos`` end, and how many."""
-    _check_frames_span(buf, pos, end)
-    frames = 0
-    unpack_header = _DATA_HEADER.unpack_from
-    while end - pos >= 9 and frames < budget:
-        length_high, length_low, frame_type, flags, frame_stream = unpack_header(buf, pos)
-        length = length_high << 16 | length_low
-        if (frame_type or flags or frame_stream != stream_id or not length
-                or length > max_length or length > allowance or end - pos - 9 < length):
-            break
-        allowance -= length
-        pos += 9 + length
-        frames += 1
-    return pos, frames
-
-
-def deframe_data_run(
-    deframer: Deframer, buf: bytes | bytearray | memoryview, pos: int, end: int
-) -> tuple[list[tuple[bytes, bool]], int, FramingError | None]:
-    """Feed the payloads of the whole frames from ``pos`` to ``end`` to ``deframer``."""
-    _check_frames_span(buf, pos, end)
-    view = memoryview(buf)
-    messages: list[tuple[bytes, bool]] = []
-    fed = 0
-    while pos < end:
-        length = int.from_bytes(view[pos : pos + 3], "big")
-        if end - pos < 9 or end - pos - 9 < length:
-            raise ValueError(f"the frame at {pos} ends after {end}")
-        try:
-            messages += deframer.feed(view[pos + 9 : pos + 9 + length])
-        except FramingError as exc:
-            return messages, fed, exc
-        fed += length
-        pos += 9 + length
-    return messages, fed, None
-
-
-def _check_frames_span(buf: bytes | bytearray | memoryview, pos: int, end: int) -> None:
-    size = memoryview(buf).nbytes
-    if pos < 0 or end > size:
-        raise ValueError(f"frames from {pos} to {end} lie outside a buffer of {size} bytes")
-
-
-__all__ = [
-    "KEEP_APART",
-    "CreditBook",
-    "Inbox",
-    "InboxReader",
-    "SendQueue",
-    "data_run",
-    "deframe_data_run",
-]
+__all__ = ["KEEP_APART", "CreditBook", "Inbox", "InboxReader", "SendQueue"]

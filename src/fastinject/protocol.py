@@ -29,25 +29,18 @@ from ._h2tuning import StreamRefused, TunedH2Connection
 from ._hpack import HARD_HEADER_LIST_FACTOR, HeaderBlock
 from .compression import accept_encoding_header, is_enabled, is_supported
 from .errors import FloodError, FramingError, InvalidMetadataError, RpcError
+from .frames import Fed, FrameSplitter
 from .framing import Deframer
 from .memory import MessageMemory
 from .options import ServerSettings
 from .status import StatusCode
-from .stream import CreditBook, SendQueue, data_run, deframe_data_run
+from .stream import CreditBook, SendQueue
 from .turns import FrameTurns
 
 MAX_STREAM_ID = 2**31 - 1
 _CLIENT_PREFACE_LENGTH = len(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-# An HTTP/2 frame header: 24-bit length (high byte, low 16 bits), type, flags, stream id
-# (the reserved top bit of a client's stream id is always clear: h2 rejects it otherwise).
-_FRAME_HEADER = struct.Struct(">BHBBI")
-_Fed = tuple[list[tuple[bytes, bool]], int, FramingError | None]
-"""What feeding DATA payloads to a deframer gave: messages, bytes fed before a failure, failure."""
-_INCREMENT = struct.Struct(">I")  # a WINDOW_UPDATE's increment, a GOAWAY's error code
-_END_STREAM = 0x1
 _ACK = 0x1
 _END_HEADERS = 0x4
-_PADDED_OR_PRIORITY = 0x8 | 0x20
 _HEADERS_FRAME_TYPE = 0x1
 _RST_STREAM_FRAME_TYPE = 0x3
 _SETTINGS_FRAME_TYPE = 0x4
@@ -65,10 +58,6 @@ _MAX_HEADER_LIST_SIZE = 0x6
 # the connection, and widen the window of each stream it opens; WINDOW_UPDATE frames beyond
 # that count against the useless-frame budget.
 _WINDOW_UPDATES_PER_DATA_FRAME = 2
-# A HEADERS frame spends this many frames of a turn's budget: a call it starts costs the loop
-# that much more than other frames (with the default budget, 32 new calls per connection and
-# turn, grpc core's max_requests_per_read).
-_HEADERS_FRAME_COST = 8
 _H2_CONFIG = h2.config.H2Configuration(
     client_side=False,
     header_encoding=None,
@@ -195,7 +184,7 @@ class _StreamState:
         self.prepaid = 0
 
 
-class ServerProtocol:
+class ServerProtocol(FrameSplitter):
     """One server-side gRPC/HTTP/2 connection, without I/O.
 
     Feed received bytes to :meth:`receive` and send what :meth:`data_to_send` returns after
@@ -366,133 +355,6 @@ class ServerProtocol:
             self._h2.refuse_overlong_frame(length)
         return 9 + length - len(carried)
 
-    def _scan(self, buf: bytes | bytearray | memoryview, events: list[Event]) -> int:
-        """Handle the whole frames in ``buf``; return where the incomplete rest starts.
-
-        DATA for a live call is deframed here; the other frames go to h2 in runs.  An overlong
-        frame ends the connection from its header; a client preface that does not come whole
-        is h2's to check.
-        """
-        end = len(buf)
-        view = memoryview(buf)
-        pos = min(end, self._preface_left)
-        handed = 0  # bytes before this offset went to h2 or were deframed
-        if pos == _CLIENT_PREFACE_LENGTH and self._h2.receive_preface(view[:pos]):
-            handed = pos  # the whole preface in the first read, as clients send it
-        self._preface_left -= pos
-        streams = self._streams
-        unpack_header = _FRAME_HEADER.unpack_from
-        max_length = self._h2.max_inbound_frame_size
-        frames_left = self._frames_left
-        while end - pos >= 9:
-            length_high, length_low, frame_type, flags, stream_id = unpack_header(buf, pos)
-            length = length_high << 16 | length_low
-            if length > max_length:
-                if handed < pos:
-                    self._feed_h2(view[handed:pos], events)
-                    handed = pos
-                # Their SETTINGS acknowledgement, handed to h2 in this scan, may raise the limit.
-                max_length = self._h2.max_inbound_frame_size
-                if length > max_length:
-                    self._h2.refuse_overlong_frame(length)
-            frame_end = pos + 9 + length
-            if frame_end > end or frames_left <= 0:
-                break
-            frames_left -= 1 if frame_type != _HEADERS_FRAME_TYPE else _HEADERS_FRAME_COST
-            if frame_type == 0:
-                # The stream may be opened by HEADERS still waiting for h2 in this run, or
-                # by one opened here whose call is not started yet.
-                if stream_id not in streams and (handed < pos or self._opened):
-                    self._feed_h2(view[handed:pos], events)
-                    handed = pos
-                state = streams.get(stream_id)
-                if state is None or (length == 0 and not flags & _END_STREAM):
-                    self._spend_useless("DATA without a call or payload")
-                    if state is None and self._h2.ignore_data(stream_id, length):
-                        self._return_credit(stream_id, length)  # a stream we reset
-                        handed = frame_end
-                elif flags & ~_END_STREAM == 0 and not state.failed:
-                    if handed < pos:
-                        self._feed_h2(view[handed:pos], events)
-                        handed = pos
-                    end_stream = flags == _END_STREAM
-                    # (h2's events for the frames before may have failed the call meanwhile.)
-                    allowance = (
-                        0 if flags or state.failed else self._h2.data_allowance(stream_id)
-                    )
-                    run_end, frames = data_run(
-                        buf, pos, end, stream_id, allowance, max_length, frames_left + 1
-                    ) if allowance >= length else (pos, 0)
-                    payload = run_end - pos - 9 * frames
-                    if frames and self._h2.accept_data(stream_id, payload, False):
-                        # Consecutive DATA of this call (clients that send a DATA frame per
-                        # message): one window update with h2 and one event for all of them.
-                        frames_left -= frames - 1
-                        frame_end = handed = run_end
-                        self._deframe(stream_id, state,
-                                      deframe_data_run(state.deframer, buf, pos, run_end),
-                                      payload, events)
-                    elif self._h2.accept_data(stream_id, length, end_stream):
-                        self._on_data(stream_id, state, view[pos + 9 : frame_end], length, events)
-                        if end_stream:
-                            self._on_stream_ended(stream_id, events)
-                        handed = frame_end
-            elif frame_type == _SETTINGS_FRAME_TYPE and flags & _ACK and not length | stream_id:
-                # The client acknowledges our SETTINGS: they bind it from here on.
-                if handed < pos:
-                    self._feed_h2(view[handed:pos], events)
-                    handed = pos
-                if self._h2.receive_settings_ack():
-                    handed = frame_end
-            elif frame_type == _SETTINGS_FRAME_TYPE and not flags & _ACK and not stream_id:
-                self._police(frame_type, flags, length)
-                if not self.settings_received:
-                    if handed < pos:
-                        self._feed_h2(view[handed:pos], events)
-                        handed = pos
-                    # The client's first SETTINGS is the same for many connections: from a memo.
-                    if not self.settings_received and self._h2.receive_first_settings(
-                        view[pos + 9 : frame_end]
-                    ):
-                        handed = frame_end
-                        self._on_remote_settings(events)
-            elif frame_type == _WINDOW_UPDATE_FRAME_TYPE and length == 4 and not stream_id:
-                # The connection's window, widened (h2load sends one after its SETTINGS).
-                self._police(frame_type, flags, length)
-                if handed < pos or self._opened:  # what precedes it first, calls opened too
-                    self._feed_h2(view[handed:pos], events)
-                    handed = pos
-                if self._h2.receive_window_update(_INCREMENT.unpack_from(buf, pos + 9)[0]):
-                    handed = frame_end
-                    self._mirror_window(0)
-                    events.append(WindowOpened(0))
-            elif frame_type == _GOAWAY_FRAME_TYPE and length >= 8 and not stream_id:
-                # The client leaves (most send GOAWAY before they close).
-                self._police(frame_type, flags, length)
-                if handed < pos or self._opened:
-                    self._feed_h2(view[handed:pos], events)
-                    handed = pos
-                if self._h2.receive_goaway():
-                    handed = frame_end
-                    self._closed_by_peer(_INCREMENT.unpack_from(buf, pos + 13)[0], events)
-            elif frame_type != _HEADERS_FRAME_TYPE or not flags & _END_HEADERS:
-                self._police(frame_type, flags, length)
-            elif not flags & _PADDED_OR_PRIORITY:
-                # A whole request header block: a new call, unless h2 must judge the frame.
-                if handed < pos:
-                    self._feed_h2(view[handed:pos], events)
-                    handed = pos
-                end_stream = bool(flags & _END_STREAM)
-                headers = self._h2.receive_request(stream_id, view[pos + 9 : frame_end], end_stream)
-                if headers is not None:
-                    handed = frame_end
-                    self._opened.append((stream_id, headers, end_stream))
-            pos = frame_end
-        self._frames_left = frames_left
-        if handed < pos or self._opened:
-            self._feed_h2(view[handed:pos], events)
-        return pos
-
     def _police(self, frame_type: int, flags: int, length: int) -> None:
         """Count a frame other than DATA or a whole HEADERS block against the peer's budgets.
 
@@ -612,6 +474,11 @@ class ServerProtocol:
                            events)
             elif isinstance(event, StreamRefused):
                 self._abandoned()  # over max_concurrent_streams: refused, no call
+
+    def _on_connection_window(self, events: list[Event]) -> None:
+        """The client widened the connection's send window."""
+        self._mirror_window(0)
+        events.append(WindowOpened(0))
 
     def _closed_by_peer(self, error_code: int, events: list[Event]) -> None:
         """The client sent GOAWAY with ``error_code``."""
@@ -758,13 +625,13 @@ class ServerProtocol:
                 self._return_credit(stream_id, len(data))
             return
         try:
-            fed: _Fed = (state.deframer.feed(data), len(data), None)
+            fed: Fed = (state.deframer.feed(data), len(data), None)
         except FramingError as exc:
             fed = ([], 0, exc)
         self._deframe(stream_id, state, fed, len(data), events)
 
     def _deframe(
-        self, stream_id: int, state: _StreamState, fed: _Fed, size: int, events: list[Event]
+        self, stream_id: int, state: _StreamState, fed: Fed, size: int, events: list[Event]
     ) -> None:
         """Account for ``size`` bytes of DATA payload of a live call that its deframer was fed.
 

@@ -16,50 +16,17 @@ IMPLEMENTATION: str
 """``"cython"`` or ``"python"``: the implementation behind the names of this module."""
 
 if TYPE_CHECKING or os.environ.get("FASTINJECT_NO_EXTENSIONS", "") not in ("", "0"):
-    from ._stream_py import (
-        KEEP_APART,
-        CreditBook,
-        Inbox,
-        InboxReader,
-        SendQueue,
-        data_run,
-        deframe_data_run,
-    )
+    from ._stream_py import KEEP_APART, CreditBook, Inbox, InboxReader, SendQueue
 
     IMPLEMENTATION = "python"
 else:
     try:
-        from ._stream import (
-            KEEP_APART,
-            CreditBook,
-            Inbox,
-            InboxReader,
-            SendQueue,
-            data_run,
-            deframe_data_run,
-        )
+        from ._stream import KEEP_APART, CreditBook, Inbox, InboxReader, SendQueue
     except ImportError:
-        from ._stream_py import (
-            KEEP_APART,
-            CreditBook,
-            Inbox,
-            InboxReader,
-            SendQueue,
-            data_run,
-            deframe_data_run,
-        )
+        from ._stream_py import KEEP_APART, CreditBook, Inbox, InboxReader, SendQueue
 
         IMPLEMENTATION = "python"
     else:
         IMPLEMENTATION = "cython"
 
-__all__ = [
-    "IMPLEMENTATION",
-    "KEEP_APART",
-    "CreditBook",
-    "Inbox",
-    "InboxReader",
-    "SendQueue",
-    "data_run",
-    "deframe_data_run",
-]
+__all__ = ["IMPLEMENTATION", "KEEP_APART", "CreditBook", "Inbox", "InboxReader", "SendQueue"]

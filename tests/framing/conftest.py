@@ -58,3 +58,9 @@ def impl(request: pytest.FixtureRequest) -> ModuleType:
 def stream_impl(request: pytest.FixtureRequest) -> ModuleType:
     """The per-stream core (``_stream``) under test, once per implementation."""
     return _implementation(request, "fastinject._stream_py", "fastinject._stream")
+
+
+@pytest.fixture(scope="session", params=["python", "cython"])
+def frames_impl(request: pytest.FixtureRequest) -> ModuleType:
+    """The inbound frame splitter (``_frames``) under test, once per implementation."""
+    return _implementation(request, "fastinject._frames_py", "fastinject._frames")

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import fastinject.frames as frames
 import fastinject.framing as framing
 import fastinject.stream as stream
 
@@ -41,6 +42,30 @@ def test_compiled_stream_core_is_active_unless_disabled(extensions_disabled: boo
     )
     assert implementation == stream.IMPLEMENTATION
     assert stream.SendQueue.__module__ == module
+
+
+def test_compiled_frame_splitter_is_active_unless_disabled(extensions_disabled: bool) -> None:
+    """The frame splitter's selector follows the same rule; ServerProtocol is built on it."""
+    implementation, module = (
+        ("python", "fastinject._frames_py") if extensions_disabled
+        else ("cython", "fastinject._frames")
+    )
+    assert implementation == frames.IMPLEMENTATION
+    assert frames.FrameSplitter.__module__ == module
+    assert frames.data_run.__module__ == module
+    from fastinject.protocol import ServerProtocol
+
+    assert issubclass(ServerProtocol, frames.FrameSplitter)
+
+
+def test_both_frame_splitters_export_the_same_api(frames_impl: ModuleType) -> None:
+    """Both twins of the frame splitter export the same names and the same HEADERS cost."""
+    import fastinject._frames_py as python_twin
+
+    assert set(frames_impl.__all__) == set(python_twin.__all__) == {
+        "HEADERS_FRAME_COST", "FrameSplitter", "data_run", "deframe_data_run"
+    }
+    assert frames_impl.HEADERS_FRAME_COST == python_twin.HEADERS_FRAME_COST == 8
 
 
 def _implementation_in_subprocess(env_value: str | None) -> str:
