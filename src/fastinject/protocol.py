@@ -238,7 +238,7 @@ class ServerProtocol(FrameSplitter):
         # The loop turn's frame budget over all the server's connections (its own, when alone).
         self._turns = turns
         self._frames_granted = self._frames_left = 0
-        self._failed = False  # we ended the connection for abuse: nothing more is read
+        self._failed = False  # we ended the connection (abuse, protocol error): read no more
         self._preface_left = _CLIENT_PREFACE_LENGTH
         self._resets = TokenBucket(settings.stream_reset_burst, settings.stream_reset_rate, clock)
         self._useless = TokenBucket(
@@ -287,7 +287,9 @@ class ServerProtocol(FrameSplitter):
         try:
             self._receive_frames(data, events)
         except h2.exceptions.ProtocolError as exc:
-            self.closed = True
+            # h2 has queued its GOAWAY: the connection is over, nothing more is read.
+            self.closed = self._failed = True
+            self._backlog = None
             self._opened = []
             code = getattr(exc, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR)
             return [ConnectionClosedByPeer(int(code), f"HTTP/2 protocol error: {exc}")]

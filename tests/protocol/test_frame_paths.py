@@ -205,6 +205,22 @@ def test_overlong_frame_is_refused_from_its_header() -> None:
     ]
 
 
+def test_nothing_is_read_after_a_protocol_error() -> None:
+    """After h2 ends the connection (one GOAWAY), later bytes make no events and no frames."""
+    client, server = connected(max_frame_size=16_384)
+    stream_id = client.start_call(end=False)
+    exchange(client, server)
+    header = struct.pack(">I", 16_385)[1:] + bytes((DATA, 0)) + struct.pack(">I", stream_id)
+    assert server.receive(header) != []
+    assert server.closed
+    client.receive(server.data_to_send())
+    assert [g.error_code for g in client.goaways] == [FRAME_SIZE_ERROR]
+    client.start_call()
+    assert server.receive(client.h2.data_to_send()) == []
+    assert server.receive(header) == []
+    assert server.data_to_send() == b""
+
+
 def test_data_inside_a_header_block_is_a_protocol_error() -> None:
     """DATA between HEADERS and its CONTINUATION breaks the header block rule (RFC 9113 6.10)."""
     client, server = connected()
