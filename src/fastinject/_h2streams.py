@@ -7,8 +7,9 @@ content-length and informational-response scans; a fifth of a small call's h2 ti
 
 :func:`open_request_stream` builds the stream h2's ``receive_headers`` would leave for a plain
 request (no content-length, no ``:status``) as a copy of one h2 built itself at import, and
-:func:`send_headers` makes the transitions of a server's response headers and trailers
-directly when the stream is in a state where they are plain assignments.  Anything else goes
+:func:`send_headers` makes the transitions of a server's response headers and trailers, and
+:func:`receive_end_stream` the client's half-close of an open stream, directly when the stream
+is in a state where they are plain assignments.  Anything else goes
 through h2.  :func:`check_stream_paths` runs both ways on streams h2 builds and reports any
 difference: it is part of the import-time check of the h2 internals
 (:func:`fastinject._h2tuning.check_h2_internals`).
@@ -188,6 +189,20 @@ def send_headers(stream: h2.stream.H2Stream, end_stream: bool) -> None:
     _h2_send_headers(stream, end_stream)
 
 
+def receive_end_stream(stream: h2.stream.H2Stream) -> None:
+    """The client half-closed ``stream``, which is OPEN (the caller checked): h2's transition.
+
+    h2's ``process_input(RECV_END_STREAM)`` moves an OPEN stream to HALF_CLOSED_REMOTE and
+    makes a ``StreamEnded`` event that nobody reads here.
+    """
+    stream.state_machine.state = _StreamState.HALF_CLOSED_REMOTE
+
+
+def _h2_receive_end_stream(stream: h2.stream.H2Stream) -> None:
+    """:func:`receive_end_stream` by h2's state machine."""
+    stream.state_machine.process_input(_StreamInputs.RECV_END_STREAM)
+
+
 def _h2_send_headers(stream: h2.stream.H2Stream, end_stream: bool) -> None:
     """:func:`send_headers` by h2's state machine."""
     machine = stream.state_machine
@@ -278,16 +293,24 @@ def _differences() -> list[str]:
         if differing:
             problems.append(f"H2Stream.receive_headers ({case}: {differing.strip()})")
             continue
-        for sends in ((False, True), (True,), (False, False), (True, True), (False,)):
-            (ours, our_error) = _after_sends(our_stream()[0], sends, send_headers)
-            (theirs, error) = _after_sends(h2_stream()[0], sends, _h2_send_headers)
-            differing = _differing(ours, theirs) or (
+        for half_closed, sends in itertools.product(
+            (False, True) if not end_stream else (False,),
+            ((False, True), (True,), (False, False), (True, True), (False,), ()),
+        ):
+            ours, theirs = our_stream()[0], h2_stream()[0]
+            if half_closed:  # the client's END_STREAM comes in a DATA frame
+                receive_end_stream(ours)
+                _h2_receive_end_stream(theirs)
+            (mine, our_error) = _after_sends(ours, sends, send_headers)
+            (other, error) = _after_sends(theirs, sends, _h2_send_headers)
+            differing = _differing(mine, other) or (
                 f"raises {error}" if our_error is not error else ""
             )
             if differing:
+                what = "RECV_END_STREAM, then SEND_HEADERS" if half_closed else "SEND_HEADERS"
                 problems.append(
-                    f"H2StreamStateMachine.process_input(SEND_HEADERS) ({case}, sends "
-                    f"{sends}: {differing})"
+                    f"H2StreamStateMachine.process_input({what}) ({case}, sends {sends}: "
+                    f"{differing})"
                 )
                 break
     return problems

@@ -221,7 +221,13 @@ from h2.connection import (  # noqa: E402  (after the check, which names what is
 from h2.stream import StreamClosedBy, StreamInputs, StreamState  # noqa: E402
 from h2.utilities import guard_increment_window  # noqa: E402
 
-from ._h2streams import H2_ONLY, open_request_stream, request_length, send_headers  # noqa: E402
+from ._h2streams import (  # noqa: E402
+    H2_ONLY,
+    open_request_stream,
+    receive_end_stream,
+    request_length,
+    send_headers,
+)
 from ._hpack import CachingDecoder, CachingEncoder  # noqa: E402
 
 # A frame header: length (high byte, low 16 bits), type, flags, stream id.
@@ -670,7 +676,7 @@ class TunedH2Connection(h2.connection.H2Connection):
             raise
         stream._actual_content_length += length
         if end_stream:
-            stream.state_machine.process_input(StreamInputs.RECV_END_STREAM)
+            receive_end_stream(stream)
         return True
 
     def data_allowance(self, stream_id: int) -> int:

@@ -674,33 +674,38 @@ def _stream_state(server: ServerProtocol, stream_id: int) -> dict[str, object]:
     "fields",
     [(), ((b"content-length", b"5"),), ((b"content-length", b"05"), (b"content-length", b"05"))],
 )
-@pytest.mark.parametrize("half_closed", [False, True])
+@pytest.mark.parametrize("half_closed", ["no", "by HEADERS", "by DATA"])
 @pytest.mark.parametrize("trailers_only", [False, True])
 @pytest.mark.parametrize("settled", [False, True])
 def test_call_streams_are_the_streams_h2_makes(
-    fields: tuple[tuple[bytes, bytes], ...], half_closed: bool, trailers_only: bool,
+    fields: tuple[tuple[bytes, bytes], ...], half_closed: str, trailers_only: bool,
     settled: bool, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A call's stream opened and answered without h2's stream code is the one h2 makes.
 
-    After each step (opened by the request, response headers, trailers; or trailers-only),
-    every attribute of the stream, its state machine and its windows is what h2's
-    ``receive_headers`` and ``send_headers`` leave, and the bytes sent are the same; with the
-    default windows, and once the client set its window and acknowledged ours (``settled``).
+    After each step (opened by the request, half-closed by a DATA frame's END_STREAM,
+    response headers, trailers; or trailers-only), every attribute of the stream, its state
+    machine and its windows is what h2's ``receive_headers``, ``receive_data`` and
+    ``send_headers`` leave, and the bytes sent are the same; with the default windows, and
+    once the client set its window and acknowledged ours (``settled``).
     """
     preface = _PREFACE
     if settled:
         preface = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _settings((0x4, 70_000))
                    + _SETTINGS_ACK)
-    flags = END_HEADERS | (END_STREAM if half_closed else 0)
+    flags = END_HEADERS | (END_STREAM if half_closed == "by HEADERS" else 0)
     histories = []
     for fast in (True, False):
         server = ServerProtocol(ServerSettings(initial_stream_window_size=50_000))
         if not fast:
             server._h2.receive_request = lambda *args: None  # type: ignore[method-assign]
+            server._h2.accept_data = lambda *args: False  # type: ignore[method-assign]
             monkeypatch.setattr(_h2tuning, "send_headers", _h2streams._h2_send_headers)
         server.receive(preface + raw_frame(HEADERS, flags, 1, _headers(*fields)))
         history = [_stream_state(server, 1)]
+        if half_closed == "by DATA":  # a 5-byte message: the content-length of two cases
+            server.receive(raw_frame(DATA, END_STREAM, 1, grpc_frame(b"")))
+            history.append(_stream_state(server, 1))
         if trailers_only:
             server.send_trailers_only(1, StatusCode.OK, None, ())
         else:
