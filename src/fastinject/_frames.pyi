@@ -7,6 +7,7 @@ calls on the subclass's hooks out; h2 keeps the authoritative windows and stream
 
 from typing import Any, Final
 
+from fastinject import _framing_py
 from fastinject._framing import Deframer
 from fastinject._h2tuning import TunedH2Connection
 from fastinject.errors import FramingError
@@ -15,9 +16,6 @@ HEADERS_FRAME_COST: Final[int]
 """Frames of a turn's budget a HEADERS frame spends (8): a call it starts costs the loop that
 much more than other frames (with the default budget, 32 new calls per connection and turn,
 grpc core's ``max_requests_per_read``)."""
-
-Fed = tuple[list[tuple[bytes, bool]], int, FramingError | None]
-"""What feeding DATA payloads to a deframer gave: messages, bytes fed before a failure, failure."""
 
 def data_run(
     buf: bytes | bytearray | memoryview,
@@ -35,16 +33,21 @@ def data_run(
     ``budget`` of them and ``allowance`` payload bytes together.  Any other frame, or one that
     would cross ``allowance``, ends it.  Returns ``(run_end, frames)``: where the last frame of
     the run ends (``pos`` if none qualifies) and how many frames it has.  Raises ``ValueError``
-    when ``pos`` or ``end`` lies outside ``buf``.
+    unless ``0 <= pos <= end <= len(buf)``.  A ``stream_id`` no frame header can hold, or a
+    negative limit, makes an empty run.
     """
 
 def deframe_data_run(
-    deframer: Deframer, buf: bytes | bytearray | memoryview, pos: int, end: int
-) -> Fed:
+    deframer: Deframer | _framing_py.Deframer,
+    buf: bytes | bytearray | memoryview,
+    pos: int,
+    end: int,
+) -> tuple[list[tuple[bytes, bool]], int, FramingError | None]:
     """Feed the payloads of the DATA frames from ``pos`` to ``end`` of ``buf`` to ``deframer``.
 
     The frames must lie whole between ``pos`` and ``end`` (as :func:`data_run` found them;
-    otherwise ``ValueError``); their headers are not checked again.  Returns ``(messages, fed,
+    otherwise ``ValueError``); their headers are not checked again.  A deframer of the compiled
+    module is fed from ``buf`` directly, any other with its ``feed``.  Returns ``(messages, fed,
     error)``: the messages completed, in order, the payload bytes fed, and ``None``; or, when
     a frame's payload makes the deframer fail, the messages of the frames before it, their
     payload bytes and the :class:`~fastinject.errors.FramingError` (the deframer is poisoned,
@@ -65,8 +68,9 @@ class FrameSplitter:
     tuned entry points; polices the other frames (:meth:`_police`); and hands every frame it
     did not take, in order and in runs, to :meth:`_feed_h2`.
 
-    The subclass sets the attributes below and provides the hooks (methods starting with
-    ``_`` after :meth:`_scan`); the walk calls them in the order the frames arrived.
+    The subclass sets the attributes below and overrides the hooks (the methods after
+    :meth:`_scan`, which raise ``NotImplementedError`` here); the walk calls them in the order
+    the frames arrived.
     """
 
     _h2: TunedH2Connection
@@ -91,7 +95,12 @@ class FrameSplitter:
     def _return_credit(self, stream_id: int, size: int) -> None:
         """Give ``size`` bytes of flow-control credit back to the peer at the next flush."""
     def _deframe(
-        self, stream_id: int, state: Any, fed: Fed, size: int, events: list[Any]
+        self,
+        stream_id: int,
+        state: Any,
+        fed: tuple[list[tuple[bytes, bool]], int, FramingError | None],
+        size: int,
+        events: list[Any],
     ) -> None:
         """Account for ``size`` bytes of DATA payload of a live call fed to its deframer."""
     def _on_data(

@@ -12,6 +12,7 @@ frame), and hands everything h2 must judge to the subclass in runs, through its 
 
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.stdint cimport uint32_t
 
 from fastinject._framing cimport Deframer
@@ -45,16 +46,24 @@ cdef inline uint32_t _read_u32(const unsigned char* p) noexcept nogil:
 
 cdef inline int _acquire(object buf, Py_buffer* view, Py_ssize_t pos, Py_ssize_t end) except -1:
     PyObject_GetBuffer(buf, view, PyBUF_SIMPLE)
-    if pos < 0 or end > view.len:
+    if not 0 <= pos <= end <= view.len:
         PyBuffer_Release(view)
         raise ValueError(f"frames from {pos} to {end} lie outside a buffer of {view.len} bytes")
     return 0
+
+
+cdef inline Py_ssize_t _clamped(object value) except? -2:
+    """An int limit as a Py_ssize_t: any negative one is -1 (nothing fits), a huge one the max."""
+    if value < 0:
+        return -1
+    return PY_SSIZE_T_MAX if value > PY_SSIZE_T_MAX else value
 
 
 cdef Py_ssize_t _run_end(
     const unsigned char* data, Py_ssize_t pos, Py_ssize_t end, uint32_t stream_id,
     Py_ssize_t allowance, Py_ssize_t max_length, Py_ssize_t budget, Py_ssize_t* frames,
 ) noexcept nogil:
+    """As ``data_run``, for ``0 <= pos <= end`` within ``data``."""
     cdef const unsigned char* header
     cdef Py_ssize_t length
     frames[0] = 0
@@ -70,17 +79,27 @@ cdef Py_ssize_t _run_end(
     return pos
 
 
-cdef tuple _deframe_run(Deframer deframer, const unsigned char* data, Py_ssize_t pos,
+cdef tuple _deframe_run(object deframer, object buf, const unsigned char* data, Py_ssize_t pos,
                         Py_ssize_t end):
+    """As ``deframe_data_run``, for ``0 <= pos <= end`` within ``data``, a view of ``buf``.
+
+    A deframer of the compiled module is fed from ``data``; any other (the Python twin's) with
+    its ``feed``, from views of ``buf``.
+    """
     cdef list messages = []
     cdef Py_ssize_t fed = 0
     cdef Py_ssize_t length
+    cdef bint compiled = type(deframer) is Deframer
+    cdef object view = None if compiled else memoryview(buf)
     while pos < end:
         if end - pos < FRAME_HEADER or end - pos - FRAME_HEADER < _frame_length(data + pos):
             raise ValueError(f"the frame at {pos} ends after {end}")
         length = _frame_length(data + pos)
         try:
-            deframer.feed_into(data + pos + FRAME_HEADER, length, messages)
+            if compiled:
+                (<Deframer>deframer).feed_into(data + pos + FRAME_HEADER, length, messages)
+            else:
+                messages += deframer.feed(view[pos + FRAME_HEADER : pos + FRAME_HEADER + length])
         except FramingError as exc:
             return messages, fed, exc
         fed += length
@@ -88,26 +107,27 @@ cdef tuple _deframe_run(Deframer deframer, const unsigned char* data, Py_ssize_t
     return messages, fed, None
 
 
-def data_run(buf, Py_ssize_t pos, Py_ssize_t end, stream_id, Py_ssize_t allowance,
-             Py_ssize_t max_length, Py_ssize_t budget):
+def data_run(buf, Py_ssize_t pos, Py_ssize_t end, stream_id, allowance, max_length, budget):
     """Where the consecutive DATA frames of ``stream_id`` from ``pos`` end, and how many."""
     cdef Py_buffer view
-    cdef Py_ssize_t frames
+    cdef Py_ssize_t frames = 0
     _acquire(buf, &view, pos, end)
     try:
-        pos = _run_end(<const unsigned char*>view.buf, pos, end, stream_id, allowance, max_length,
-                       budget, &frames)
+        if 0 <= stream_id <= 0xFFFFFFFF:  # no frame header holds another
+            pos = _run_end(<const unsigned char*>view.buf, pos, end, stream_id,
+                           _clamped(allowance), _clamped(max_length), _clamped(budget),
+                           &frames)
     finally:
         PyBuffer_Release(&view)
     return pos, frames
 
 
-def deframe_data_run(Deframer deframer not None, buf, Py_ssize_t pos, Py_ssize_t end):
+def deframe_data_run(deframer, buf, Py_ssize_t pos, Py_ssize_t end):
     """Feed the payloads of the whole frames from ``pos`` to ``end`` to ``deframer``."""
     cdef Py_buffer view
     _acquire(buf, &view, pos, end)
     try:
-        return _deframe_run(deframer, <const unsigned char*>view.buf, pos, end)
+        return _deframe_run(deframer, buf, <const unsigned char*>view.buf, pos, end)
     finally:
         PyBuffer_Release(&view)
 
@@ -199,7 +219,7 @@ cdef class FrameSplitter:
                         frames_left -= frames - 1
                         frame_end = handed = run_end
                         self._deframe(stream_id, state,
-                                      _deframe_run(state.deframer, data, pos, run_end),
+                                      _deframe_run(state.deframer, buf, data, pos, run_end),
                                       payload, events)
                     elif h2.accept_data(stream_id, length, end_stream):
                         self._on_data(stream_id, state, view[pos + FRAME_HEADER : frame_end],
@@ -263,6 +283,38 @@ cdef class FrameSplitter:
         if handed < pos or self._opened:
             self._feed_h2(view[handed:pos], events)
         return pos
+
+    # -- hooks: what the subclass does with what the walk found (see _frames.pyi) ----------
+
+    def _feed_h2(self, frames, events):
+        raise NotImplementedError
+
+    def _police(self, frame_type, flags, length):
+        raise NotImplementedError
+
+    def _spend_useless(self, what):
+        raise NotImplementedError
+
+    def _return_credit(self, stream_id, size):
+        raise NotImplementedError
+
+    def _deframe(self, stream_id, state, fed, size, events):
+        raise NotImplementedError
+
+    def _on_data(self, stream_id, state, data, flow_controlled_length, events):
+        raise NotImplementedError
+
+    def _on_stream_ended(self, stream_id, events):
+        raise NotImplementedError
+
+    def _on_remote_settings(self, events):
+        raise NotImplementedError
+
+    def _on_connection_window(self, events):
+        raise NotImplementedError
+
+    def _closed_by_peer(self, error_code, events):
+        raise NotImplementedError
 
 
 __all__ = ["HEADERS_FRAME_COST", "FrameSplitter", "data_run", "deframe_data_run"]

@@ -91,7 +91,7 @@ def deframe_data_run(
 
 def _check_span(buf: bytes | bytearray | memoryview, pos: int, end: int) -> None:
     size = memoryview(buf).nbytes
-    if pos < 0 or end > size:
+    if not 0 <= pos <= end <= size:
         raise ValueError(f"frames from {pos} to {end} lie outside a buffer of {size} bytes")
 
 

@@ -638,7 +638,7 @@ class ServerProtocol(FrameSplitter):
         """Account for ``size`` bytes of DATA payload of a live call that its deframer was fed.
 
         ``fed`` is what feeding it gave: the messages, the bytes fed before a failure and the
-        failure (see :func:`~fastinject.stream.deframe_data_run`).  The limits on bytes held for
+        failure (see :func:`~fastinject.frames.deframe_data_run`).  The limits on bytes held for
         partial messages are checked once for all of them.
         """
         messages, fed_before_failure, failure = fed

@@ -69,12 +69,42 @@ def test_a_run_stays_within_the_allowance_budget_size_and_buffer(frames_impl: Mo
 def test_a_run_outside_the_buffer_is_refused(frames_impl: ModuleType) -> None:
     """Spans outside the buffer, or frames cut by ``end``: ValueError, nothing read."""
     wire = frame(b"abc")
-    with pytest.raises(ValueError, match="outside a buffer"):
-        frames_impl.data_run(wire, 0, len(wire) + 1, 1, 100, 100, 100)
-    with pytest.raises(ValueError, match="outside a buffer"):
-        frames_impl.deframe_data_run(deframer_for(frames_impl), wire, -1, len(wire))
+    for pos, end in ((0, len(wire) + 1), (-1, len(wire)), (5, 4), (1, -(2**63))):
+        with pytest.raises(ValueError, match="outside a buffer"):
+            frames_impl.data_run(wire, pos, end, 1, 100, 100, 100)
+        with pytest.raises(ValueError, match="outside a buffer"):
+            frames_impl.deframe_data_run(deframer_for(frames_impl), wire, pos, end)
+    # A view of a larger buffer: nothing beyond the view is read.
+    beyond = b"\0" + frame(b"a" * 10) + frame(b"past the view")
+    assert frames_impl.data_run(memoryview(beyond)[:20], 1, 20, 1, 100, 100, 100) == (20, 1)
     with pytest.raises(ValueError, match="ends after"):
         frames_impl.deframe_data_run(deframer_for(frames_impl), wire, 0, len(wire) - 1)
+
+
+def test_limits_no_frame_can_meet_make_an_empty_run(frames_impl: ModuleType) -> None:
+    """Stream ids no header holds and negative limits: no run; huge limits: no limit."""
+    wire = frame(b"abc") + frame(b"de")
+    run = frames_impl.data_run
+    for stream_id in (-1, 2**32 + 1):
+        assert run(wire, 0, len(wire), stream_id, 100, 100, 100) == (0, 0)
+    for limits in ((-(2**70), 100, 100), (100, -1, 100), (100, 100, -5)):
+        assert run(wire, 0, len(wire), 1, *limits) == (0, 0)
+    assert run(wire, 0, len(wire), 1, 2**64, 2**70, 2**80) == (len(wire), 2)
+
+
+def test_either_deframer_is_fed(frames_impl: ModuleType) -> None:
+    """A deframer of the other implementation is fed through its ``feed``, with the same result."""
+    wire = frame(message(b"one") + message(b"tw")[:3]) + frame(message(b"tw")[3:])
+    for framing in ("fastinject._framing_py", "fastinject._framing"):
+        try:
+            deframer = importlib.import_module(framing).Deframer()
+        except ImportError:
+            continue
+        assert frames_impl.deframe_data_run(deframer, wire, 0, len(wire)) == (
+            [(b"one", False), (b"tw", False)], len(wire) - 18, None
+        )
+    with pytest.raises(AttributeError):
+        frames_impl.deframe_data_run(None, wire, 0, len(wire))
 
 
 def test_messages_across_frames_are_deframed_in_order(frames_impl: ModuleType) -> None:
@@ -129,34 +159,44 @@ def test_a_message_over_the_limit_fails_at_its_header(frames_impl: ModuleType) -
     assert isinstance(failure, MessageTooLargeError)
 
 
+@pytest.fixture(scope="module")
+def twins(extensions_disabled: bool) -> tuple[ModuleType, ModuleType]:
+    """The Python twin and the compiled module (which must be built, unless disabled)."""
+    if extensions_disabled:
+        pytest.skip("FASTINJECT_NO_EXTENSIONS is set: the Cython module is not under test")
+    return (importlib.import_module("fastinject._frames_py"),
+            importlib.import_module("fastinject._frames"))
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     payloads=st.lists(st.binary(max_size=40), max_size=8),
     cuts=st.lists(st.integers(min_value=1, max_value=30), max_size=20),
     junk=st.binary(max_size=30),
-    allowance=st.integers(min_value=0, max_value=400),
+    streams=st.lists(st.sampled_from([1, 1, 1, 3, 1 | 1 << 31]), min_size=30, max_size=30),
+    start=st.integers(min_value=0, max_value=3),
+    allowance=st.integers(min_value=-1, max_value=400),
+    max_length=st.integers(min_value=0, max_value=40),
     budget=st.integers(min_value=0, max_value=12),
 )
 def test_both_twins_split_and_deframe_alike(
-    payloads: list[bytes], cuts: list[int], junk: bytes, allowance: int, budget: int
+    twins: tuple[ModuleType, ModuleType], payloads: list[bytes], cuts: list[int], junk: bytes,
+    streams: list[int], start: int, allowance: int, max_length: int, budget: int,
 ) -> None:
-    """Any frames, any run limits: the Cython module answers as the Python twin does."""
-    try:
-        cython = importlib.import_module("fastinject._frames")
-    except ImportError:
-        pytest.skip("the Cython module is not built")
-    python = importlib.import_module("fastinject._frames_py")
+    """Any frames, any run limits, any start: the Cython module answers as the Python twin."""
     body = b"".join(message(p) for p in payloads) + junk
-    pieces, start = [], 0
+    pieces, offset = [], 0
     for cut in cuts:
-        if start < len(body):
-            pieces.append(body[start : start + cut])
-            start += cut
-    pieces.append(body[start:] or b"z")
-    wire = b"".join(frame(piece) for piece in pieces) + frame(b"end", flags=END_STREAM)
+        if offset < len(body):
+            pieces.append(body[offset : offset + cut])
+            offset += cut
+    pieces.append(body[offset:] or b"z")
+    frames = [frame(piece, stream_id=s) for piece, s in zip(pieces, streams, strict=False)]
+    wire = b"".join(frames) + frame(b"end", flags=END_STREAM)
+    pos = sum(len(f) for f in frames[: min(start, len(frames))])
     results = []
-    for impl in (python, cython):
-        run_end, frames = impl.data_run(wire, 0, len(wire), 1, allowance, 32, budget)
-        fed = impl.deframe_data_run(deframer_for(impl), wire, 0, run_end)
-        results.append((run_end, frames, fed[0], fed[1], type(fed[2])))
+    for impl in twins:
+        run_end, count = impl.data_run(wire, pos, len(wire), 1, allowance, max_length, budget)
+        fed = impl.deframe_data_run(deframer_for(impl), wire, pos, run_end)
+        results.append((run_end, count, fed[0], fed[1], type(fed[2])))
     assert results[0] == results[1]

@@ -56,9 +56,10 @@ def _cython_splitter() -> type:
     return importlib.import_module("fastinject._frames").FrameSplitter  # type: ignore[no-any-return]
 
 
-def _block() -> bytes:
+def _block(content_length: int | None = None) -> bytes:
     """A request header block from an encoder of its own (decodable in any order)."""
-    return hpack.Encoder().encode(request_headers())
+    extra = () if content_length is None else ((b"content-length", b"%d" % content_length),)
+    return hpack.Encoder().encode(request_headers(extra=extra))
 
 
 _OPS = st.lists(
@@ -67,7 +68,8 @@ _OPS = st.lists(
             "call", "call", "call", "call-ended", "call-ended", "call-continued",
             "data", "data", "data", "data", "data-end", "data-end", "data-padded", "empty-data",
             "window", "stream-window", "settings", "ack", "ping", "reset", "priority", "goaway",
-            "unknown", "continuation-alone",
+            "unknown", "continuation-alone", "call-with-length", "data-large", "data-flags",
+            "data-reserved-bit", "overlong",
         ]),
         st.integers(0, 7),  # which stream opened so far
         st.binary(max_size=60),  # payload material
@@ -89,7 +91,7 @@ def _frames(ops: list[tuple[str, int, bytes, int]]) -> bytes:
         if kind.startswith("call"):
             stream = opened[-1] + 2 if opened else 1
             opened.append(stream)
-            block = _block()
+            block = _block(len(body) if kind == "call-with-length" else None)
             if kind == "call-continued":
                 out += [raw_frame(HEADERS, 0, stream, block[:4]),
                         raw_frame(CONTINUATION, END_HEADERS, stream, block[4:])]
@@ -100,6 +102,14 @@ def _frames(ops: list[tuple[str, int, bytes, int]]) -> bytes:
             out.append(raw_frame(DATA, 0, stream, body))
         elif kind == "data-end":
             out.append(raw_frame(DATA, END_STREAM, stream, body))
+        elif kind == "data-large":  # beyond the small windows of some examples
+            out.append(raw_frame(DATA, 0, stream, grpc_frame(material * 12)))
+        elif kind == "data-flags":  # flags DATA does not define
+            out.append(raw_frame(DATA, 0x2 | (which & 1), stream, body))
+        elif kind == "data-reserved-bit":
+            out.append(raw_frame(DATA, 0, stream | 1 << 31, body))
+        elif kind == "overlong":  # over the frame size the server allows
+            out.append(raw_frame(DATA, 0, stream, bytes(16_385)))
         elif kind == "data-padded":
             pad = len(material) % 5
             out.append(raw_frame(DATA, PADDED, stream, bytes((pad,)) + body + bytes(pad)))
@@ -130,12 +140,14 @@ def _frames(ops: list[tuple[str, int, bytes, int]]) -> bytes:
 
 
 def _serve(
-    protocol: type[ServerProtocol], data: bytes, cuts: list[int], frames_per_turn: int
+    protocol: type[ServerProtocol], data: bytes, cuts: list[int], frames_per_turn: int,
+    window: int,
 ) -> list[Any]:
     """Frames handled per receive, events (addresses masked) and output per read."""
     server = protocol(
         ServerSettings(max_frames_per_turn=frames_per_turn,
-                       min_frames_per_turn=min(32, frames_per_turn)),
+                       min_frames_per_turn=min(32, frames_per_turn),
+                       initial_stream_window_size=window, max_frame_size=16_384),
         clock=lambda: 0.0,
     )
     record: list[Any] = []
@@ -162,12 +174,13 @@ def _serve(
     ops=_OPS,
     cuts=st.lists(st.integers(1, 200), max_size=12),
     frames_per_turn=st.sampled_from([256, 8]),
+    window=st.sampled_from([65_535, 300]),
 )
 def test_cython_and_python_splitters_serve_alike(
-    ops: list[tuple[str, int, bytes, int]], cuts: list[int], frames_per_turn: int
+    ops: list[tuple[str, int, bytes, int]], cuts: list[int], frames_per_turn: int, window: int
 ) -> None:
-    """Any frames, any cuts, any turn budget: the same events, bytes out and frames per turn."""
+    """Any frames, cuts, turn budget and window: same events, bytes out and frames per turn."""
     data = _frames(ops)
-    cython = _serve(_on_base(_cython_splitter()), data, cuts, frames_per_turn)
-    python = _serve(_on_base(_frames_py.FrameSplitter), data, cuts, frames_per_turn)
+    cython = _serve(_on_base(_cython_splitter()), data, cuts, frames_per_turn, window)
+    python = _serve(_on_base(_frames_py.FrameSplitter), data, cuts, frames_per_turn, window)
     assert cython == python
