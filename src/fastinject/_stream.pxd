@@ -25,10 +25,13 @@ cdef class CreditBook:
     cdef dict _due
     cdef list _owing             # the inboxes owing credit since the last take
     cdef bint _notified
+    cdef bint _closed            # the connection is gone: inboxes are not listed any more
+    cdef Py_ssize_t _taken       # credit of the messages taken since the last take
     cdef public object on_consumed
+    cdef public Py_ssize_t flush_after
 
     cdef int _add(self, object stream_id, Py_ssize_t size) except -1
-    cdef int _consumed(self) except -1
+    cdef int _consumed(self, Py_ssize_t size) except -1
 
 
 cdef class Inbox:

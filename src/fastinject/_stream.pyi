@@ -98,16 +98,29 @@ class CreditBook:
     """
 
     on_consumed: Callable[[], None] | None
-    """Called the first time an application consumes something after a :meth:`take`
-    (the owner schedules a flush there), so at most once per flush, never per message."""
+    """Called once the applications have consumed :attr:`flush_after` bytes or more since the
+    last :meth:`take` (the owner schedules a flush there), so at most once per flush, never per
+    message.  Credit below that leaves with the next flush made for any other reason."""
+    flush_after: int
+    """Credit of consumed messages worth a flush of its own (0: any).  A peer can be waiting
+    for it only once it exceeds what the receive windows hold beyond h2's own threshold (half
+    the window): a quarter of the smallest window is safe."""
 
-    def __init__(self, on_consumed: Callable[[], None] | None = None) -> None: ...
+    def __init__(
+        self, on_consumed: Callable[[], None] | None = None, flush_after: int = 0
+    ) -> None: ...
     def add(self, stream_id: int, size: int) -> None:
         """Owe ``size`` more bytes of credit on ``stream_id`` (and on the connection)."""
     def consumed(self, stream_id: int, size: int) -> None:
         """Owe the credit of ``size`` bytes the application took; may call :attr:`on_consumed`."""
     def take(self) -> dict[int, int] | None:
         """The credit owed per stream since the last take, or None; nothing is owed after."""
+    def close(self) -> None:
+        """The connection is gone: drop what is owed and :attr:`on_consumed`.
+
+        Credit added later is never listed with its inbox: an inbox released after the close
+        is not kept alive by the book, nor the book by it.
+        """
 
 @final
 class Inbox:

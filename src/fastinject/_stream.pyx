@@ -248,10 +248,11 @@ cdef class SendQueue:
 cdef class CreditBook:
     """Flow-control credit owed to the peer until the next flush; see ``_stream.pyi``."""
 
-    def __init__(self, on_consumed=None):
+    def __init__(self, on_consumed=None, Py_ssize_t flush_after=0):
         self._due = {}
         self._owing = []
         self.on_consumed = on_consumed
+        self.flush_after = flush_after
 
     def add(self, stream_id, Py_ssize_t size):
         """Owe ``size`` more bytes of credit on ``stream_id`` (and on the connection)."""
@@ -265,20 +266,28 @@ cdef class CreditBook:
     def consumed(self, stream_id, Py_ssize_t size):
         """Owe the credit of ``size`` bytes the application took; see the .pyi."""
         self._add(stream_id, size)
-        self._consumed()
+        self._consumed(size)
 
-    cdef int _consumed(self) except -1:
-        if not self._notified:
+    cdef int _consumed(self, Py_ssize_t size) except -1:
+        self._taken += size
+        if not self._notified and self._taken >= self.flush_after:
             self._notified = True
             if self.on_consumed is not None:
                 self.on_consumed()
         return 0
+
+    def close(self):
+        """The connection is gone: drop what is owed, and keep no inbox from now on."""
+        self.take()
+        self._closed = True
+        self.on_consumed = None
 
     def take(self):
         """The credit owed per stream since the last take, or None; nothing is owed after."""
         cdef dict due = self._due
         cdef Inbox inbox
         self._notified = False
+        self._taken = 0
         if self._owing:
             # Inboxes count the credit of the messages taken in C, not in this dict.
             for inbox in self._owing:
@@ -361,10 +370,10 @@ cdef class Inbox:
         if not size:
             return 0
         self._owed += size
-        if not self._owing:
+        if not self._owing and not self._book._closed:
             self._owing = True
             self._book._owing.append(self)
-            self._book._consumed()
+        self._book._consumed(size)
         return 0
 
 

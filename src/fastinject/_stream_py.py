@@ -207,13 +207,20 @@ class SendQueue:
 class CreditBook:
     """Flow-control credit owed to the peer until the next flush; see ``_stream.pyi``."""
 
-    __slots__ = ("_due", "_notified", "_owing", "on_consumed")
+    __slots__ = (
+        "_closed", "_due", "_notified", "_owing", "_taken", "flush_after", "on_consumed"
+    )
 
-    def __init__(self, on_consumed: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, on_consumed: Callable[[], None] | None = None, flush_after: int = 0
+    ) -> None:
         self._due: dict[int, int] = {}
         self._owing: list[Inbox] = []  # the inboxes owing credit since the last take
         self._notified = False
+        self._taken = 0  # credit of the messages taken since the last take
+        self._closed = False  # the connection is gone: inboxes are not listed any more
         self.on_consumed = on_consumed
+        self.flush_after = flush_after
 
     def add(self, stream_id: int, size: int) -> None:
         """Owe ``size`` more bytes of credit on ``stream_id`` (and on the connection)."""
@@ -223,17 +230,25 @@ class CreditBook:
     def consumed(self, stream_id: int, size: int) -> None:
         """Owe the credit of ``size`` bytes the application took; see the .pyi."""
         self.add(stream_id, size)
-        self._consumed()
+        self._consumed(size)
 
-    def _consumed(self) -> None:
-        if not self._notified:
+    def _consumed(self, size: int) -> None:
+        self._taken += size
+        if not self._notified and self._taken >= self.flush_after:
             self._notified = True
             if self.on_consumed is not None:
                 self.on_consumed()
 
+    def close(self) -> None:
+        """The connection is gone: drop what is owed, and keep no inbox from now on."""
+        self.take()
+        self._closed = True
+        self.on_consumed = None
+
     def take(self) -> dict[int, int] | None:
         """The credit owed per stream since the last take, or None; nothing is owed after."""
         self._notified = False
+        self._taken = 0
         if self._owing:
             for inbox in self._owing:
                 self.add(inbox.stream_id, inbox._owed)
@@ -303,10 +318,10 @@ class Inbox:
         if not size:
             return
         self._owed += size
-        if not self._owing:
+        if not self._owing and not self._book._closed:
             self._owing = True
             self._book._owing.append(self)
-            self._book._consumed()
+        self._book._consumed(size)
 
 
 async def _ready(value: Any) -> Any:

@@ -349,7 +349,7 @@ class Connection(asyncio.Protocol):
         self.group.discard(self)
         self.protocol.release_memory()
         self.protocol.on_shed = None
-        self.protocol.credit.on_consumed = None
+        self.protocol.credit.close()
         self._decompressor = None
         if self._peer_log is not None:
             self._peer_log.close()
@@ -385,9 +385,10 @@ class Connection(asyncio.Protocol):
         self.schedule_flush()
 
     def _credit_owed(self) -> None:
-        """A handler took a message: its credit leaves as a WINDOW_UPDATE at the next flush.
+        """Handlers took messages worth a flush: their credit leaves at the next one.
 
-        Called once per flush, by the protocol's CreditBook, not once per message.
+        Called at most once per flush, by the protocol's CreditBook (``flush_after``), not
+        once per message.
         """
         self.reset_ping_policy()
         self.schedule_flush()

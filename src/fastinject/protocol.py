@@ -257,7 +257,14 @@ class ServerProtocol(FrameSplitter):
         # The one owner of the flow-control credit owed to the client, per stream, returned at
         # the next flush: one h2 call (at most one WINDOW_UPDATE) per stream, not per message.
         # Each call's Inbox adds the credit of the messages its handler takes.
-        self.credit = CreditBook()
+        # Credit of messages the handlers took waits for the next flush made for any reason
+        # unless it reaches a quarter of the smallest receive window (65,535 bytes until the
+        # client acknowledges ours): h2 writes a WINDOW_UPDATE only once half a window is
+        # consumed, so a client that has stopped for want of window always gets one, and a
+        # client streaming small messages costs no flush of its own per message.
+        self.credit = CreditBook(flush_after=min(
+            65_535, settings.initial_stream_window_size, settings.initial_connection_window_size
+        ) // 4)
         # Response messages not yet given to h2, per stream, with mirrors of the send windows:
         # consecutive small messages of a stream leave as one DATA frame per flush.
         self.outbound = SendQueue(self._h2.outbound_flow_control_window)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -81,6 +82,49 @@ def test_the_owner_hears_once_per_flush_not_per_message(stream_impl: ModuleType)
     book.take()
     inbox.pop()
     assert len(calls) == 2
+
+
+def test_the_owner_hears_once_enough_credit_is_owed(stream_impl: ModuleType) -> None:
+    """With ``flush_after``, on_consumed waits until that much credit is owed.
+
+    The credit of the messages taken since the last take(), over all inboxes, debts deducted;
+    then it runs once until the next take.
+    """
+    calls: list[None] = []
+    book = stream_impl.CreditBook(lambda: calls.append(None), flush_after=30)
+    one, three = stream_impl.Inbox(1, book), stream_impl.Inbox(3, book)
+    one.deliver([(bytes(5), False)] * 4, 0)  # 10 bytes of credit each
+    three.deliver([(bytes(5), False)] * 4, 12)  # the first one and a bit were paid early
+    one.pop()
+    three.pop()  # owes nothing: paid early
+    one.pop()
+    assert calls == []  # 20 bytes
+    three.pop()  # 8 more (2 of its debt left)
+    assert calls == []
+    one.pop()
+    assert len(calls) == 1  # 38 bytes
+    three.pop()
+    assert len(calls) == 1
+    assert book.take() == {1: 30, 3: 18}
+    one.pop()
+    assert len(calls) == 1  # the count starts again at each take
+    assert book.flush_after == 30
+
+
+def test_a_closed_book_keeps_no_inbox(stream_impl: ModuleType) -> None:
+    """After close(), what was owed is gone and inboxes released later are not listed."""
+    calls: list[None] = []
+    book = stream_impl.CreditBook(lambda: calls.append(None))
+    inbox = stream_impl.Inbox(1, book)
+    inbox.deliver([(b"m", False)] * 3, 0)
+    inbox.pop()
+    assert len(calls) == 1
+    book.close()
+    assert book.on_consumed is None
+    inbox.release()  # the call ends after its connection
+    assert book.take() is None
+    del book
+    assert sys.getrefcount(inbox) == 2  # (the argument of getrefcount): nothing else holds it
 
 
 def test_pop_plain_takes_only_an_uncompressed_message(stream_impl: ModuleType) -> None:

@@ -182,6 +182,31 @@ async def test_credit_returns_only_as_the_handler_reads(
     assert response.messages == [(False, b"60")]
 
 
+async def test_small_messages_get_credit_when_the_client_waits_for_it(
+    start_server: StartServer, open_wire: OpenWire, probe: Probe
+) -> None:
+    """Credit of small messages taken waits for a flush made anyway, never for a stopped client.
+
+    One message per DATA frame, sent only as the stream window allows, 25 windows' worth in
+    all, reaches the handler whole.
+    """
+    served = await start_server(initial_stream_window_size=4096)
+    wire = await open_wire(served.port)
+    probe.gate.set()
+    stream_id = wire.client.start_call(b"/test.Probe/Hold", end=False)
+    message = grpc_frame(b"s" * 95)  # 100 bytes: a fortieth of the window
+    for index in range(1000):
+        await wire.wait_for(
+            lambda: wire.client.window(stream_id) >= len(message), "credit for the next message"
+        )
+        wire.client.send(stream_id, message, end=index == 999)
+        await wire.flush()
+    response = await wire.finish(stream_id)
+    assert response.messages == [(False, b"1000")]
+    updates = [u for u in wire.client.window_updates if u[0] == stream_id]
+    assert 0 < len(updates) < 1000 // 8  # in batches of half a window, not per message
+
+
 async def test_request_larger_than_the_window_completes(
     start_server: StartServer, open_wire: OpenWire
 ) -> None:
