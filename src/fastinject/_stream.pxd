@@ -26,7 +26,7 @@ cdef class CreditBook:
     cdef list _owing             # the inboxes owing credit since the last take
     cdef bint _notified
     cdef bint _closed            # the connection is gone: inboxes are not listed any more
-    cdef Py_ssize_t _taken       # credit of the messages taken since the last take
+    cdef Py_ssize_t _owed_total  # credit added or consumed since the last take
     cdef public object on_consumed
     cdef public Py_ssize_t flush_after
 

@@ -98,9 +98,9 @@ class CreditBook:
     """
 
     on_consumed: Callable[[], None] | None
-    """Called once the applications have consumed :attr:`flush_after` bytes or more since the
-    last :meth:`take` (the owner schedules a flush there), so at most once per flush, never per
-    message.  Credit below that leaves with the next flush made for any other reason."""
+    """Called once an application consumes a message with :attr:`flush_after` bytes or more
+    owed since the last :meth:`take` (the owner schedules a flush there), so at most once per
+    flush, never per message.  Credit below that leaves with a later flush."""
     flush_after: int
     """Credit of consumed messages worth a flush of its own (0: any).  A peer can be waiting
     for it only once it exceeds what the receive windows hold beyond h2's own threshold (half
@@ -109,6 +109,12 @@ class CreditBook:
     def __init__(
         self, on_consumed: Callable[[], None] | None = None, flush_after: int = 0
     ) -> None: ...
+    @property
+    def owed(self) -> int:
+        """Bytes of credit owed since the last :meth:`take`, added and consumed.
+
+        A flush that finds less than :attr:`flush_after` owed may leave it for a later one.
+        """
     def add(self, stream_id: int, size: int) -> None:
         """Owe ``size`` more bytes of credit on ``stream_id`` (and on the connection)."""
     def consumed(self, stream_id: int, size: int) -> None:

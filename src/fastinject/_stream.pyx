@@ -254,9 +254,15 @@ cdef class CreditBook:
         self.on_consumed = on_consumed
         self.flush_after = flush_after
 
+    @property
+    def owed(self):
+        """Bytes of credit owed since the last take (added and consumed)."""
+        return self._owed_total
+
     def add(self, stream_id, Py_ssize_t size):
         """Owe ``size`` more bytes of credit on ``stream_id`` (and on the connection)."""
         self._add(stream_id, size)
+        self._owed_total += size
 
     cdef int _add(self, object stream_id, Py_ssize_t size) except -1:
         cdef object due = self._due.get(stream_id)
@@ -269,8 +275,8 @@ cdef class CreditBook:
         self._consumed(size)
 
     cdef int _consumed(self, Py_ssize_t size) except -1:
-        self._taken += size
-        if not self._notified and self._taken >= self.flush_after:
+        self._owed_total += size
+        if not self._notified and self._owed_total >= self.flush_after:
             self._notified = True
             if self.on_consumed is not None:
                 self.on_consumed()
@@ -287,7 +293,7 @@ cdef class CreditBook:
         cdef dict due = self._due
         cdef Inbox inbox
         self._notified = False
-        self._taken = 0
+        self._owed_total = 0
         if self._owing:
             # Inboxes count the credit of the messages taken in C, not in this dict.
             for inbox in self._owing:

@@ -208,7 +208,7 @@ class CreditBook:
     """Flow-control credit owed to the peer until the next flush; see ``_stream.pyi``."""
 
     __slots__ = (
-        "_closed", "_due", "_notified", "_owing", "_taken", "flush_after", "on_consumed"
+        "_closed", "_due", "_notified", "_owed_total", "_owing", "flush_after", "on_consumed"
     )
 
     def __init__(
@@ -217,24 +217,33 @@ class CreditBook:
         self._due: dict[int, int] = {}
         self._owing: list[Inbox] = []  # the inboxes owing credit since the last take
         self._notified = False
-        self._taken = 0  # credit of the messages taken since the last take
+        self._owed_total = 0  # credit added or consumed since the last take
         self._closed = False  # the connection is gone: inboxes are not listed any more
         self.on_consumed = on_consumed
         self.flush_after = flush_after
 
+    @property
+    def owed(self) -> int:
+        """Bytes of credit owed since the last take (added and consumed)."""
+        return self._owed_total
+
     def add(self, stream_id: int, size: int) -> None:
         """Owe ``size`` more bytes of credit on ``stream_id`` (and on the connection)."""
+        self._add(stream_id, size)
+        self._owed_total += size
+
+    def _add(self, stream_id: int, size: int) -> None:
         due = self._due
         due[stream_id] = due.get(stream_id, 0) + size
 
     def consumed(self, stream_id: int, size: int) -> None:
         """Owe the credit of ``size`` bytes the application took; see the .pyi."""
-        self.add(stream_id, size)
+        self._add(stream_id, size)
         self._consumed(size)
 
     def _consumed(self, size: int) -> None:
-        self._taken += size
-        if not self._notified and self._taken >= self.flush_after:
+        self._owed_total += size
+        if not self._notified and self._owed_total >= self.flush_after:
             self._notified = True
             if self.on_consumed is not None:
                 self.on_consumed()
@@ -248,10 +257,10 @@ class CreditBook:
     def take(self) -> dict[int, int] | None:
         """The credit owed per stream since the last take, or None; nothing is owed after."""
         self._notified = False
-        self._taken = 0
+        self._owed_total = 0
         if self._owing:
             for inbox in self._owing:
-                self.add(inbox.stream_id, inbox._owed)
+                self._add(inbox.stream_id, inbox._owed)
                 inbox._owed = 0
                 inbox._owing = False
             self._owing = []

@@ -257,11 +257,11 @@ class ServerProtocol(FrameSplitter):
         # The one owner of the flow-control credit owed to the client, per stream, returned at
         # the next flush: one h2 call (at most one WINDOW_UPDATE) per stream, not per message.
         # Each call's Inbox adds the credit of the messages its handler takes.
-        # Credit of messages the handlers took waits for the next flush made for any reason
-        # unless it reaches a quarter of the smallest receive window (65,535 bytes until the
-        # client acknowledges ours): h2 writes a WINDOW_UPDATE only once half a window is
-        # consumed, so a client that has stopped for want of window always gets one, and a
-        # client streaming small messages costs no flush of its own per message.
+        # Credit is returned to h2 once a quarter of the smallest receive window (65,535 bytes
+        # until the client acknowledges ours) is owed; h2 writes a WINDOW_UPDATE once half a
+        # window is returned.  Less than three quarters of a window is then ever held back,
+        # so a client that has stopped for want of window always gets one, and a client
+        # streaming small messages costs no flush and no h2 call per message.
         self.credit = CreditBook(flush_after=min(
             65_535, settings.initial_stream_window_size, settings.initial_connection_window_size
         ) // 4)
@@ -926,9 +926,11 @@ class ServerProtocol(FrameSplitter):
 
     def buffers_to_send(self) -> list[bytes | memoryview]:
         """What to write to the transport now, in order (for ``writelines``)."""
-        credit = self.credit.take()
-        if credit:
-            self._h2.return_credit(credit)
+        book = self.credit
+        if book.owed >= book.flush_after:  # less stays for a later flush (see __init__)
+            credit = book.take()
+            if credit:
+                self._h2.return_credit(credit)
         if self.outbound.queued_bytes:
             self._flush_queued()
         return self._h2.buffers_to_send()

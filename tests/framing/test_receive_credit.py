@@ -105,9 +105,12 @@ def test_the_owner_hears_once_enough_credit_is_owed(stream_impl: ModuleType) -> 
     assert len(calls) == 1  # 38 bytes
     three.pop()
     assert len(calls) == 1
+    assert book.owed == 48
     assert book.take() == {1: 30, 3: 18}
+    assert book.owed == 0
     one.pop()
-    assert len(calls) == 1  # the count starts again at each take
+    book.add(3, 7)  # credit the protocol adds counts too
+    assert (book.owed, len(calls)) == (17, 1)  # the count starts again at each take
     assert book.flush_after == 30
 
 

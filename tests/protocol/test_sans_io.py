@@ -279,6 +279,27 @@ def test_credit_of_many_messages_leaves_in_one_window_update_per_flush() -> None
     assert client.window(stream_id) == 4096
 
 
+def test_small_credit_waits_until_a_quarter_window_is_owed() -> None:
+    """Credit below a quarter of the smallest window stays with the server, then leaves whole.
+
+    h2 updates a window only past half of it: credit returned in small amounts would cost an
+    h2 call per flush and write nothing.
+    """
+    client, server = connected(initial_stream_window_size=4096)
+    stream_id = client.start_call(end=False)
+    client.send(stream_id, b"".join(grpc_frame(b"m" * 95) for _ in range(30)))
+    exchange(client, server)
+    for taken in range(1, 31):
+        server.consumed(stream_id, 100)
+        client.receive(server.data_to_send())
+        if taken < 1024 // 100 + 1:  # under 1,024 bytes owed: nothing handed to h2
+            assert server.credit.owed == 100 * taken
+    # Handed to h2 at 1,100 and 2,200 bytes; the second time past half the window: an update.
+    assert [u for u in client.window_updates if u[0] == stream_id] == [(stream_id, 2200)]
+    assert server.credit.owed == 800
+    assert client.window(stream_id) == 4096 - 3000 + 2200
+
+
 def test_credit_for_a_finished_call_still_reopens_the_connection_window() -> None:
     """A message consumed after its call ended gives its bytes back to the connection."""
     client, server = connected(initial_connection_window_size=65535, max_frame_size=65536)
