@@ -34,28 +34,27 @@ def test_compiled_module_is_active_unless_disabled(extensions_disabled: bool) ->
     assert framing.frame_message.__module__ == framing.Deframer.__module__
 
 
-def test_compiled_stream_core_is_active_unless_disabled(extensions_disabled: bool) -> None:
-    """The stream core's selector follows the same rule as the framing selector."""
+@pytest.mark.parametrize(
+    ("selector", "name", "compiled"),
+    [(stream, "SendQueue", "fastinject._stream"), (frames, "FrameSplitter", "fastinject._frames")],
+)
+def test_compiled_cores_are_active_unless_disabled(
+    extensions_disabled: bool, selector: ModuleType, name: str, compiled: str
+) -> None:
+    """The stream core's and the frame splitter's selectors follow the framing selector's rule."""
     implementation, module = (
-        ("python", "fastinject._stream_py") if extensions_disabled
-        else ("cython", "fastinject._stream")
+        ("python", f"{compiled}_py") if extensions_disabled else ("cython", compiled)
     )
-    assert implementation == stream.IMPLEMENTATION
-    assert stream.SendQueue.__module__ == module
+    assert implementation == selector.IMPLEMENTATION
+    assert getattr(selector, name).__module__ == module
 
 
-def test_compiled_frame_splitter_is_active_unless_disabled(extensions_disabled: bool) -> None:
-    """The frame splitter's selector follows the same rule; ServerProtocol is built on it."""
-    implementation, module = (
-        ("python", "fastinject._frames_py") if extensions_disabled
-        else ("cython", "fastinject._frames")
-    )
-    assert implementation == frames.IMPLEMENTATION
-    assert frames.FrameSplitter.__module__ == module
-    assert frames.data_run.__module__ == module
+def test_server_protocol_is_built_on_the_selected_splitter() -> None:
+    """ServerProtocol's frame walk is the selected FrameSplitter's."""
     from fastinject.protocol import ServerProtocol
 
-    assert issubclass(ServerProtocol, frames.FrameSplitter)
+    assert ServerProtocol.__mro__[1] is frames.FrameSplitter
+    assert frames.data_run.__module__ == frames.FrameSplitter.__module__
 
 
 def test_both_frame_splitters_export_the_same_api(frames_impl: ModuleType) -> None:
