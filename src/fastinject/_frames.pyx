@@ -161,7 +161,7 @@ cdef class FrameSplitter:
         cdef Py_ssize_t handed = 0  # bytes before this offset went to h2 or were deframed
         cdef Py_ssize_t frames_left = self._frames_left
         cdef Py_ssize_t max_length = h2.max_inbound_frame_size
-        cdef Py_ssize_t length, frame_end, allowance, run_end, frames, payload
+        cdef Py_ssize_t length, frame_end, run_end, frames, payload
         cdef unsigned char frame_type, flags
         cdef uint32_t sid
         cdef bint end_stream
@@ -205,13 +205,16 @@ cdef class FrameSplitter:
                         self._feed_h2(view[handed:pos], events)
                         handed = pos
                     end_stream = flags == END_STREAM
-                    # (h2's events for the frames before may have failed the call meanwhile.)
-                    allowance = 0 if flags or state.failed else h2.data_allowance(stream_id)
                     frames = 0
                     run_end = pos
-                    if allowance >= length:
-                        run_end = _run_end(data, pos, end, sid, allowance,
-                                           max_length, frames_left + 1, &frames)
+                    # (h2's events for the frames before may have failed the call meanwhile.)
+                    if not flags and not state.failed:
+                        # A lone frame needs no allowance: accept_data checks the windows.
+                        run_end = _run_end(data, pos, end, sid, PY_SSIZE_T_MAX, max_length,
+                                           min(2, frames_left + 1), &frames)
+                        if frames > 1:
+                            run_end = _run_end(data, pos, end, sid, h2.data_allowance(stream_id),
+                                               max_length, frames_left + 1, &frames)
                     payload = run_end - pos - FRAME_HEADER * frames
                     if frames and h2.accept_data(stream_id, payload, False):
                         # Consecutive DATA of this call (clients that send a DATA frame per

@@ -13,6 +13,7 @@ subclass in runs, through its hooks.
 from __future__ import annotations
 
 import struct
+import sys
 from typing import TYPE_CHECKING, Any
 
 from .errors import FramingError
@@ -151,11 +152,19 @@ class FrameSplitter:
                         self._feed_h2(view[handed:pos], events)
                         handed = pos
                     end_stream = flags == _END_STREAM
+                    run_end, frames = pos, 0
                     # (h2's events for the frames before may have failed the call meanwhile.)
-                    allowance = 0 if flags or state.failed else h2.data_allowance(stream_id)
-                    run_end, frames = data_run(
-                        buf, pos, end, stream_id, allowance, max_length, frames_left + 1
-                    ) if allowance >= length else (pos, 0)
+                    if not flags and not state.failed:
+                        # A lone frame needs no allowance: accept_data checks the windows.
+                        run_end, frames = data_run(
+                            buf, pos, end, stream_id, sys.maxsize, max_length,
+                            min(2, frames_left + 1),
+                        )
+                        if frames > 1:
+                            run_end, frames = data_run(
+                                buf, pos, end, stream_id, h2.data_allowance(stream_id),
+                                max_length, frames_left + 1,
+                            )
                     payload = run_end - pos - 9 * frames
                     if frames and h2.accept_data(stream_id, payload, False):
                         # Consecutive DATA of this call (clients that send a DATA frame per
