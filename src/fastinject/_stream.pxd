@@ -32,6 +32,7 @@ cdef class CreditBook:
 
     cdef int _add(self, object stream_id, Py_ssize_t size) except -1
     cdef int _consumed(self, Py_ssize_t size) except -1
+    cdef object _take_all(self)
 
 
 cdef class Inbox:

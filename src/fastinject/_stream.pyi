@@ -102,25 +102,25 @@ class CreditBook:
     owed since the last :meth:`take` (the owner schedules a flush there), so at most once per
     flush, never per message.  Credit below that leaves with a later flush."""
     flush_after: int
-    """Credit of consumed messages worth a flush of its own (0: any).  A peer can be waiting
-    for it only once it exceeds what the receive windows hold beyond h2's own threshold (half
-    the window): a quarter of the smallest window is safe."""
+    """Credit worth a flush of its own, and the least :meth:`take` gives (0: any).  A peer can
+    be waiting for it only once it exceeds what the receive windows hold beyond h2's own
+    threshold (half the window): a quarter of the smallest window is safe."""
 
     def __init__(
         self, on_consumed: Callable[[], None] | None = None, flush_after: int = 0
     ) -> None: ...
     @property
     def owed(self) -> int:
-        """Bytes of credit owed since the last :meth:`take`, added and consumed.
-
-        A flush that finds less than :attr:`flush_after` owed may leave it for a later one.
-        """
+        """Bytes of credit owed since the last :meth:`take`, added and consumed."""
     def add(self, stream_id: int, size: int) -> None:
         """Owe ``size`` more bytes of credit on ``stream_id`` (and on the connection)."""
     def consumed(self, stream_id: int, size: int) -> None:
         """Owe the credit of ``size`` bytes the application took; may call :attr:`on_consumed`."""
     def take(self) -> dict[int, int] | None:
-        """The credit owed per stream since the last take, or None; nothing is owed after."""
+        """The credit owed per stream since the last take, or None; nothing is owed after.
+
+        Less than :attr:`flush_after` owed is not taken (None): it stays for a later take.
+        """
     def close(self) -> None:
         """The connection is gone: drop what is owed and :attr:`on_consumed`.
 

@@ -284,12 +284,17 @@ cdef class CreditBook:
 
     def close(self):
         """The connection is gone: drop what is owed, and keep no inbox from now on."""
-        self.take()
+        self._take_all()
         self._closed = True
         self.on_consumed = None
 
     def take(self):
-        """The credit owed per stream since the last take, or None; nothing is owed after."""
+        """The credit owed per stream since the last take, or None; see the .pyi."""
+        if self._owed_total < self.flush_after:
+            return None
+        return self._take_all()
+
+    cdef object _take_all(self):
         cdef dict due = self._due
         cdef Inbox inbox
         self._notified = False

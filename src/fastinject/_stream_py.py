@@ -250,12 +250,17 @@ class CreditBook:
 
     def close(self) -> None:
         """The connection is gone: drop what is owed, and keep no inbox from now on."""
-        self.take()
+        self._take_all()
         self._closed = True
         self.on_consumed = None
 
     def take(self) -> dict[int, int] | None:
-        """The credit owed per stream since the last take, or None; nothing is owed after."""
+        """The credit owed per stream since the last take, or None; see ``_stream.pyi``."""
+        if self._owed_total < self.flush_after:
+            return None
+        return self._take_all()
+
+    def _take_all(self) -> dict[int, int] | None:
         self._notified = False
         self._owed_total = 0
         if self._owing:

@@ -926,11 +926,9 @@ class ServerProtocol(FrameSplitter):
 
     def buffers_to_send(self) -> list[bytes | memoryview]:
         """What to write to the transport now, in order (for ``writelines``)."""
-        book = self.credit
-        if book.owed >= book.flush_after:  # less stays for a later flush (see __init__)
-            credit = book.take()
-            if credit:
-                self._h2.return_credit(credit)
+        credit = self.credit.take()  # None below a quarter window (see __init__)
+        if credit:
+            self._h2.return_credit(credit)
         if self.outbound.queued_bytes:
             self._flush_queued()
         return self._h2.buffers_to_send()

@@ -111,6 +111,12 @@ def test_the_owner_hears_once_enough_credit_is_owed(stream_impl: ModuleType) -> 
     one.pop()
     book.add(3, 7)  # credit the protocol adds counts too
     assert (book.owed, len(calls)) == (17, 1)  # the count starts again at each take
+    assert book.take() is None  # less than flush_after: it stays owed
+    assert book.owed == 17
+    three.pop()  # its last message: 27 owed
+    assert book.take() is None
+    book.add(1, 3)
+    assert book.take() == {1: 13, 3: 17}
     assert book.flush_after == 30
 
 
